@@ -1,0 +1,206 @@
+"""Hugging Face checkpoint I/O for the Ling model: weight-name mapping, safetensors shards,
+`config.json` with `auto_map`, tokenizer files.
+
+The folder written here is the interchange format of the project: vLLM loads it
+(`trust_remote_code=True`), the learner loads it, weight sync streams the same names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ling_rl.models.ling_config import CONFIG_FILE, LingConfig, ModelFolderError
+from ling_rl.models.ling_moe import LingForCausalLM
+
+_EXPERT_STACKED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)$")
+_EXPERT_HF = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_HF_FILES_DIR = Path(__file__).parent / "hf_files"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# MTP layers live in their own file, outside the index: vLLM's BailingMoeV2 loader reads only the
+# indexed shards and rejects layers past num_hidden_layers, while the learner wants them.
+MTP_FILE = "mtp.safetensors"
+
+
+def to_hf_weights(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Project state-dict -> Hugging Face names (stacked experts split into one entry per expert)."""
+    for name, tensor in state.items():
+        m = _EXPERT_STACKED.match(name)
+        if m:
+            for e in range(tensor.shape[0]):
+                yield f"{m.group(1)}.{e}.{m.group(2)}.weight", tensor[e]
+        else:
+            yield name, tensor
+
+
+def from_hf_weights(weights: Iterable[tuple[str, torch.Tensor]], model: LingForCausalLM, source: str) -> dict[str, torch.Tensor]:
+    """Hugging Face names -> the project's state dict, checked against `model` for missing,
+    unexpected and mis-shaped weights (errors name the weight and `source`)."""
+    expected = model.state_dict()
+    experts: dict[str, dict[int, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in weights:
+        m = _EXPERT_HF.match(name)
+        if m:
+            experts.setdefault(f"{m.group(1)}.{m.group(3)}", {})[int(m.group(2))] = tensor
+            continue
+        if name not in expected:
+            raise ModelFolderError(f"{source}: unexpected weight {name!r} (not part of this architecture/config)")
+        out[name] = tensor
+    for name, per_expert in experts.items():
+        if name not in expected:
+            raise ModelFolderError(f"{source}: unexpected expert weight {name}.* (not part of this config)")
+        n_exp = expected[name].shape[0]
+        missing = sorted(set(range(n_exp)) - set(per_expert))
+        if missing or len(per_expert) != n_exp:
+            raise ModelFolderError(f"{source}: {name}: experts {missing or sorted(per_expert)} missing or out of range "
+                                   f"(config has num_experts={n_exp})")
+        out[name] = torch.stack([per_expert[e] for e in range(n_exp)])
+    if model.config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise ModelFolderError(f"{source}: missing weight(s) {shown}")
+    for name, tensor in out.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelFolderError(f"{source}: weight {name!r} has shape {tuple(tensor.shape)}, "
+                                   f"config expects {tuple(expected[name].shape)}")
+    return out
+
+
+def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / SINGLE_FILE).is_file():
+        files = [SINGLE_FILE]
+    else:
+        raise ModelFolderError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
+    if (folder / MTP_FILE).is_file():
+        files.append(MTP_FILE)
+    for fname in files:
+        path = folder / fname
+        if not path.is_file():
+            raise ModelFolderError(f"{folder}: shard {fname} named in {INDEX_FILE} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+
+
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LingForCausalLM:
+    """Load a BailingMoeV2 Hugging Face folder (ours or a real Ling 2.0 release)."""
+    folder = Path(folder)
+    cfg = LingConfig.from_folder(folder)
+    with torch.device("meta"):
+        model = LingForCausalLM(cfg)
+    state = from_hf_weights(read_safetensors(folder), model, str(folder))
+    model = model.to_empty(device=device)
+    model.load_state_dict(state, strict=not cfg.tie_word_embeddings)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.word_embeddings.weight
+    for layer in model.model.layers:  # RoPE frequencies are computed, not stored
+        layer.attention.rotary.inv_freq = _inv_freq(cfg).to(device)
+    return model.to(dtype)
+
+
+def _inv_freq(cfg: LingConfig) -> torch.Tensor:
+    d = cfg.rotary_dim
+    return 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+
+
+def save_model(
+    model: LingForCausalLM,
+    folder: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    max_shard_bytes: int = 4 << 30,
+    include_mtp: bool = True,
+) -> Path:
+    """Write a Hugging Face folder atomically: everything goes to a temporary sibling folder that
+    replaces `folder` only once complete, so a crash never leaves a half-written model."""
+    folder = Path(folder)
+    cfg = model.config
+    state = state if state is not None else model.state_dict()
+    weights = dict(to_hf_weights({k: v for k, v in state.items() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}))
+    hf = cfg.to_hf_dict()
+    mtp = {k: v for k, v in weights.items() if _is_layer_at_least(k, cfg.num_hidden_layers)}
+    weights = {k: v for k, v in weights.items() if k not in mtp}
+    if not include_mtp:
+        mtp = {}
+        hf["num_nextn_predict_layers"] = 0
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write_shards(weights, tmp, max_shard_bytes)
+        if mtp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in mtp.items()}, str(tmp / MTP_FILE), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+        shutil.copy(_HF_FILES_DIR / CONFIG_FILE, tmp / CONFIG_FILE)
+        for extra in _HF_FILES_DIR.glob("modeling_*.py"):
+            shutil.copy(extra, tmp / extra.name)
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}, indent=2))
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(Path(tokenizer_dir), tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+                   "merges.txt", "chat_template.jinja")
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    found = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    if "tokenizer.json" not in found and "tokenizer.model" not in found:
+        raise ModelFolderError(f"{src}: no tokenizer.json or tokenizer.model to copy")
+    for name in found:
+        if src.resolve() != dst.resolve():
+            shutil.copy(src / name, dst / name)
+
+
+def _is_layer_at_least(name: str, n: int) -> bool:
+    m = re.match(r"^model\.layers\.(\d+)\.", name)
+    return bool(m) and int(m.group(1)) >= n
+
+
+def _write_shards(weights: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int) -> None:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in weights.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t.detach().contiguous().cpu()
+        size += nbytes
+    meta = {"format": "pt"}
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / fname), metadata=meta)
+        weight_map.update(dict.fromkeys(shard, fname))
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))

@@ -1,0 +1,333 @@
+"""The Ling 2.0 MoE transformer (BailingMoeV2 architecture) in plain PyTorch.
+
+Per layer: RMSNorm -> GQA attention (fused QKV, per-head QK RMSNorm, partial NeoX RoPE) ->
+RMSNorm -> MLP, where the first `first_k_dense_replace` layers use a dense SwiGLU MLP and the
+rest a MoE: sigmoid router scores, an expert bias that only steers selection (aux-loss-free
+balancing), grouped top-k (best `topk_group` of `n_group` groups, a group scored by the sum of
+its two best biased scores), top-k weights from the unbiased scores, renormalised and scaled by
+`routed_scaling_factor`, plus an always-on shared expert. Optional MTP layers predict token t+2
+from the final hidden state at t and the embedding of token t+1.
+
+Routed experts are stored stacked ([E, I, H]) so expert compute is batched per expert instead of
+per token; `ling_rl.models.hf_io` maps to and from the per-expert Hugging Face weight names.
+
+Inputs are right-padded [B, T] batches: with causal attention, padding after a sequence never
+influences its valid positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ling_rl.models.ling_config import LingConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """NeoX-style RoPE on the first `rotary_dim` channels of each head."""
+
+    def __init__(self, rotary_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rotary_dim = rotary_dim
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # x: [B, heads, T, D]; positions: [B, T]
+        freqs = positions[:, None, :, None].float() * self.inv_freq  # [B, 1, T, rot/2]
+        cos, sin = freqs.cos(), freqs.sin()
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        x1, x2 = rot.float().chunk(2, dim=-1)
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+        return torch.cat((rotated, rest), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LingConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qkv_out = (self.n_heads + 2 * self.n_kv) * self.head_dim
+        self.query_key_value = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.use_bias or cfg.use_qkv_bias)
+        self.dense = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.use_bias)
+        self.use_qk_norm = cfg.use_qk_norm
+        if cfg.use_qk_norm:
+            self.query_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.key_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.query_key_value(x).split(
+            [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
+        )
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv, self.head_dim)
+        if self.use_qk_norm:
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q = self.rotary(q.transpose(1, 2), positions)
+        k = self.rotary(k.transpose(1, 2), positions)
+        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        return self.dense(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, inner: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Chooses `top_k` experts per token and their weights (see the module docstring)."""
+
+    def __init__(self, cfg: LingConfig) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.num_experts, cfg.hidden_size))
+        # The bias is learned by load-balancing updates outside of backprop, and frozen during RL:
+        # a buffer keeps it out of the optimizer and still in the state dict.
+        self.register_buffer(
+            "expert_bias", torch.zeros(cfg.num_experts) if cfg.moe_router_enable_expert_bias else None
+        )
+        self.top_k, self.n_group, self.topk_group = cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group
+        self.score_function = cfg.score_function
+        self.norm_topk_prob = cfg.norm_topk_prob
+        self.scaling = cfg.routed_scaling_factor
+        self.fp32 = cfg.router_dtype == "fp32"
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        logits = F.linear(x.float(), w.float()) if self.fp32 else F.linear(x, w)
+        return logits.sigmoid() if self.score_function == "sigmoid" else logits.softmax(-1)
+
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """Expert ids [N, top_k] from router scores [N, E]; no gradient flows through selection."""
+        with torch.no_grad():
+            choice = scores if self.expert_bias is None else scores + self.expert_bias
+            if self.n_group > 1:
+                n, e = choice.shape
+                grouped = choice.view(n, self.n_group, e // self.n_group)
+                if self.expert_bias is not None:
+                    group_score = grouped.topk(2, dim=-1).values.sum(-1)
+                else:
+                    group_score = grouped.max(-1).values
+                keep = torch.zeros_like(group_score, dtype=torch.bool)
+                keep.scatter_(1, group_score.topk(self.topk_group, dim=-1).indices, True)
+                choice = grouped.masked_fill(~keep[..., None], float("-inf")).view(n, e)
+            return choice.topk(self.top_k, dim=-1).indices
+
+    def weights(self, scores: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        w = scores.gather(1, expert_ids)
+        if self.norm_topk_prob:
+            w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        return w * self.scaling
+
+
+class Experts(nn.Module):
+    """E routed SwiGLU experts with stacked weights, computed one expert at a time over the tokens
+    routed to it (a loop over experts, never over tokens)."""
+
+    def __init__(self, cfg: LingConfig) -> None:
+        super().__init__()
+        e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate_proj = nn.Parameter(torch.empty(e, i, h))
+        self.up_proj = nn.Parameter(torch.empty(e, i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        n, k = expert_ids.shape
+        flat_ids = expert_ids.reshape(-1)
+        order = flat_ids.argsort(stable=True)
+        token_of = order // k
+        counts = torch.bincount(flat_ids, minlength=self.gate_proj.shape[0]).tolist()
+        xs = x[token_of]
+        outs = []
+        start = 0
+        for e, c in enumerate(counts):
+            if c == 0:
+                continue
+            xe = xs[start : start + c]
+            h = F.silu(xe @ self.gate_proj[e].T) * (xe @ self.up_proj[e].T)
+            outs.append(h @ self.down_proj[e].T)
+            start += c
+        ys = torch.cat(outs) * weights.reshape(-1)[order, None].to(x.dtype)
+        return torch.zeros_like(x).index_add_(0, token_of, ys)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: LingConfig) -> None:
+        super().__init__()
+        self.gate = Router(cfg)
+        self.experts = Experts(cfg)
+        self.shared_experts = (
+            SwiGLU(cfg.hidden_size, cfg.shared_intermediate_size, cfg.use_bias) if cfg.num_shared_experts else None
+        )
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        scores = self.gate.scores(flat)
+        if expert_ids is None:
+            expert_ids = self.gate.select(scores)
+        elif expert_ids.shape != (flat.shape[0], self.gate.top_k):
+            raise ValueError(f"replayed expert ids have shape {tuple(expert_ids.shape)}, "
+                             f"expected {(flat.shape[0], self.gate.top_k)}")
+        out = self.experts(flat, expert_ids, self.gate.weights(scores, expert_ids))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        return out.view(shape), expert_ids
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LingConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attention = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.is_moe = cfg.is_moe_layer(layer_idx)
+        self.mlp: nn.Module = MoE(cfg) if self.is_moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.use_bias)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, expert_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = x + self.attention(self.input_layernorm(x), positions)
+        h = self.post_attention_layernorm(x)
+        if self.is_moe:
+            out, expert_ids = self.mlp(h, expert_ids)
+            return x + out, expert_ids
+        return x + self.mlp(h), None
+
+
+class MTPLayer(DecoderLayer):
+    """Multi-token prediction: combines the trunk's hidden state at t with the embedding of token
+    t+1 and predicts token t+2 through the shared lm_head."""
+
+    def __init__(self, cfg: LingConfig, layer_idx: int) -> None:
+        super().__init__(cfg, layer_idx)
+        self.enorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.hnorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward_mtp(self, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(hidden)], dim=-1))
+        x, _ = self.forward(x, positions)
+        return self.final_layernorm(x)
+
+
+@dataclass
+class LingOutput:
+    logits: torch.Tensor
+    """[B, T, V] next-token logits."""
+    hidden: torch.Tensor
+    """[B, T, H] final hidden states (after the last norm)."""
+    routed_experts: list[torch.Tensor] | None = None
+    """Per MoE layer, the expert ids [B*T, top_k] chosen for each token (routing replay)."""
+    mtp_logits: list[torch.Tensor] | None = None
+    """Per MTP depth d (1-based), logits [B, T-d, V] at position t predicting token t+1+d."""
+
+
+class LingModel(nn.Module):
+    """Embeddings + decoder stack + final norm (the `model.` prefix of the checkpoint)."""
+
+    def __init__(self, cfg: LingConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(
+            [DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
+            + [MTPLayer(cfg, cfg.num_hidden_layers + d) for d in range(cfg.num_nextn_predict_layers)]
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.num_trunk_layers = cfg.num_hidden_layers
+
+
+class LingForCausalLM(nn.Module):
+    def __init__(self, cfg: LingConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = LingModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.word_embeddings.weight
+
+    @property
+    def trunk_layers(self) -> list[DecoderLayer]:
+        return list(self.model.layers[: self.model.num_trunk_layers])
+
+    @property
+    def mtp_layers(self) -> list[MTPLayer]:
+        return list(self.model.layers[self.model.num_trunk_layers :])  # type: ignore[arg-type]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        routed_experts: list[torch.Tensor] | None = None,
+        return_routed_experts: bool = False,
+        with_mtp: bool = False,
+    ) -> LingOutput:
+        """Run the model on right-padded `input_ids` [B, T].
+
+        `routed_experts` (one [B*T, top_k] tensor per MoE layer) replays a recorded routing instead
+        of selecting experts; `return_routed_experts` returns the routing used.
+        """
+        b, t = input_ids.shape
+        if positions is None:
+            positions = torch.arange(t, device=input_ids.device).expand(b, t)
+        embeds = self.model.word_embeddings(input_ids)
+        x = embeds
+        moe_layers = [layer for layer in self.trunk_layers if layer.is_moe]
+        if routed_experts is not None and len(routed_experts) != len(moe_layers):
+            raise ValueError(f"routing replay got {len(routed_experts)} layers, the model has {len(moe_layers)} MoE layers")
+        chosen: list[torch.Tensor] = []
+        replay = iter(routed_experts or [])
+        for layer in self.trunk_layers:
+            x, ids = layer(x, positions, next(replay) if (routed_experts is not None and layer.is_moe) else None)
+            if ids is not None:
+                chosen.append(ids)
+        hidden = self.model.norm(x)
+        out = LingOutput(logits=self.lm_head(hidden), hidden=hidden,
+                         routed_experts=chosen if return_routed_experts else None)
+        if with_mtp and self.mtp_layers:
+            out.mtp_logits = []
+            h = hidden
+            for d, mtp in enumerate(self.mtp_layers, start=1):
+                # position t combines h_t with the embedding of token t+d to predict token t+d+1
+                h = mtp.forward_mtp(h[:, :-1], embeds[:, d:], positions[:, d:])
+                out.mtp_logits.append(self.lm_head(h))
+        return out
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Random initialisation (normal(0, initializer_range) for matrices, ones for norms)."""
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight") or name.endswith("enorm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, std, generator=generator)
+        for name, buf in self.named_buffers():
+            if name.endswith("expert_bias"):
+                buf.normal_(0.0, 0.01, generator=generator)
