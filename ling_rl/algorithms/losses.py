@@ -2,19 +2,26 @@
 
 One code path: a unit's ratio is the geometric mean of its tokens' ratios,
 
-    r_u = exp( mean_{t in u} [log pi_theta(y_t) - log pi_old(y_t)] ),
+    r_u = exp( mean_{t in u, unmasked} [log pi_theta(y_t) - log pi_old(y_t)] ),
 
-every token t of unit u carries the clipped objective min(r_u A_t, clip(r_u, 1-eps_low, 1+eps_high) A_t)
-times its mismatch weight M(k_t), and the loss is minus the token mean (or sequence mean) of that.
-Summing the identical terms of a unit's |s_u| tokens gives |s_u| * min(...), the token-weighted
-unit objective of LPO. The registered losses differ only in the units:
+and every token t of unit u carries the clipped objective min(r_u A_t, clip(r_u) A_t) times its
+mismatch weight w_t = M(k_t); the loss is minus the token mean (or sequence mean) of that. The
+registered losses differ only in the units:
 
     ppo_token  every token is a unit      (GRPO / DAPO, clip-higher, optional dual-clip)
     lpo        linguistic units           (unit ids from `Segmenter`)
     gspo       the whole response         (one ratio per response)
 
-Unit means are segment means over a flattened (row, unit) index with index_add, so there is no
-Python loop over rows; a token unit skips the segment mean entirely.
+Since min(r A, clip(r) A) = A min(r, 1 + eps_high) for A > 0 and A max(r, 1 - eps_low) for A < 0
+(capped at c with dual-clip), a unit's summed objective is exactly
+
+    S+_u min(r_u, 1 + eps_high) + S-_u min(max(r_u, 1 - eps_low), c),
+    S+_u = sum_{t in u} w_t max(A_t, 0),   S-_u = sum_{t in u} w_t min(A_t, 0),
+
+which with one advantage per response and w = 1 is |s_u| * min(r_u A, clip(r_u) A): LPO's
+token-weighted unit objective. So the surrogate is evaluated once per unit, on a [B, K] grid of
+(response, unit), and only the segment sums touch every token (index_add over a flattened
+(row, unit) index: no Python loop over rows). Token units skip the segment sums altogether.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ LOG_RATIO_BOUND = 20.0
 
 @dataclass(frozen=True)
 class LossInputs:
-    """Everything a policy loss sees; all [B, T] padded, aligned with `response_mask`."""
+    """Everything a policy loss sees; [B, T] tensors are padded and aligned with `response_mask`."""
 
     logp: Tensor
     """log pi_theta of the sampled tokens (requires grad)."""
@@ -46,13 +53,13 @@ class LossInputs:
     """log pi_old (detached)."""
 
     advantages: Tensor
-    """Per-token advantages [B, T]."""
+    """[B] (one per response, the usual case) or [B, T] per token."""
 
     response_mask: Tensor
     """bool, True on response tokens."""
 
     weight: Tensor | None
-    """Mismatch weights M(k_t) (0 masks a token), or None for weight 1 everywhere."""
+    """Mismatch weights M(k_t), 0 off the response (0 also masks a token), or None for weight 1."""
 
     unit_ids: Tensor | None
     """Per-token unit index within its row (0 <= id < T), or None when the loss does not use them."""
@@ -131,7 +138,8 @@ class UnitPolicyLoss:
     """Whether the learner must pass unit ids from the `Segmenter`."""
 
     def __call__(self, inputs: LossInputs, cfg: LossConfig) -> tuple[Tensor, PolicyMetrics]:
-        """Per-token loss terms [B, T] (zero off the response; aggregation is the caller's) and metrics."""
+        """Minus the objective as a [B, K] grid whose row sums are each response's summed token
+        objective (aggregation is the caller's), and the metrics."""
         eps_low, eps_high = cfg.clip_range()
         return unit_surrogate(inputs, self.units(inputs), eps_low, eps_high, cfg.dual_clip)
 
@@ -169,86 +177,98 @@ def needs_segmentation(cfg: LossConfig) -> bool:
 def unit_surrogate(
     inputs: LossInputs, unit_ids: Tensor | None, eps_low: float, eps_high: float, dual_clip: float | None
 ) -> tuple[Tensor, PolicyMetrics]:
-    """The shared core: per-token terms of minus the clipped unit objective, and its metrics."""
+    """The shared core: minus the clipped objective of each unit, as a [B, K] grid whose row sums
+    are each response's summed token objective (K = T for token units), and its metrics."""
     mask = inputs.response_mask
     dtype = inputs.logp.dtype
-    keep = mask if inputs.weight is None else mask & (inputs.weight > 0)
+    mask_f = mask.to(dtype)
     # where(), not multiplication: padding may hold -inf or NaN log-probs.
     log_ratio = torch.where(mask, inputs.logp - inputs.old_logp, 0.0)
-    batch, length = mask.shape
-
-    if unit_ids is None:
-        unit_log_ratio = log_ratio
-        index = None
+    if inputs.weight is None:
+        weight, keep_f = mask_f, mask_f
     else:
-        rows = torch.arange(batch, device=mask.device).unsqueeze(1) * length
-        index = (torch.where(mask, unit_ids, 0) + rows).reshape(-1)
-        keep_f = keep.to(dtype).reshape(-1)
-        zeros = torch.zeros(batch * length, dtype=dtype, device=mask.device)
-        sums = zeros.index_add(0, index, log_ratio.reshape(-1) * keep_f)
-        kept = zeros.index_add(0, index, keep_f)
-        unit_log_ratio = (sums / kept.clamp(min=1)).index_select(0, index).view(batch, length)
+        weight = inputs.weight
+        keep_f = (weight > 0).to(dtype)
+        log_ratio = log_ratio * keep_f  # a masked token leaves its unit's ratio mean
+    adv = inputs.advantages
+    if adv.ndim == 1:
+        adv = adv.unsqueeze(1)  # constant over the row: S+- = (unit weight) * A, no extra segment sums
+
+    segment_sum: Callable[[Tensor], Tensor] | None = None
+    if unit_ids is None:
+        unit_log_ratio, kept, tokens, unit_weight = log_ratio, keep_f, mask_f, weight
+    else:
+        segment_sum = _segment_sum_fn(unit_ids, mask)
+        kept = segment_sum(keep_f)
+        unit_log_ratio = segment_sum(log_ratio) / kept.clamp(min=1)
+        tokens = kept if inputs.weight is None else segment_sum(mask_f)
+        unit_weight = kept if inputs.weight is None else segment_sum(weight)
+    if segment_sum is not None and adv.shape[1] > 1:
+        pos, neg = segment_sum(weight * adv.clamp(min=0)), segment_sum(weight * adv.clamp(max=0))
+    else:
+        pos, neg = unit_weight * adv.clamp(min=0), unit_weight * adv.clamp(max=0)
 
     ratio = unit_log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
-    adv = inputs.advantages
-    objective = torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
-    if dual_clip is not None:
-        objective = torch.where(adv < 0, torch.maximum(objective, dual_clip * adv), objective)
-    token_weight = mask.to(dtype) if inputs.weight is None else inputs.weight
-    terms = -objective * token_weight
-
+    objective = pos * ratio.clamp(max=1 + eps_high) + neg * ratio.clamp(min=1 - eps_low, max=dual_clip)
     with torch.no_grad():
-        metrics = _policy_metrics(inputs, keep, index, ratio.detach(), eps_low, eps_high, dual_clip)
-    return terms, metrics
+        metrics = _policy_metrics(ratio.detach(), pos, neg, kept, tokens, mask, eps_low, eps_high, dual_clip)
+    return -objective, metrics
+
+
+def _segment_sum_fn(unit_ids: Tensor, mask: Tensor) -> Callable[[Tensor], Tensor]:
+    """x [B, T] -> [B, K] sums over each row's units, K = 1 + the largest unit id on the response."""
+    safe = torch.where(mask, unit_ids, 0)
+    low, high = torch.aminmax(safe) if safe.numel() else (safe.new_zeros(()), safe.new_zeros(()))
+    batch, length = mask.shape
+    # One host sync, and the check that keeps an id >= T from landing in the next row's units.
+    if int(low) < 0 or int(high) >= length:
+        raise ValueError(f"unit_ids on response tokens must lie in [0, T={length}); got {int(low)}..{int(high)}")
+    units = int(high) + 1
+    index = (safe + torch.arange(batch, device=mask.device).unsqueeze(1) * units).reshape(-1)
+
+    def segment_sum(x: Tensor) -> Tensor:
+        out = torch.zeros(batch * units, dtype=x.dtype, device=x.device)
+        return out.index_add(0, index, x.reshape(-1)).view(batch, units)
+
+    return segment_sum
 
 
 def _policy_metrics(
-    inputs: LossInputs,
-    keep: Tensor,
-    index: Tensor | None,
     ratio: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    kept: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
     eps_low: float,
     eps_high: float,
     dual_clip: float | None,
 ) -> PolicyMetrics:
-    mask = inputs.response_mask
-    adv = inputs.advantages
-    n_tokens = mask.sum()
+    """Unit-level metrics from the [B, K] grid (tokens: response tokens per unit)."""
+    n_tokens = tokens.sum()
+    n_units = (tokens > 0).sum()
     n_responses = mask.any(dim=1).sum()
-    # Only unmasked tokens count: a token with mismatch weight 0 gets no gradient either way.
-    clipped = keep & (((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low)))
+    clipped = ((pos > 0) & (ratio > 1 + eps_high)) | ((neg < 0) & (ratio < 1 - eps_low))
     if dual_clip is not None:
-        dual = (keep & (adv < 0) & (ratio > dual_clip)).sum()
+        dual_tokens = torch.where((neg < 0) & (ratio > dual_clip), tokens, 0.0).sum()
     else:
-        dual = torch.zeros((), dtype=n_tokens.dtype, device=mask.device)
-
-    if index is None:
-        n_units = n_tokens
-        n_clipped_units = clipped.sum()
-        unit_ratio = ratio[keep]
-    else:
-        size = mask.numel()
-        zeros = torch.zeros(size, dtype=torch.float32, device=mask.device)
-        unit_tokens = zeros.index_add(0, index, mask.reshape(-1).float())
-        unit_kept = zeros.index_add(0, index, keep.reshape(-1).float())
-        unit_clipped = zeros.index_add(0, index, clipped.reshape(-1).float())
-        n_units = (unit_tokens > 0).sum()
-        n_clipped_units = (unit_clipped > 0).sum()
-        # Every token of a unit carries the unit's ratio: scatter them back to one value per unit.
-        unit_values = torch.zeros(size, dtype=ratio.dtype, device=mask.device).index_copy(0, index, ratio.reshape(-1))
-        unit_ratio = unit_values[unit_kept > 0]
+        dual_tokens = torch.zeros((), device=mask.device)
+    live = kept > 0
+    n_live = live.sum()
 
     def frac(num: Tensor, den: Tensor) -> Tensor:
         return num.float() / den.clamp(min=1).float()
 
-    if unit_ratio.numel():
-        r_mean, r_min, r_max = unit_ratio.float().mean(), unit_ratio.float().min(), unit_ratio.float().max()
+    if int(n_live) > 0:
+        r_mean = frac(torch.where(live, ratio, 0.0).sum(), n_live)
+        r_min = torch.where(live, ratio, torch.inf).amin().float()
+        r_max = torch.where(live, ratio, -torch.inf).amax().float()
     else:
         r_mean = r_min = r_max = torch.ones((), device=mask.device)
     return PolicyMetrics(
-        clip_frac_unit=frac(n_clipped_units, n_units),
-        clip_frac_token=frac(clipped.sum(), n_tokens),
-        dual_clip_frac_token=frac(dual, n_tokens),
+        clip_frac_unit=frac(clipped.sum(), n_units),
+        clip_frac_token=frac(torch.where(clipped, tokens, 0.0).sum(), n_tokens),
+        dual_clip_frac_token=frac(dual_tokens, n_tokens),
         units_per_response=frac(n_units, n_responses),
         mean_unit_len=frac(n_tokens, n_units),
         ratio_mean=r_mean,
@@ -267,20 +287,12 @@ def _check_shapes(logp: Tensor, named: dict[str, Tensor | None]) -> None:
             raise ValueError(f"{name} shape {tuple(tensor.shape)} != logp shape {tuple(logp.shape)}")
 
 
-def _check_unit_ids(unit_ids: Tensor, mask: Tensor) -> None:
-    if torch.is_floating_point(unit_ids) or unit_ids.dtype == torch.bool:
-        raise ValueError(f"unit_ids must be an integer tensor, got {unit_ids.dtype}")
-    # An id >= T would silently land in the next row's units.
-    length = mask.shape[1]
-    if bool((mask & ((unit_ids < 0) | (unit_ids >= length))).any()):
-        raise ValueError(f"unit_ids on response tokens must lie in [0, T={length})")
-
-
-def _aggregate(per_token: Tensor, mask: Tensor, loss_agg: str, denominator: float | None) -> Tensor:
+def _aggregate(row_terms: Tensor, mask: Tensor, loss_agg: str, denominator: float | None) -> Tensor:
+    """row_terms [B, any]: each row sums to its response's summed token terms."""
     if loss_agg == "token_mean":
-        total, count = per_token.sum(), mask.sum()
+        total, count = row_terms.sum(), mask.sum()
     else:
-        total = (per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum()
+        total = (row_terms.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum()
         count = mask.any(dim=1).sum()
     if denominator is not None:
         return total / denominator
@@ -313,17 +325,15 @@ def policy_loss(
         logp,
         {"old_logp": old_logp, "response_mask": response_mask, "unit_ids": unit_ids, "inf_logp": inf_logp, "ref_logp": ref_logp},
     )
-    if advantages.shape == logp.shape[:1]:
-        advantages = advantages.unsqueeze(1).expand_as(logp)
-    elif advantages.shape != logp.shape:
+    if advantages.shape != logp.shape[:1] and advantages.shape != logp.shape:
         raise ValueError(f"advantages must be [B] or [B, T] = {tuple(logp.shape)}, got {tuple(advantages.shape)}")
     if cfg.kl.coef > 0 and ref_logp is None:
         raise ValueError("algorithm.kl.coef > 0 needs reference log-probs (ref_logp)")
     if denominator is not None and not denominator > 0:
         raise ValueError(f"denominator must be positive, got {denominator}")
+    if unit_ids is not None and (torch.is_floating_point(unit_ids) or unit_ids.dtype == torch.bool):
+        raise ValueError(f"unit_ids must be an integer tensor, got {unit_ids.dtype}")
     mask = response_mask.bool()
-    if unit_ids is not None:
-        _check_unit_ids(unit_ids, mask)
     old_logp = old_logp.detach()
     weight, mismatch = mismatch_weights(old_logp, inf_logp, mask, cfg.mismatch)
     inputs = LossInputs(

@@ -392,3 +392,37 @@ def test_metrics_as_dict_is_flat_floats() -> None:
     flat = metrics.as_dict()
     assert {"loss", "pg_loss", "kl", "policy/clip_frac_unit", "mismatch/masked_frac"} <= set(flat)
     assert all(isinstance(v, float) for v in flat.values())
+
+
+@pytest.mark.parametrize("dual_clip", [None, 1.1])
+def test_per_token_advantages_match_the_tokenwise_definition(dual_clip) -> None:
+    # Advantages that change sign inside a unit: the unit-level sums S+ / S- must equal
+    # sum_t w_t * objective(r_u, A_t) token by token (ALGORITHMS.md 2 with per-token A).
+    logp, old, inf, _, mask = random_batch(7, batch=3, length=8)
+    gen = torch.Generator().manual_seed(7)
+    adv = torch.randn(3, 8, generator=gen)
+    units = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2]]).expand(3, 8)
+    mismatch = MismatchConfig(type="icepop", alpha=0.5, beta=2.0)
+    cfg = AlgorithmConfig(loss=LossConfig(type="lpo", eps_low=0.05, eps_high=0.05, dual_clip=dual_clip), mismatch=mismatch)
+    loss, grad, _ = loss_and_grad(cfg, logp, old, adv, units, mask, inf_logp=inf)
+
+    x = logp.detach().clone().requires_grad_(True)
+    k = (old - inf).exp()
+    w = torch.where((k >= 0.5) & (k <= 2.0), k, torch.zeros_like(k)) * mask
+    total = torch.zeros(())
+    for b in range(3):
+        for u in range(3):
+            tok = (units[b] == u) & mask[b]
+            kept = tok & (w[b] > 0)
+            if not kept.any():
+                continue
+            r = (x[b][kept] - old[b][kept]).mean().exp()
+            for t in torch.nonzero(tok).flatten().tolist():
+                a = adv[b, t]
+                obj = torch.minimum(r * a, r.clamp(0.95, 1.05) * a)
+                if dual_clip is not None and a < 0:
+                    obj = torch.maximum(obj, dual_clip * a)
+                total = total - w[b, t] * obj
+    (total / mask.sum()).backward()
+    torch.testing.assert_close(loss, total / mask.sum())
+    torch.testing.assert_close(grad, x.grad)
