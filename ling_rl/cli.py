@@ -1,0 +1,100 @@
+"""`ling-rl` command line. Heavy libraries (torch, vLLM, Ray) are imported inside the commands so
+that `ling-rl --help` stays instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="ling-rl",
+    help="Post-training RL for Ling 2.0 MoE models: LPO, Evo-CoT, IcePop, vLLM rollouts, FSDP2 learner.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command("init-tiny")
+def init_tiny(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (replaced atomically if it exists).")],
+    preset: Annotated[str, typer.Option(help="Model size: tiny | small.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Seed of weights and tokenizer.")] = 0,
+) -> None:
+    """Build a tiny random Ling 2.0 MoE and its byte-level BPE tokenizer locally."""
+    from ling_rl.models.tiny import init_tiny as build
+
+    try:
+        folder = build(out_dir, preset=preset, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
+    console.print(f"wrote tiny Ling MoE ({preset}, seed {seed}) to [bold]{folder}[/]")
+
+
+@app.command()
+def check(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learner.lr=1e-6.")] = None,
+) -> None:
+    """Validate a recipe (schema, cross-field rules, files it names) and print the resolved tree."""
+    import yaml
+
+    from ling_rl.config import RecipeError, load_recipe
+
+    try:
+        parsed = load_recipe(recipe, overrides or [])
+    except RecipeError as e:
+        _fail(str(e))
+    problems = []
+    for key, value in (("data.train", parsed.data.train), ("data.eval", parsed.data.eval), ("model.path", parsed.model.path)):
+        if value and _looks_local(value) and not Path(value).exists():
+            problems.append(f"{recipe}: {key}: {value} does not exist")
+    if problems:
+        _fail("\n".join(problems))
+    console.print(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False), highlight=False, end="")
+    console.print(f"[green]ok[/]: {recipe}")
+
+
+def _looks_local(value: str) -> bool:
+    # A hub dataset/model name is `org/name` with no extension; anything else is a local path.
+    return Path(value).suffix != "" or value.startswith((".", "/")) or value.count("/") != 1
+
+
+@app.command()
+def sample(
+    model_dir: Annotated[Path, typer.Argument(help="A BailingMoeV2 folder (from init-tiny, export, or a release).")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt text (repeatable).")] = None,
+    n: Annotated[int, typer.Option(help="Samples per prompt.")] = 2,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per sample.")] = 32,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    dtype: Annotated[str, typer.Option(help="Engine dtype: float32 | bfloat16.")] = "float32",
+) -> None:
+    """Generate from a model folder with vLLM and show the samples with their log-probs."""
+    from ling_rl.models.ling_config import LingConfig, ModelFolderError
+
+    try:
+        LingConfig.from_folder(model_dir)
+    except ModelFolderError as e:
+        _fail(str(e))
+    from ling_rl.rollout.vllm_engine import sample_texts
+
+    prompts = prompt or ["Ann has 12 apples, buys 5 more and gives away 3. How many apples does Ann have now?"]
+    for p, outs in zip(prompts, sample_texts(model_dir, prompts, n, max_tokens, temperature, seed, dtype)):
+        console.print(f"[bold]prompt[/]: {p}", highlight=False)
+        for text, logp in outs:
+            console.print(f"  [cyan]sample[/] (sum log p = {logp:.2f}): {text!r}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Ray placement: resource pools, actor groups, colocated or split roles."""

@@ -1,0 +1,202 @@
+"""The recipe: one strict pydantic tree assembled from the sections each component owns.
+
+    recipe = load_recipe("recipes/quickstart.yaml", ["learner.lr=1e-6", "algorithm.loss.type=lpo"])
+
+Unknown keys, wrong types and inconsistent values raise `RecipeError` whose message has one line
+per problem, each naming the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from ling_rl.algorithms.config import AlgorithmConfig
+from ling_rl.cluster.config import ClusterConfig
+from ling_rl.curriculum.config import CurriculumConfig, DataConfig, EvalConfig
+from ling_rl.learner.config import CheckpointConfig, LearnerConfig
+from ling_rl.models.config import ModelConfig
+from ling_rl.reward.config import RewardSpec
+from ling_rl.rollout.config import RolloutConfig
+from ling_rl.schema import Section
+from ling_rl.tracking.config import TrackingConfig
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names every offending key path."""
+
+
+class RunConfig(Section):
+    """Run identity and length."""
+
+    name: str = "ling-rl"
+    """Run name (W&B run name, run folder name)."""
+
+    output_dir: str = "runs"
+    """Parent folder of the run folder (checkpoints, metrics.jsonl, report)."""
+
+    steps: int = Field(default=100, ge=1)
+    """RL steps (each: generate, score, train, sync)."""
+
+    seed: int = 0
+    """Global seed (torch, python, numpy) of the driver and learner."""
+
+
+class Recipe(Section):
+    """A whole ling-rl recipe."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    rewards: list[RewardSpec] = Field(min_length=1)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        group_relative = {"group_norm": "group normalization", "rloo": "leave-one-out baselines"}
+        if self.rollout.group_size < 2 and self.algorithm.advantage.type in group_relative:
+            raise _CrossField(
+                "rollout.group_size",
+                f"is {self.rollout.group_size}, but algorithm.advantage.type={self.algorithm.advantage.type} "
+                f"({group_relative[self.algorithm.advantage.type]}) needs at least 2 responses per prompt",
+            )
+        for i, stage in enumerate(self.curriculum.stages):
+            if stage.max_response_tokens and stage.max_response_tokens > self.rollout.max_response_tokens:
+                raise _CrossField(
+                    f"curriculum.stages.{i}.max_response_tokens",
+                    f"is {stage.max_response_tokens}, above rollout.max_response_tokens={self.rollout.max_response_tokens}",
+                )
+        if self.rollout.routing_replay == "r3" and self.rollout.max_staleness:
+            raise _CrossField("rollout.routing_replay", "r3 is not supported with asynchronous generation (max_staleness > 0)")
+        if self.learner.precision == "fp8" and self.learner.fp8.fsdp_float8_all_gather and self.learner.fp8.scaling == "rowwise":
+            raise _CrossField("learner.fp8.fsdp_float8_all_gather", "needs learner.fp8.scaling=tensorwise (torchao supports no rowwise float8 all-gather)")
+        if self.cluster.colocate and self.cluster.rollout.num_gpus == 0:
+            raise _CrossField("cluster.colocate", "is true but cluster.rollout.num_gpus is 0 (colocation shares GPUs)")
+        return self
+
+
+class _CrossField(ValueError):
+    """A cross-section inconsistency, reported at `path` rather than at the recipe root."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path} {message}")
+        self.path = path
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        apply_override(data, item)
+    return parse_recipe(data, source=str(path))
+
+
+def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError("\n".join(f"{source}: {line}" for line in _describe(e))) from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML; list items addressed by index) to `data`."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override {item!r}: expected KEY.PATH=VALUE, e.g. learner.lr=1e-6")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, where, item)]
+        elif isinstance(node, dict):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict | list):
+                raise RecipeError(f"override {item!r}: {where} is a value ({child!r}), not a section")
+            node = child
+        else:
+            raise RecipeError(f"override {item!r}: {where} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key, item)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list[Any], part: str, where: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"override {item!r}: {where}: list index must be 0..{len(node) - 1}")
+    return int(part)
+
+
+def _describe(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        path = ".".join(loc)
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _CrossField):
+            lines.append(f"{ctx_err.path}: {str(ctx_err)[len(ctx_err.path) + 1:]}")
+            continue
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"{path}: unknown key '{loc[-1]}'" + (f"; allowed keys: {', '.join(allowed)}" if allowed else ""))
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+            lines.append(f"{path or '(root)'}: {msg}{shown}")
+    return lines
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    """Field names of the section at `loc`, found by walking the schema."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        if model is None:
+            return []
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+    return list(model.model_fields) if model else []
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found:
+            return found
+    return None

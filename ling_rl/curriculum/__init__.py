@@ -1,0 +1,1 @@
+"""Evo-CoT curriculum: stages, pass-rate tracking, dynamic sampling, data."""

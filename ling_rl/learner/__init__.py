@@ -1,0 +1,1 @@
+"""Learner role: FSDP2 ranks, optimizer and schedule, FP8, checkpoints and HF export."""

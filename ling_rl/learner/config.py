@@ -1,0 +1,81 @@
+"""The `learner:` and `checkpoint:` sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ling_rl.schema import Section
+
+
+class FP8Config(Section):
+    """torchao float8 training (used when `learner.precision` is fp8)."""
+
+    scaling: Literal["tensorwise", "rowwise"] = "tensorwise"
+    """Scaling granularity of float8 casts."""
+
+    fsdp_float8_all_gather: bool = True
+    """All-gather FSDP2 shards in float8 (tensorwise only)."""
+
+    min_dim: int = Field(default=256, ge=1)
+    """Linears with a dimension below this stay in high precision (small GEMMs lose in fp8)."""
+
+
+class LearnerConfig(Section):
+    """Optimisation on the FSDP2 learner ranks."""
+
+    num_ranks: int = Field(default=1, ge=1)
+    """Data-parallel FSDP2 ranks."""
+
+    lr: float = Field(default=1e-6, gt=0)
+    """Peak learning rate of AdamW."""
+
+    weight_decay: float = Field(default=0.0, ge=0)
+    """Decoupled weight decay."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear warm-up steps."""
+
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up."""
+
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Cosine floor as a fraction of `lr`."""
+
+    grad_clip: float = Field(default=1.0, gt=0)
+    """Global gradient-norm clip."""
+
+    micro_batch_tokens: int = Field(default=8192, ge=1)
+    """Token budget of one forward/backward micro-batch."""
+
+    updates_per_batch: int = Field(default=1, ge=1)
+    """Optimizer steps per rollout batch (> 1 needs an old-policy forward)."""
+
+    precision: Literal["fp32", "bf16", "fp8"] = "bf16"
+    """Compute precision; fp8 uses torchao on attention and dense/shared-expert linears."""
+
+    fp8: FP8Config = Field(default_factory=FP8Config)
+    """float8 settings."""
+
+    freeze_expert_bias: bool = True
+    """Keep the router expert bias fixed during RL (Ring-1T 2.3.4)."""
+
+
+class CheckpointConfig(Section):
+    """Checkpoints (torch.distributed.checkpoint) and the final Hugging Face export."""
+
+    every: int = Field(default=50, ge=0)
+    """Save every N steps; 0 saves only at the end."""
+
+    keep_last: int = Field(default=2, ge=1)
+    """Older checkpoints are deleted once a newer one is complete."""
+
+    resume: Literal["auto", "never"] | str = "auto"
+    """`auto`: continue from the latest complete checkpoint of the run folder; `never`; or a path."""
+
+    export_hf: bool = True
+    """Write a Hugging Face folder of the final policy."""

@@ -1,0 +1,1 @@
+"""Rollout role: vLLM engine actors, sampling, weight-sync extension."""

@@ -1,0 +1,1 @@
+"""Metric sinks (W&B, JSONL, console) and report plots."""

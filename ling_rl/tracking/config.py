@@ -1,0 +1,44 @@
+"""The `tracking:` section: where metrics go."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ling_rl.schema import Section
+
+
+class WandbConfig(Section):
+    """Weights & Biases run settings."""
+
+    enabled: bool = True
+    """Log to W&B."""
+
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """`offline` writes locally (tests, air-gapped nodes); sync later with `wandb sync`."""
+
+    project: str = "ling-rl"
+    """W&B project."""
+
+    entity: str | None = None
+    """W&B team or user."""
+
+    tags: list[str] = Field(default_factory=list)
+    """Run tags."""
+
+
+class TrackingConfig(Section):
+    """Metric sinks: W&B, a JSONL file in the run folder, and the console."""
+
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """W&B settings."""
+
+    jsonl: bool = True
+    """Write metrics.jsonl in the run folder (what `ling-rl report` reads)."""
+
+    progress_bar: bool = True
+    """Console progress bar with the key metrics."""
+
+    log_every: int = Field(default=1, ge=1)
+    """Log every N steps."""
