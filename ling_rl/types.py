@@ -1,0 +1,96 @@
+"""Typed records that cross role boundaries (driver <-> rollout <-> reward <-> learner).
+
+Token-aligned tensors in `TrainBatch` are indexed by token position: entry t refers to token
+`input_ids[:, t]`, whose log-prob comes from the logits at position t-1. Rows are right-padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Sample:
+    """One prompt with its dataset row."""
+
+    id: str
+    """Stable id (dataset row id), used for pass-rate tracking and error messages."""
+    prompt: str
+    """Prompt text as given to the tokenizer (after any chat template)."""
+    prompt_ids: list[int]
+    """Tokenized prompt."""
+    columns: dict[str, Any] = field(default_factory=dict)
+    """The other dataset columns (e.g. `answer`), passed to reward plugins as keyword arguments."""
+
+
+@dataclass
+class Rollout:
+    """One sampled response to a `Sample`."""
+
+    sample: Sample
+    group: int
+    """Index of the prompt's group within the step's batch."""
+    response_ids: list[int]
+    response_text: str
+    inf_logprobs: list[float]
+    """Per response token, the log-prob under the inference engine at sampling time."""
+    finish_reason: str
+    """`stop` (EOS or stop string) or `length` (hit the token budget)."""
+    policy_version: int
+    """Learner step whose weights generated this response."""
+    routed_experts: Any | None = None
+    """[response tokens, MoE layers, top_k] expert ids recorded by the engine (routing replay R3)."""
+
+
+@dataclass
+class ScoredRollout:
+    """A rollout with its total reward and the per-plugin breakdown."""
+
+    rollout: Rollout
+    reward: float
+    """Weighted sum of plugin scores (skipped plugins contribute nothing)."""
+    breakdown: dict[str, float | None]
+    """Plugin name -> raw score (None: the plugin skipped this sample)."""
+    skipped: bool = False
+    """True when a plugin returned None for every one of its scores: the sample is not trained on."""
+
+
+@dataclass
+class TrainBatch:
+    """What the learner needs for one rollout batch: tensors only, no algorithm names."""
+
+    input_ids: torch.Tensor
+    """[B, T] prompt + response tokens, right-padded."""
+    response_mask: torch.Tensor
+    """[B, T] bool: True at response-token positions that are trained on."""
+    advantages: torch.Tensor
+    """[B, T] per-token advantages (0 outside the response)."""
+    unit_ids: torch.Tensor
+    """[B, T] long: unit index of each response token within its row (-1 outside the response)."""
+    inf_logprobs: torch.Tensor
+    """[B, T] inference-engine log-probs of the response tokens (0 elsewhere)."""
+    old_logprobs: torch.Tensor | None = None
+    """[B, T] learner log-probs before this batch's updates (None: computed as needed)."""
+    routed_experts: list[torch.Tensor] | None = None
+    """Per MoE layer, [B*T, top_k] expert ids to replay (routing replay)."""
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, rows: torch.Tensor | slice) -> TrainBatch:
+        """The sub-batch of `rows` (for micro-batches and data-parallel shards)."""
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
+        replay = None
+        if self.routed_experts is not None:
+            b, t = self.input_ids.shape
+            replay = [r.view(b, t, -1)[rows].reshape(-1, r.shape[-1]) for r in self.routed_experts]
+        return TrainBatch(
+            input_ids=self.input_ids[rows], response_mask=self.response_mask[rows], advantages=self.advantages[rows],
+            unit_ids=self.unit_ids[rows], inf_logprobs=self.inf_logprobs[rows], old_logprobs=take(self.old_logprobs),
+            routed_experts=replay,
+        )
