@@ -76,12 +76,9 @@ class Recipe(Section):
                     f"curriculum.stages.{i}.max_response_tokens",
                     f"is {stage.max_response_tokens}, above rollout.max_response_tokens={self.rollout.max_response_tokens}",
                 )
-        if self.rollout.routing_replay == "r3" and self.rollout.max_staleness:
-            raise _CrossField("rollout.routing_replay", "r3 is not supported with asynchronous generation (max_staleness > 0)")
-        if self.learner.precision == "fp8" and self.learner.fp8.fsdp_float8_all_gather and self.learner.fp8.scaling == "rowwise":
-            raise _CrossField("learner.fp8.fsdp_float8_all_gather", "needs learner.fp8.scaling=tensorwise (torchao supports no rowwise float8 all-gather)")
-        if self.cluster.colocate and self.cluster.rollout.num_gpus == 0:
-            raise _CrossField("cluster.colocate", "is true but cluster.rollout.num_gpus is 0 (colocation shares GPUs)")
+        if self.learner.num_ranks > self.rollout.prompts_per_step * self.rollout.group_size:
+            raise _CrossField("learner.num_ranks", f"is {self.learner.num_ranks}, more than the "
+                              f"{self.rollout.prompts_per_step * self.rollout.group_size} responses of a step")
         return self
 
 

@@ -37,7 +37,7 @@ MALFORMED = [
     (_with(learner__lrr=1.0), "learner.lrr: unknown key 'lrr'; allowed keys: num_ranks, lr"),
     (_with(learner__lr="fast"), "learner.lr: Input should be a valid number"),
     (_with(learner__lr=-1), "learner.lr: Input should be greater than 0"),
-    (_with(learner__precision="fp16"), "learner.precision: Input should be 'fp32', 'bf16' or 'fp8'"),
+    (_with(learner__precision="fp16"), "learner.precision: Input should be 'fp32' or 'bf16'"),
     (_with(rollout__group_size=1), "rollout.group_size: is 1, but algorithm.advantage.type=group_norm"),
     (_with(algorithm__loss__type="ppo"), "algorithm.loss.type: unknown policy loss 'ppo'; available: gspo, lpo, ppo_token"),
     (_with(algorithm__mismatch__type="icepops"), "algorithm.mismatch.type: unknown"),
@@ -48,7 +48,7 @@ MALFORMED = [
     (_with(tracking__wandb__mode="cloud"), "tracking.wandb.mode: Input should be 'online', 'offline' or 'disabled'"),
     (_with(curriculum__stages=[{"name": "s", "max_response_tokens": 4096}]), "curriculum.stages.0.max_response_tokens: is 4096"),
     (_with(curriculum__stages=[{"name": "s", "alpha": {"easy": 1.0}}]), "curriculum.stages.0: alpha key 'easy'"),
-    (_with(learner__precision="fp8", learner__fp8__scaling="rowwise"), "learner.fp8.fsdp_float8_all_gather: needs"),
+    (_with(learner__num_ranks=100), "learner.num_ranks: is 100, more than the 64 responses of a step"),
     (_with(colour="blue"), "colour: unknown key 'colour'; allowed keys: run, model, data"),
 ]
 

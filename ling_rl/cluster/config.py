@@ -29,9 +29,6 @@ class ClusterConfig(Section):
     object_store_gib: float = Field(default=1.0, gt=0)
     """Object store size of the local Ray."""
 
-    colocate: bool = False
-    """Rollout and learner share the same GPUs (vLLM sleeps while the learner trains)."""
-
     rollout: RoleResources = Field(default_factory=RoleResources)
     """Per rollout engine."""
 

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ling_rl.schema import Section
-
-
-class FP8Config(Section):
-    """torchao float8 training (used when `learner.precision` is fp8)."""
-
-    scaling: Literal["tensorwise", "rowwise"] = "tensorwise"
-    """Scaling granularity of float8 casts."""
-
-    fsdp_float8_all_gather: bool = True
-    """All-gather FSDP2 shards in float8 (tensorwise only)."""
-
-    min_dim: int = Field(default=256, ge=1)
-    """Linears with a dimension below this stay in high precision (small GEMMs lose in fp8)."""
 
 
 class LearnerConfig(Section):
@@ -55,11 +42,8 @@ class LearnerConfig(Section):
     updates_per_batch: int = Field(default=1, ge=1)
     """Optimizer steps per rollout batch (> 1 needs an old-policy forward)."""
 
-    precision: Literal["fp32", "bf16", "fp8"] = "bf16"
-    """Compute precision; fp8 uses torchao on attention and dense/shared-expert linears."""
-
-    fp8: FP8Config = Field(default_factory=FP8Config)
-    """float8 settings."""
+    precision: Literal["fp32", "bf16"] = "bf16"
+    """Compute precision: fp32 weights, with bf16 compute through FSDP2 mixed precision for `bf16`."""
 
     freeze_expert_bias: bool = True
     """Keep the router expert bias fixed during RL (Ring-1T 2.3.4)."""

@@ -51,11 +51,10 @@ class RolloutConfig(Section):
     kv_cache_gib: int = Field(default=1, ge=1)
     """KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)."""
 
-    routing_replay: Literal["none", "r2", "r3"] = "none"
-    """MoE routing replay: r2 records experts in the learner's old-policy pass, r3 in vLLM."""
+    routing_replay: Literal["none", "r2"] = "none"
+    """MoE routing replay: `r2` records the experts chosen in the learner's old-policy pass and
+    reuses them in every update of the batch (matters when learner.updates_per_batch > 1)."""
 
-    weight_sync: Literal["auto", "shm", "nccl"] = "auto"
-    """How new weights reach the engines: `shm` (safetensors in shared memory, CPU), `nccl` (GPU)."""
-
-    max_staleness: int = Field(default=0, ge=0)
-    """0: synchronous RL. k > 0: generation may run up to k policy versions ahead (async)."""
+    weight_sync_dir: str = "/dev/shm"
+    """Where the learner writes the safetensors file the engines reload after each step (a RAM
+    file system on the engines' host keeps the sync a memory copy)."""
