@@ -9,7 +9,7 @@ Extending, e.g. a new advantage estimator usable as `algorithm.advantage.type: m
     from ling_rl.algorithms.registries import ADVANTAGE_ESTIMATORS
 
     @ADVANTAGE_ESTIMATORS.register("my_adv")
-    def my_adv(rewards, group_index, num_groups, cfg): ...
+    def my_adv(rewards, group_index, sizes, cfg): ...
 """
 
 from __future__ import annotations

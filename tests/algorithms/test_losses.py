@@ -10,15 +10,18 @@ import torch
 from ling_rl.algorithms import AlgorithmConfig, policy_loss
 from ling_rl.algorithms.config import KLConfig, LossConfig, MismatchConfig
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Hand-computed goldens are compared in double precision; restored for other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def algo(loss_type: str, **loss: object) -> AlgorithmConfig:
     return AlgorithmConfig(loss=LossConfig(type=loss_type, **loss), mismatch=MismatchConfig(type="none"))
-
-
-def leaf(values: list[list[float]]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64, requires_grad=True)
 
 
 def run(cfg: AlgorithmConfig, log_ratio, adv, mask, unit_ids=None, **kw):
