@@ -69,7 +69,7 @@ class TrainBatch:
     advantages: torch.Tensor
     """[B, T] per-token advantages (0 outside the response)."""
     unit_ids: torch.Tensor
-    """[B, T] long: unit index of each response token within its row (-1 outside the response)."""
+    """[B, T] long: unit index of each response token within its row (0 outside the response)."""
     inf_logprobs: torch.Tensor
     """[B, T] inference-engine log-probs of the response tokens (0 elsewhere)."""
     old_logprobs: torch.Tensor | None = None

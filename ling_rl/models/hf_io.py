@@ -181,6 +181,19 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
             shutil.copy(src / name, dst / name)
 
 
+def inference_weights(state: dict[str, torch.Tensor], cfg: LingConfig) -> dict[str, torch.Tensor]:
+    """The Hugging Face weights an inference engine needs: no MTP layers, no tied lm_head copy."""
+    return {k: v for k, v in to_hf_weights(state)
+            if not _is_layer_at_least(k, cfg.num_hidden_layers) and not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+
+
+def write_safetensors_atomic(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Write one safetensors file so that readers never see a partial file (rename is atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
 def _is_layer_at_least(name: str, n: int) -> bool:
     m = re.match(r"^model\.layers\.(\d+)\.", name)
     return bool(m) and int(m.group(1)) >= n

@@ -1,0 +1,287 @@
+"""One FSDP2 learner rank (a Ray actor in production, a plain object in single-process tests).
+
+The learner is algorithm-agnostic: it gets a `TrainBatch` (per-token advantages, unit ids,
+inference log-probs) and the algorithm config, and calls `ling_rl.algorithms.policy_loss`.
+Every rank receives the whole batch and trains on its strided share of the rows; losses are
+normalised by the whole batch's token (or response) count, so N ranks compute the same update as
+one rank.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from ling_rl.algorithms import policy_loss
+from ling_rl.config import Recipe
+from ling_rl.learner.microbatch import plan_micro_batches
+from ling_rl.learner.schedule import build_optimizer
+from ling_rl.models.hf_io import inference_weights, load_model, save_model, write_safetensors_atomic
+from ling_rl.models.ling_moe import LingForCausalLM
+from ling_rl.types import TrainBatch
+
+# Metrics reduced across micro-batches and ranks by sum (already normalised by the whole batch),
+# by max / min, or otherwise as a token-weighted mean.
+_SUMMED = {"loss", "pg_loss", "kl", "mtp_loss"}
+
+
+class LearnerWorker:
+    def __init__(self, rank: int, world_size: int, init_method: str, recipe: dict[str, Any], model_dir: str,
+                 threads: int = 1, collective_timeout_s: float = 300.0) -> None:
+        torch.set_num_threads(threads)
+        self.rank, self.world_size = rank, world_size
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                                    timeout=timedelta(seconds=collective_timeout_s))
+        self.recipe = Recipe.model_validate(recipe)
+        torch.manual_seed(self.recipe.run.seed)
+        self.model = self._build(model_dir)
+        self.ref_model = self._build(model_dir) if self.recipe.algorithm.kl.needs_reference else None
+        if self.ref_model is not None:
+            self.ref_model.requires_grad_(False)
+        self.config = self.model.config
+        self.train_mtp = self.recipe.model.mtp.enabled and self.config.num_nextn_predict_layers > 0
+        if not self.train_mtp:
+            for layer in self.model.mtp_layers:
+                layer.requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = build_optimizer(self.params, self.recipe.learner, self.recipe.run.steps)
+
+    def _build(self, model_dir: str) -> LingForCausalLM:
+        model = load_model(model_dir, dtype=torch.float32)
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if self.recipe.learner.precision == "bf16" else MixedPrecisionPolicy()
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+
+    # --- forward ---------------------------------------------------------------------------------
+
+    def _token_logprobs(self, model: LingForCausalLM, input_ids: torch.Tensor, replay: list[torch.Tensor] | None = None,
+                        record: bool = False, with_mtp: bool = False):
+        out = model(input_ids, routed_experts=replay, return_routed_experts=record, with_mtp=with_mtp)
+        logits = out.logits[:, :-1].float()
+        target = input_ids[:, 1:, None]
+        logp = logits.gather(-1, target)[..., 0] - logits.logsumexp(-1)
+        return F.pad(logp, (1, 0)), out
+
+    @staticmethod
+    def _trim(mb: TrainBatch) -> TrainBatch:
+        """Drop the right padding shared by all rows of a micro-batch."""
+        length = int(_lengths(mb).max()) if len(mb) else 1
+        trimmed = TrainBatch(
+            input_ids=mb.input_ids[:, :length], response_mask=mb.response_mask[:, :length],
+            advantages=mb.advantages[:, :length], unit_ids=mb.unit_ids[:, :length],
+            inf_logprobs=mb.inf_logprobs[:, :length],
+            old_logprobs=None if mb.old_logprobs is None else mb.old_logprobs[:, :length],
+        )
+        if mb.routed_experts is not None:
+            b, t = mb.input_ids.shape
+            trimmed.routed_experts = [r.view(b, t, -1)[:, :length].reshape(-1, r.shape[-1]) for r in mb.routed_experts]
+        return trimmed
+
+    @torch.no_grad()
+    def old_logprobs(self, batch: TrainBatch, record_routing: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Log-probs (and optionally the routing) of the current weights on the whole batch; every
+        rank computes its rows and the result is all-gathered by summation (rows are disjoint)."""
+        b, t = batch.input_ids.shape
+        logp_all = torch.zeros(b, t)
+        n_moe = sum(1 for layer in self.model.trunk_layers if layer.is_moe)
+        k = self.config.num_experts_per_tok
+        routing = torch.zeros(n_moe, b, t, k, dtype=torch.long) if record_routing else None
+        plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
+        for rows in plan:
+            mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])))
+            logp, out = self._token_logprobs(self.model, mb.input_ids, record=record_routing)
+            if len(rows):
+                logp_all[rows, : logp.shape[1]] = logp
+                if routing is not None:
+                    for i, r in enumerate(out.routed_experts):
+                        routing[i, rows, : logp.shape[1]] = r.view(len(rows), -1, k)
+        dist.all_reduce(logp_all)
+        replay = None
+        if routing is not None:
+            dist.all_reduce(routing)
+            replay = [routing[i].reshape(b * t, k) for i in range(n_moe)]
+        return logp_all, replay
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """One rollout batch: `updates_per_batch` optimizer steps over strided mini-batches."""
+        cfg = self.recipe.learner
+        updates = min(cfg.updates_per_batch, len(batch))
+        replay_mode = self.recipe.rollout.routing_replay
+        if updates > 1 or replay_mode == "r2":
+            batch.old_logprobs, replay = self.old_logprobs(batch, record_routing=replay_mode == "r2")
+            batch.routed_experts = replay
+        sums: dict[str, float] = {}
+        for u in range(updates):
+            mini = batch.select(torch.arange(u, len(batch), updates))
+            self._accumulate(sums, self._update(mini, measure_gap=u == 0))
+        return _finalize(sums, updates)
+
+    def _update(self, batch: TrainBatch, measure_gap: bool) -> dict[str, float]:
+        algo = self.recipe.algorithm
+        mask = batch.response_mask.bool()
+        denominator = float(mask.sum()) if algo.loss.loss_agg == "token_mean" else float(mask.any(1).sum())
+        denominator = max(denominator, 1.0)
+        plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
+        sums: dict[str, float] = {}
+        for rows in plan:
+            empty = len(rows) == 0
+            # An empty micro-batch still runs (FSDP2 ranks must issue the same collectives) with zero loss.
+            mb = self._trim(batch.select(rows if not empty else torch.tensor([0])))
+            logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, with_mtp=self.train_mtp)
+            old = mb.old_logprobs if mb.old_logprobs is not None else logp.detach()
+            ref = None
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref, _ = self._token_logprobs(self.ref_model, mb.input_ids)
+            loss, metrics = policy_loss(logp, old, mb.advantages, mb.unit_ids, mb.response_mask, algo,
+                                        inf_logp=mb.inf_logprobs, ref_logp=ref, denominator=denominator)
+            values = metrics.as_dict()
+            if self.train_mtp:
+                mtp = self._mtp_loss(mb, out.mtp_logits) * (float(mb.response_mask.sum()) / denominator)
+                loss = loss + self.recipe.model.mtp.loss_weight * mtp
+                values["mtp_loss"] = float(mtp)
+            scale = 0.0 if empty else 1.0
+            # FSDP2 averages gradients over ranks; each rank's loss is its share of the batch mean.
+            (loss * scale * self.world_size).backward()
+            tokens = 0.0 if empty else float(mask[rows].sum())
+            if measure_gap and not empty:
+                gap = (old - mb.inf_logprobs).abs()[mb.response_mask.bool()]
+                values["sync/gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
+                values["sync/gap_max"] = float(gap.max()) if gap.numel() else 0.0
+            self._accumulate(sums, {k: v * scale for k, v in values.items()}, weight=tokens)
+        for p in self.params:
+            # An expert no token was routed to has no gradient; a zero one keeps its optimizer state
+            # present (and checkpointable) from the first step on.
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.learner.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        reduced = _all_reduce(sums)
+        reduced["grad_norm"] = float(grad_norm)
+        reduced["lr"] = self.scheduler.get_last_lr()[0]
+        return reduced
+
+    def _mtp_loss(self, mb: TrainBatch, mtp_logits: list[torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy of each MTP depth d on the response tokens it predicts (t+1+d)."""
+        losses = []
+        for d, logits in enumerate(mtp_logits, start=1):
+            target = mb.input_ids[:, d + 1 :]
+            mask = mb.response_mask[:, d + 1 :].bool()
+            ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+            losses.append((ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1))
+        return torch.stack(losses).mean()
+
+    @staticmethod
+    def _accumulate(sums: dict[str, float], values: dict[str, float], weight: float = 1.0) -> None:
+        for key, value in values.items():
+            if key in _SUMMED or key in ("grad_norm", "lr"):
+                sums[key] = sums.get(key, 0.0) + value
+            elif key.endswith("_max"):
+                sums[key] = max(sums.get(key, float("-inf")), value) if weight else sums.get(key, float("-inf"))
+            elif key.endswith("_min"):
+                sums[key] = min(sums.get(key, float("inf")), value) if weight else sums.get(key, float("inf"))
+            else:
+                sums[key] = sums.get(key, 0.0) + value * weight
+                sums[f"__w/{key}"] = sums.get(f"__w/{key}", 0.0) + weight
+
+    # --- weights and checkpoints -------------------------------------------------------------------
+
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def export_inference_weights(self, path: str) -> None:
+        """Write the policy (Hugging Face names, no MTP) for the rollout engines to reload."""
+        state = self._full_state()
+        if self.rank == 0:
+            write_safetensors_atomic(inference_weights(state, self.config), Path(path))
+        dist.barrier()
+
+    def export_hf(self, out_dir: str, tokenizer_dir: str) -> None:
+        state = self._full_state()
+        if self.rank == 0:
+            save_model(self.model, out_dir, tokenizer_dir=tokenizer_dir, state=state)
+        dist.barrier()
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(ckpt_dir, "learner"))
+        if self.rank == 0:
+            torch.save({"scheduler": self.scheduler.state_dict()}, os.path.join(ckpt_dir, "learner_extra.pt"))
+        torch.save(torch.get_rng_state(), os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt"))
+        dist.barrier()
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=os.path.join(ckpt_dir, "learner"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self.scheduler.load_state_dict(torch.load(os.path.join(ckpt_dir, "learner_extra.pt"))["scheduler"])
+        torch.set_rng_state(torch.load(os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt")))
+        dist.barrier()
+
+    def ping(self) -> int:
+        return self.rank
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _lengths(batch: TrainBatch) -> torch.Tensor:
+    """Per row, the position after its last response token (prompt + response length)."""
+    t = batch.response_mask.shape[1]
+    mask = batch.response_mask.bool()
+    last = t - mask.flip(1).int().argmax(1)
+    return torch.where(mask.any(1), last, torch.ones_like(last))
+
+
+def _all_reduce(sums: dict[str, float]) -> dict[str, float]:
+    keys = sorted(sums)
+    groups = {
+        dist.ReduceOp.MAX: [k for k in keys if k.endswith("_max")],
+        dist.ReduceOp.MIN: [k for k in keys if k.endswith("_min")],
+        dist.ReduceOp.SUM: [k for k in keys if not k.endswith(("_max", "_min"))],
+    }
+    out: dict[str, float] = {}
+    for op, names in groups.items():
+        if names:
+            t = torch.tensor([sums[k] for k in names], dtype=torch.float64)
+            dist.all_reduce(t, op=op)
+            out.update(zip(names, t.tolist()))
+    result = {}
+    for key, value in out.items():
+        if key.startswith("__w/"):
+            continue
+        if f"__w/{key}" in out:
+            value = value / out[f"__w/{key}"] if out[f"__w/{key}"] else 0.0
+        result[key] = value
+    return result
+
+
+def _finalize(sums: dict[str, float], updates: int) -> dict[str, float]:
+    """Average the per-update metrics of one rollout batch."""
+    return {k: (v / updates if k not in ("sync/gap_mean", "sync/gap_max") else v) for k, v in sums.items()
+            if not k.startswith("__w/")}
