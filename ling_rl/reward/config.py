@@ -13,7 +13,12 @@ class RewardSpec(Section):
     """One reward plugin."""
 
     name: str
-    """Registered name (`math`), dotted path (`my_pkg.rewards:func`) or file (`rewards.py:func`)."""
+    """Registered name (`math`), dotted path (`my_pkg.rewards:func`), file (`rewards.py:func`) or the
+    name of a `ling_rl.rewards` entry point (resolution order: see `ling_rl.reward.loading`)."""
+
+    label: str | None = None
+    """Key of this plugin in the score breakdown and metrics (default: `name`). Needed only when
+    one plugin is listed twice, e.g. with different `args`."""
 
     weight: float = 1.0
     """Weight of this plugin in the total reward."""
@@ -22,7 +27,13 @@ class RewardSpec(Section):
     """A call taking longer counts as a failure and scores `error_value`."""
 
     error_value: float = 0.0
-    """Score given when the plugin raises or times out (counted in metrics)."""
+    """Score given when the plugin raises, times out or returns a malformed result (counted in metrics)."""
 
     args: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for the plugin."""
+    """Keyword arguments for the plugin: passed to `__init__` of a class plugin (once per worker),
+    or on every call of a function plugin (like `functools.partial`)."""
+
+    @property
+    def key(self) -> str:
+        """The plugin's key in breakdowns and metrics."""
+        return self.label or self.name

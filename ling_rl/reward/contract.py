@@ -1,0 +1,86 @@
+"""The reward plugin contract.
+
+A reward plugin has the signature of a TRL reward function, so TRL functions work unchanged:
+
+    def my_reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+
+It is called with keyword arguments only:
+
+- `prompts`, `completions`: aligned lists, one entry per scored response;
+- `completion_ids`: the response token ids (list of lists), as TRL passes them;
+- every dataset column of the samples (e.g. `answer`), as a list aligned with `prompts`
+  (a row without the column gives None);
+- for function plugins, the recipe's `args` (class plugins receive `args` in `__init__` instead).
+
+Keywords the plugin's signature does not accept are not passed (unless it takes `**kwargs`), so
+`def f(completions, answer)` is a valid plugin.
+
+It returns one score per completion: a float, or None to skip that completion (it then does not
+count in the total; a sample skipped by every plugin is not trained on). It may instead return
+`RewardOutput(scores, metrics)` to report its own metrics (averaged over its calls of a step).
+
+Variants: an `async def` function (calls run concurrently inside a worker), a class (instantiated
+once per worker with `args`, then called like a function; `__call__` may be async), and
+group-level plugins (registered with `group_level=True`: called once per prompt with all of its
+responses, e.g. for group-aware rewards). See `ling_rl.reward.registry.reward`.
+
+This module is imported by the reward workers: it must stay free of torch, ray and pydantic.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+RewardFn = Callable[..., "list[float | None] | RewardOutput"]
+"""A reward plugin callable (sync or async), see the module docstring."""
+
+INPUT_KEYWORDS = ("prompts", "completions", "completion_ids")
+"""Keywords the pool always passes; dataset columns and `args` may not reuse them."""
+
+
+@dataclass
+class RewardOutput:
+    """What a plugin may return instead of a plain list: scores plus its own metrics."""
+
+    scores: list[float | None]
+    """One score per completion (None: skip)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Plugin-defined metrics, e.g. `{"parse_failures": 3}`; logged as `reward/<plugin>/<key>`."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What the `@reward` decorator records on a plugin (attribute `__ling_reward__`)."""
+
+    name: str | None
+    group_level: bool = False
+
+
+PLUGIN_INFO_ATTR = "__ling_reward__"
+
+
+def plugin_info(obj: object) -> PluginInfo:
+    """The decorator's record of `obj`, or the defaults for an undecorated (e.g. TRL) function."""
+    info = getattr(obj, PLUGIN_INFO_ATTR, None)
+    return info if isinstance(info, PluginInfo) else PluginInfo(name=None)
+
+
+def accepted_keywords(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """Keyword names `fn` accepts, or None when it takes `**kwargs` (then everything is passed)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(
+        p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for `async def` functions, partials of them and objects with an async `__call__`."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - we want the method itself, not callable()
+    return call is not None and inspect.iscoroutinefunction(call)

@@ -1,0 +1,142 @@
+"""One reward worker: holds the instantiated plugins and runs plugin calls.
+
+The pool runs this class as a Ray actor (a process of its own). Calls arrive one task at a time
+and Ray runs a synchronous actor's tasks on the process's main thread, so sync plugins may use
+`signal.alarm` (math-verify does). Async plugins run on the worker's own event loop, all calls of a
+task concurrently, each under `asyncio.wait_for`. A sync call is not interrupted here: the pool
+kills the whole worker when a call overruns (Python cannot stop a hung thread, and a plugin stuck
+in C code ignores signals); a sync call that returns late is still reported as timed out.
+
+Imports stay light (no torch, ray or pydantic at module level) so a worker starts in about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ling_rl.reward.contract import RewardOutput, accepted_keywords
+
+
+@dataclass
+class CallInput:
+    """Arguments of one plugin call: aligned lists of one slice of the batch (or one group)."""
+
+    prompts: list[str]
+    completions: list[str]
+    completion_ids: list[list[int]]
+    columns: dict[str, list[Any]]
+
+
+@dataclass
+class CallResult:
+    """Outcome of one plugin call. `scores` is None when the call failed or timed out."""
+
+    scores: list[float | None] | None
+    latency_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    """Why the call failed (exception, malformed result, dead worker); None on success and timeout."""
+    timed_out: bool = False
+
+
+class RewardWorker:
+    """Plugins of one pool, instantiated in this process; `run` executes calls of one plugin."""
+
+    def __init__(self, payload: bytes, driver_sys_path: list[str]) -> None:
+        # The driver may have extended sys.path after Ray started (an entry point or package in a
+        # temp folder): put its path first so the plugins unpickle to the same modules.
+        sys.path[:] = list(driver_sys_path) + [p for p in sys.path if p not in driver_sys_path]
+        from ray import cloudpickle  # ray is imported in any actor process anyway
+
+        self.plugins = cloudpickle.loads(payload)
+        self._callables = [p.target(**p.args) if p.is_class else p.target for p in self.plugins]
+        self._accepts = [accepted_keywords(fn) for fn in self._callables]
+        self._loop = asyncio.new_event_loop()
+
+    def ready(self) -> int:
+        """The worker's pid; returns once the plugins are instantiated."""
+        return os.getpid()
+
+    def run(self, plugin_index: int, calls: list[CallInput]) -> list[CallResult]:
+        plugin = self.plugins[plugin_index]
+        if plugin.is_async:
+            return self._loop.run_until_complete(asyncio.gather(*(self._run_async(plugin_index, c) for c in calls)))
+        return [self._run_sync(plugin_index, c) for c in calls]
+
+    def _run_sync(self, index: int, call: CallInput) -> CallResult:
+        timeout_s = self.plugins[index].timeout_s
+        start = time.monotonic()
+        try:
+            out = self._callables[index](**self._kwargs(index, call))
+            if inspect.isawaitable(out):  # a sync callable that hands back a coroutine
+                out = self._loop.run_until_complete(asyncio.wait_for(_awaited(out), timeout_s))
+        except (asyncio.TimeoutError, TimeoutError):
+            return CallResult(None, time.monotonic() - start, timed_out=True)
+        except Exception as e:
+            return CallResult(None, time.monotonic() - start, error=f"{type(e).__name__}: {e}")
+        latency = time.monotonic() - start
+        if latency > timeout_s:
+            return CallResult(None, latency, timed_out=True)
+        return _checked(out, len(call.completions), latency)
+
+    async def _run_async(self, index: int, call: CallInput) -> CallResult:
+        start = time.monotonic()
+        try:
+            out = await asyncio.wait_for(self._callables[index](**self._kwargs(index, call)), self.plugins[index].timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            return CallResult(None, time.monotonic() - start, timed_out=True)
+        except Exception as e:
+            return CallResult(None, time.monotonic() - start, error=f"{type(e).__name__}: {e}")
+        return _checked(out, len(call.completions), time.monotonic() - start)
+
+    def _kwargs(self, index: int, call: CallInput) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "prompts": call.prompts,
+            "completions": call.completions,
+            "completion_ids": call.completion_ids,
+            **call.columns,
+        }
+        plugin = self.plugins[index]
+        if not plugin.is_class:
+            kwargs.update(plugin.args)
+        accepted = self._accepts[index]
+        return kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _checked(out: Any, expected: int, latency: float) -> CallResult:
+    """Validate a plugin's return value; a malformed one is a failure with a precise message."""
+    metrics: dict[str, float] = {}
+    if isinstance(out, RewardOutput):
+        try:
+            metrics = {str(k): float(v) for k, v in out.metrics.items()}
+        except (TypeError, ValueError) as e:
+            return CallResult(None, latency, error=f"RewardOutput.metrics must map names to numbers: {e}")
+        out = out.scores
+    if not isinstance(out, list | tuple):
+        return CallResult(None, latency, error=f"returned {type(out).__name__}, expected a list of float | None")
+    if len(out) != expected:
+        return CallResult(None, latency, error=f"returned {len(out)} scores for {expected} completions")
+    scores: list[float | None] = []
+    for value in out:
+        if value is None:
+            scores.append(None)
+            continue
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            return CallResult(None, latency, error=f"returned a {type(value).__name__} score, expected float | None")
+        if not math.isfinite(score):
+            return CallResult(None, latency, error=f"returned a non-finite score ({score})")
+        scores.append(score)
+    return CallResult(scores, latency, metrics=metrics)
