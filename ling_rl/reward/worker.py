@@ -67,7 +67,9 @@ class RewardWorker:
     def run(self, plugin_index: int, calls: list[CallInput]) -> list[CallResult]:
         plugin = self.plugins[plugin_index]
         if plugin.is_async:
-            return self._loop.run_until_complete(asyncio.gather(*(self._run_async(plugin_index, c) for c in calls)))
+            fn = self._callables[plugin_index]
+            kwargs = [self._kwargs(plugin_index, c) for c in calls]
+            return self._loop.run_until_complete(_run_all_async(fn, kwargs, calls, plugin.timeout_s))
         return [self._run_sync(plugin_index, c) for c in calls]
 
     def _run_sync(self, index: int, call: CallInput) -> CallResult:
@@ -86,16 +88,6 @@ class RewardWorker:
             return CallResult(None, latency, timed_out=True)
         return _checked(out, len(call.completions), latency)
 
-    async def _run_async(self, index: int, call: CallInput) -> CallResult:
-        start = time.monotonic()
-        try:
-            out = await asyncio.wait_for(self._callables[index](**self._kwargs(index, call)), self.plugins[index].timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
-            return CallResult(None, time.monotonic() - start, timed_out=True)
-        except Exception as e:
-            return CallResult(None, time.monotonic() - start, error=f"{type(e).__name__}: {e}")
-        return _checked(out, len(call.completions), time.monotonic() - start)
-
     def _kwargs(self, index: int, call: CallInput) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "prompts": call.prompts,
@@ -108,6 +100,28 @@ class RewardWorker:
             kwargs.update(plugin.args)
         accepted = self._accepts[index]
         return kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
+
+
+# The coroutines below are module functions on purpose: a single `async def` method would make
+# Ray treat RewardWorker as an async actor and run every method, sync plugins included, on an
+# event-loop thread instead of the main thread.
+
+
+async def _run_all_async(
+    fn: Any, kwargs: list[dict[str, Any]], calls: list[CallInput], timeout_s: float
+) -> list[CallResult]:
+    return list(await asyncio.gather(*(_run_async(fn, kw, len(c.completions), timeout_s) for kw, c in zip(kwargs, calls))))
+
+
+async def _run_async(fn: Any, kwargs: dict[str, Any], expected: int, timeout_s: float) -> CallResult:
+    start = time.monotonic()
+    try:
+        out = await asyncio.wait_for(fn(**kwargs), timeout_s)
+    except (asyncio.TimeoutError, TimeoutError):
+        return CallResult(None, time.monotonic() - start, timed_out=True)
+    except Exception as e:
+        return CallResult(None, time.monotonic() - start, error=f"{type(e).__name__}: {e}")
+    return _checked(out, expected, time.monotonic() - start)
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -1,0 +1,111 @@
+"""Failures are counted and bounded: raising, malformed, hanging plugins; typos fail up front."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from conftest import PLUGIN_DIR, make_rollouts
+from ling_rl.reward.config import RewardSpec
+from ling_rl.reward.loading import RewardResolutionError, resolve_rewards
+from ling_rl.reward.pool import RewardPool, RewardWorkerError
+from ling_rl.types import Rollout, Sample
+
+ROLLOUTS = make_rollouts([("p0", "1", ["a", "bb"]), ("p1", "2", ["ccc", "dddd"])])
+
+
+def test_unknown_name_lists_the_options(sample_plugins: Any) -> None:
+    with pytest.raises(RewardResolutionError) as err:
+        resolve_rewards([RewardSpec(name="exact_answer"), RewardSpec(name="exact_anwser")])
+    message = str(err.value)
+    assert "unknown reward plugin 'exact_anwser'" in message
+    assert "exact_answer" in message and "answer_proximity" in message and "t_length" in message
+    assert "pkg.module:func" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        ("no_such_pkg.rewards:f", {}, "no module 'no_such_pkg.rewards'"),
+        ("rewards.exact_answer:exact_anwser", {}, "has no attribute 'exact_anwser'"),
+        ("missing/file.py:f", {}, "not found"),
+        ("t_strict", {"answr": 2}, "args answr are not parameters"),
+        ("t_contains", {"needel": "x"}, "do not fit Contains()"),
+        ("t_length", {"completions": []}, "args may not be named completions"),
+    ],
+)
+def test_bad_specs_fail_before_the_run(sample_plugins: Any, name: str, args: dict[str, Any], expected: str) -> None:
+    with pytest.raises(RewardResolutionError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        resolve_rewards([RewardSpec(name=name, args=args)])
+
+
+def test_same_plugin_twice_needs_labels(sample_plugins: Any) -> None:
+    with pytest.raises(RewardResolutionError, match="listed twice"):
+        resolve_rewards([RewardSpec(name="t_length"), RewardSpec(name="t_length")])
+    keys = [p.key for p in resolve_rewards([RewardSpec(name="t_length"), RewardSpec(name="t_length", label="len2")])]
+    assert keys == ["t_length", "len2"]
+
+
+def test_raising_and_malformed_plugins_score_error_value(ray_session: None, sample_plugins: Any) -> None:
+    specs = [
+        RewardSpec(name="t_raises", error_value=-1.0),
+        RewardSpec(name="t_wrong_length", error_value=-2.0),
+        RewardSpec(name="t_length"),
+    ]
+    with RewardPool(specs, num_workers=2, worker_cpus=0.25) as pool:
+        scored, metrics = pool.score(ROLLOUTS)
+    assert [s.breakdown["t_raises"] for s in scored] == [-1.0] * 4
+    assert [s.breakdown["t_wrong_length"] for s in scored] == [-2.0] * 4
+    assert [s.breakdown["t_length"] for s in scored] == [1.0, 2.0, 3.0, 4.0]
+    assert [s.reward for s in scored] == [-2.0, -1.0, 0.0, 1.0]
+    raised = metrics.plugins["t_raises"]
+    assert raised.failures == raised.calls == 2 and raised.timeouts == 0
+    assert raised.errors == ["ValueError: plugin exploded on purpose"]
+    assert metrics.plugins["t_wrong_length"].errors == ["returned 1 scores for 2 completions"]
+    assert metrics.as_dict()["reward/t_raises/failures"] == 2
+
+
+def test_hanging_sync_plugin_times_out_and_pool_recovers(ray_session: None, sample_plugins: Any) -> None:
+    specs = [RewardSpec(name="t_hangs", timeout_s=1.0, error_value=-0.5), RewardSpec(name="t_length")]
+    with RewardPool(specs, num_workers=1, worker_cpus=0.25, kill_grace_s=0.5) as pool:
+        for _ in range(2):  # the second batch runs on the replacement worker
+            start = time.monotonic()
+            scored, metrics = pool.score(ROLLOUTS)
+            # The hung call is given up at timeout + grace (1.5 s); the batch also waits for the
+            # replacement worker to start before t_length runs, which on a loaded box takes seconds.
+            assert 1.5 <= metrics.plugins["t_hangs"].latency_max_s < 2.5
+            assert time.monotonic() - start < 60.0
+            assert [s.breakdown["t_hangs"] for s in scored] == [-0.5] * 4
+            assert [s.breakdown["t_length"] for s in scored] == [1.0, 2.0, 3.0, 4.0]
+            assert metrics.plugins["t_hangs"].timeouts == 1 and metrics.plugins["t_hangs"].failures == 0
+            assert metrics.workers_replaced == 1
+
+
+def test_hanging_async_plugin_times_out_inside_the_worker(ray_session: None, sample_plugins: Any) -> None:
+    with RewardPool([RewardSpec(name="t_async_hangs", timeout_s=0.5, error_value=-3.0)], worker_cpus=0.25) as pool:
+        scored, metrics = pool.score(ROLLOUTS)
+    assert [s.reward for s in scored] == [-3.0] * 4
+    assert metrics.plugins["t_async_hangs"].timeouts == 1
+    assert metrics.workers_replaced == 0  # cancelled by asyncio, no process killed
+
+
+def test_class_plugin_failing_to_initialize_fails_the_pool(ray_session: None, sample_plugins: Any) -> None:
+    with pytest.raises(RewardWorkerError, match="cannot load the judge"):
+        RewardPool([RewardSpec(name="t_bad_init")], worker_cpus=0.25)
+
+
+def test_args_colliding_with_a_dataset_column_fail_loudly(ray_session: None, sample_plugins: Any) -> None:
+    sample = Sample(id="s", prompt="p", prompt_ids=[1], columns={"factor": 2})
+    rollout = Rollout(sample=sample, group=0, response_ids=[1], response_text="a", inf_logprobs=[0.0],
+                      finish_reason="stop", policy_version=0)
+    with RewardPool([RewardSpec(name="t_scaled", args={"factor": 3})], worker_cpus=0.25) as pool:
+        with pytest.raises(ValueError, match="args key 'factor' collides with the dataset column"):
+            pool.score([rollout])
+
+
+def test_file_plugin_is_resolved_relative_to_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(PLUGIN_DIR)
+    plugin, = resolve_rewards([RewardSpec(name="trl_style.py:format_reward")])
+    assert plugin.source == "file" and plugin.key == "trl_style.py:format_reward"
