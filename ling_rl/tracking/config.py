@@ -16,7 +16,8 @@ class WandbConfig(Section):
     """Log to W&B."""
 
     mode: Literal["online", "offline", "disabled"] = "online"
-    """`offline` writes locally (tests, air-gapped nodes); sync later with `wandb sync`."""
+    """`offline` writes locally (tests, air-gapped nodes); sync later with `wandb sync`.
+    The environment variable `WANDB_MODE`, when set, wins over this value."""
 
     project: str = "ling-rl"
     """W&B project."""
@@ -38,7 +39,9 @@ class TrackingConfig(Section):
     """Write metrics.jsonl in the run folder (what `ling-rl report` reads)."""
 
     progress_bar: bool = True
-    """Console progress bar with the key metrics."""
+    """Console progress bar with the key metrics on a terminal; off (or not a terminal): one
+    plain line per logged step."""
 
     log_every: int = Field(default=1, ge=1)
-    """Log every N steps."""
+    """Send metrics to W&B and print a console line every N steps (and at the last step);
+    metrics.jsonl records every step."""
