@@ -56,7 +56,7 @@ def check(
     except RecipeError as e:
         _fail(str(e))
     problems = []
-    for key, value in (("data.train", parsed.data.train), ("data.eval", parsed.data.eval), ("model.path", parsed.model.path)):
+    for key, value in (("data.train", parsed.data.train), ("model.path", parsed.model.path)):
         if value and _looks_local(value) and not Path(value).exists():
             problems.append(f"{recipe}: {key}: {value} does not exist")
     if problems:
@@ -94,6 +94,47 @@ def sample(
         console.print(f"[bold]prompt[/]: {p}", highlight=False)
         for text, logp in outs:
             console.print(f"  [cyan]sample[/] (sum log p = {logp:.2f}): {text!r}", highlight=False)
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learner.lr=1e-6.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: run.output_dir/run.name).")] = None,
+) -> None:
+    """Train with RL: vLLM rollouts, reward workers, FSDP2 learner. Resumes from the run folder's
+    latest checkpoint unless checkpoint.resume=never."""
+    from ling_rl.config import RecipeError, load_recipe
+
+    try:
+        parsed = load_recipe(recipe, overrides or [])
+    except RecipeError as e:
+        _fail(str(e))
+    from ling_rl.errors import USER_ERRORS
+    from ling_rl.loop import train as run_training
+
+    folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
+    try:
+        final = run_training(parsed, folder)
+    except USER_ERRORS as e:
+        _fail(str(e), code=1)
+    console.print(f"[green]done[/]: run folder [bold]{folder}[/]" + (f", model [bold]{final}[/]" if final.exists() else ""))
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder: RUN_DIR/checkpoints/step-N.")],
+    out_dir: Annotated[Path, typer.Argument(help="Hugging Face folder to write.")],
+) -> None:
+    """Write a Hugging Face BailingMoeV2 folder (loads in vLLM) from a training checkpoint."""
+    from ling_rl.errors import USER_ERRORS
+    from ling_rl.learner.export import export_checkpoint
+
+    try:
+        export_checkpoint(checkpoint, out_dir)
+    except USER_ERRORS as e:
+        _fail(str(e), code=1)
+    console.print(f"wrote [bold]{out_dir}[/] from {checkpoint}")
 
 
 if __name__ == "__main__":

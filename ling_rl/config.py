@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.cluster.config import ClusterConfig
-from ling_rl.curriculum.config import CurriculumConfig, DataConfig, EvalConfig
+from ling_rl.curriculum.config import DataConfig
 from ling_rl.learner.config import CheckpointConfig, LearnerConfig
 from ling_rl.models.config import ModelConfig
 from ling_rl.reward.config import RewardSpec
@@ -53,13 +53,11 @@ class Recipe(Section):
     data: DataConfig
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
-    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     rewards: list[RewardSpec] = Field(min_length=1)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -70,15 +68,15 @@ class Recipe(Section):
                 f"is {self.rollout.group_size}, but algorithm.advantage.type={self.algorithm.advantage.type} "
                 f"({group_relative[self.algorithm.advantage.type]}) needs at least 2 responses per prompt",
             )
-        for i, stage in enumerate(self.curriculum.stages):
-            if stage.max_response_tokens and stage.max_response_tokens > self.rollout.max_response_tokens:
-                raise _CrossField(
-                    f"curriculum.stages.{i}.max_response_tokens",
-                    f"is {stage.max_response_tokens}, above rollout.max_response_tokens={self.rollout.max_response_tokens}",
-                )
         if self.learner.num_ranks > self.rollout.prompts_per_step * self.rollout.group_size:
             raise _CrossField("learner.num_ranks", f"is {self.learner.num_ranks}, more than the "
                               f"{self.rollout.prompts_per_step * self.rollout.group_size} responses of a step")
+        c = self.cluster
+        need = (self.rollout.num_engines * c.rollout.num_cpus + self.learner.num_ranks * c.learner.num_cpus
+                + c.reward_workers * c.reward.num_cpus)
+        if c.address is None and c.num_cpus is not None and need > c.num_cpus:
+            raise _CrossField("cluster.num_cpus", f"is {c.num_cpus}, but the roles ask for {need:g} CPUs (engines, learner "
+                              "ranks and reward workers times their cluster.<role>.num_cpus); Ray could never place them")
         return self
 
 

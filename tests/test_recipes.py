@@ -46,8 +46,7 @@ MALFORMED = [
     (_with(rewards=[{"weight": 1.0}]), "rewards.0.name: required key is missing"),
     (_with(model__path="/x"), "model: set exactly one of model.path"),
     (_with(tracking__wandb__mode="cloud"), "tracking.wandb.mode: Input should be 'online', 'offline' or 'disabled'"),
-    (_with(curriculum__stages=[{"name": "s", "max_response_tokens": 4096}]), "curriculum.stages.0.max_response_tokens: is 4096"),
-    (_with(curriculum__stages=[{"name": "s", "alpha": {"easy": 1.0}}]), "curriculum.stages.0: alpha key 'easy'"),
+    (_with(data__prompt_key=3), "data.prompt_key: Input should be a valid string"),
     (_with(learner__num_ranks=100), "learner.num_ranks: is 100, more than the 64 responses of a step"),
     (_with(colour="blue"), "colour: unknown key 'colour'; allowed keys: run, model, data"),
 ]

@@ -40,14 +40,30 @@ _SUMMED = {"loss", "pg_loss", "kl", "mtp_loss"}
 
 
 class LearnerWorker:
-    def __init__(self, rank: int, world_size: int, init_method: str, recipe: dict[str, Any], model_dir: str,
-                 threads: int = 1, collective_timeout_s: float = 300.0) -> None:
+    def __init__(self, rank: int, world_size: int, recipe: dict[str, Any], model_dir: str, threads: int = 1) -> None:
+        """Cheap construction; `setup` joins the process group and builds the model."""
         torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
-                                    timeout=timedelta(seconds=collective_timeout_s))
         self.recipe = Recipe.model_validate(recipe)
+        self.model_dir = model_dir
+
+    def rendezvous_address(self) -> str:
+        """A `tcp://host:port` on this rank's node for the process group (called on rank 0)."""
+        import socket
+
+        import ray
+
+        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{host}:{port}"
+
+    def setup(self, init_method: str, collective_timeout_s: float = 300.0) -> None:
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", init_method=init_method, rank=self.rank, world_size=self.world_size,
+                                    timeout=timedelta(seconds=collective_timeout_s))
+        model_dir = self.model_dir
         torch.manual_seed(self.recipe.run.seed)
         self.model = self._build(model_dir)
         self.ref_model = self._build(model_dir) if self.recipe.algorithm.kl.needs_reference else None
@@ -247,6 +263,9 @@ class LearnerWorker:
 
     def shutdown(self) -> None:
         if dist.is_initialized():
+            # Ranks leave together: a rank tearing down gloo while a peer still has work in flight
+            # aborts the peer's process.
+            dist.barrier()
             dist.destroy_process_group()
 
 

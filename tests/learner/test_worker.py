@@ -24,7 +24,8 @@ def _recipe(world: int, **learner: object) -> dict:
 def _train(rank: int, world: int, init: str, model_dir: str, out: str, learner: dict, ckpt: str | None) -> None:
     from ling_rl.learner.worker import LearnerWorker
 
-    worker = LearnerWorker(rank, world, init, _recipe(world, **learner), model_dir)
+    worker = LearnerWorker(rank, world, _recipe(world, **learner), model_dir)
+    worker.setup(init)
     metrics = [worker.train_step(random_batch(1024, seed=s)) for s in range(2)]
     if ckpt:
         worker.save_checkpoint(ckpt)
@@ -37,7 +38,8 @@ def _train(rank: int, world: int, init: str, model_dir: str, out: str, learner: 
 def _resume(rank: int, world: int, init: str, model_dir: str, out: str, learner: dict, ckpt: str) -> None:
     from ling_rl.learner.worker import LearnerWorker
 
-    worker = LearnerWorker(rank, world, init, _recipe(world, **learner), model_dir)
+    worker = LearnerWorker(rank, world, _recipe(world, **learner), model_dir)
+    worker.setup(init)
     worker.load_checkpoint(ckpt)
     metrics = [worker.train_step(random_batch(1024, seed=s)) for s in (2, 3)]
     if rank == 0:

@@ -1,0 +1,60 @@
+"""From scored rollouts to the learner's `TrainBatch`: advantages, unit segmentation, padding.
+
+This is the algorithm-facing half of the driver step; the learner sees only tensors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from ling_rl.algorithms import AlgorithmConfig, Segmenter, compute_advantages
+from ling_rl.types import ScoredRollout, TrainBatch
+
+# Estimators whose baseline needs two responses of the same prompt.
+_NEEDS_PAIRS = {"group_norm", "rloo"}
+
+
+def build_train_batch(scored: list[ScoredRollout], algo: AlgorithmConfig, segmenter: Segmenter | None,
+                      pad_id: int) -> tuple[TrainBatch, dict[str, float]]:
+    """Right-padded prompt+response rows with per-token advantages, unit ids and inference
+    log-probs. Skipped samples, and samples left alone in their group by skips when the estimator
+    needs pairs, stay in the batch with an empty response mask (nothing is trained on them)."""
+    groups = Counter(s.rollout.group for s in scored if not s.skipped)
+    trainable = [not s.skipped and (algo.advantage.type not in _NEEDS_PAIRS or groups[s.rollout.group] >= 2)
+                 for s in scored]
+    advantages = torch.zeros(len(scored))
+    flat = torch.zeros(len(scored), dtype=torch.bool)
+    idx = torch.tensor([i for i, ok in enumerate(trainable) if ok], dtype=torch.long)
+    if len(idx):
+        rewards = torch.tensor([scored[i].reward for i in idx.tolist()], dtype=torch.float64)
+        group_ids = torch.tensor([scored[i].rollout.group for i in idx.tolist()])
+        result = compute_advantages(rewards, group_ids, algo.advantage)
+        advantages[idx] = result.advantages.float()
+        flat[idx] = result.flat
+
+    t = max(len(s.rollout.sample.prompt_ids) + len(s.rollout.response_ids) for s in scored)
+    b = len(scored)
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    inf = torch.zeros(b, t)
+    for i, s in enumerate(scored):
+        p, r = s.rollout.sample.prompt_ids, s.rollout.response_ids
+        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        inf[i, len(p) : len(p) + len(r)] = torch.tensor(s.rollout.inf_logprobs)
+        if trainable[i]:
+            mask[i, len(p) : len(p) + len(r)] = True
+    unit_ids = segmenter.segment_padded(input_ids, mask) if segmenter is not None else torch.zeros(b, t, dtype=torch.long)
+    batch = TrainBatch(input_ids=input_ids, response_mask=mask, advantages=advantages[:, None] * mask,
+                       unit_ids=unit_ids, inf_logprobs=inf)
+    n_groups = len({s.rollout.group for s in scored})
+    flat_groups = len({s.rollout.group for s, f in zip(scored, flat.tolist()) if f})
+    metrics = {
+        "batch/responses": float(b),
+        "batch/trained_responses": float(sum(trainable)),
+        "batch/flat_group_frac": flat_groups / max(n_groups, 1),
+        "batch/response_tokens": float(mask.sum()),
+        "advantage/abs_mean": float(advantages[idx].abs().mean()) if len(idx) else 0.0,
+    }
+    return batch, metrics

@@ -1,0 +1,98 @@
+"""Prompt datasets: loading (HF `datasets`), validation, tokenization and a resumable cursor."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ling_rl.curriculum.config import DataConfig
+from ling_rl.types import Sample
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; names the file and the row."""
+
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_rows(source: str, max_rows: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a local JSONL/JSON/parquet/CSV file or of a Hugging Face hub dataset (`org/name`)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source)
+    if path.suffix in _FORMATS:
+        if not path.is_file():
+            raise DatasetError(f"{source}: dataset file not found")
+        try:
+            ds = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as e:  # datasets wraps parse errors in several exception types
+            raise DatasetError(f"{source}: cannot be read as {path.suffix[1:]}: {e}") from None
+    else:
+        ds = datasets.load_dataset(source, split="train")
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    return ds.to_list()
+
+
+@dataclass
+class Cursor:
+    """Position in the shuffled stream of prompts: part of every checkpoint."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+class PromptSource:
+    """Yields batches of `Sample`s in a seeded order that is reproducible from a `Cursor`."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any, max_prompt_tokens: int) -> None:
+        self.cfg = cfg
+        rows = load_rows(cfg.train, cfg.max_rows)
+        if not rows:
+            raise DatasetError(f"{cfg.train}: the dataset is empty")
+        self.samples = [self._sample(i, row, tokenizer, max_prompt_tokens) for i, row in enumerate(rows)]
+        self.cursor = Cursor()
+        self._order = self._permutation(0)
+
+    def _sample(self, i: int, row: dict[str, Any], tokenizer: Any, max_prompt_tokens: int) -> Sample:
+        where = f"{self.cfg.train}: row {i}"
+        if self.cfg.prompt_key not in row or not isinstance(row[self.cfg.prompt_key], str):
+            raise DatasetError(f"{where}: no text column {self.cfg.prompt_key!r} (data.prompt_key); columns: {sorted(row)}")
+        try:
+            text = self.cfg.prompt_template.format(prompt=row[self.cfg.prompt_key])
+        except (KeyError, IndexError) as e:
+            raise DatasetError(f"data.prompt_template: unknown placeholder {e}; only {{prompt}} is available") from None
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) > max_prompt_tokens:
+            raise DatasetError(f"{where}: prompt has {len(ids)} tokens, above rollout.max_prompt_tokens={max_prompt_tokens}")
+        columns = {k: v for k, v in row.items() if k != self.cfg.prompt_key}
+        if self.cfg.answer_key in columns:
+            columns["answer"] = columns[self.cfg.answer_key]
+        return Sample(id=str(row.get("id", i)), prompt=text, prompt_ids=ids, columns=columns)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self.samples)))
+        if self.cfg.shuffle:
+            random.Random(self.cfg.seed * 100_003 + epoch).shuffle(order)
+        return order
+
+    def next_batch(self, n: int) -> list[Sample]:
+        batch = []
+        while len(batch) < n:
+            if self.cursor.index >= len(self._order):
+                self.cursor = Cursor(self.cursor.epoch + 1, 0)
+                self._order = self._permutation(self.cursor.epoch)
+            batch.append(self.samples[self._order[self.cursor.index]])
+            self.cursor.index += 1
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.cursor.epoch, "index": self.cursor.index}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.cursor = Cursor(**state)
+        self._order = self._permutation(self.cursor.epoch)

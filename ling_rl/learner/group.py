@@ -1,0 +1,75 @@
+"""The learner role: N `LearnerWorker` ranks as Ray actors, called together.
+
+Every call is gathered with a bounded wait: the first rank that raises or dies fails the call
+with its rank and the phase, and the whole group is torn down (the other ranks would otherwise
+block in a collective).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from ling_rl.cluster.config import ClusterConfig
+from ling_rl.config import Recipe
+from ling_rl.learner.worker import LearnerWorker
+from ling_rl.types import TrainBatch
+
+
+class LearnerError(RuntimeError):
+    """A learner rank failed or did not answer in time."""
+
+
+class LearnerGroup:
+    def __init__(self, recipe: Recipe, model_dir: str, cluster: ClusterConfig, call_timeout_s: float = 1800.0) -> None:
+        self.timeout = call_timeout_s
+        world = recipe.learner.num_ranks
+        threads = max(1, int(cluster.learner.num_cpus))
+        actor = ray.remote(LearnerWorker).options(
+            num_cpus=cluster.learner.num_cpus, num_gpus=cluster.learner.num_gpus,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+        )
+        self.workers = [actor.remote(rank, world, recipe.model_dump(mode="json"), model_dir, threads) for rank in range(world)]
+        address = self._gather([self.workers[0].rendezvous_address.remote()], "start")[0]
+        self._gather([w.setup.remote(address) for w in self.workers], "setup")
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        ref = ray.put(batch)
+        return self._gather([w.train_step.remote(ref) for w in self.workers], "train_step")[0]
+
+    def export_inference_weights(self, path: str) -> None:
+        self._gather([w.export_inference_weights.remote(path) for w in self.workers], "weight export")
+
+    def export_hf(self, out_dir: str, tokenizer_dir: str) -> None:
+        self._gather([w.export_hf.remote(out_dir, tokenizer_dir) for w in self.workers], "HF export")
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        self._gather([w.save_checkpoint.remote(ckpt_dir) for w in self.workers], "checkpoint save")
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        self._gather([w.load_checkpoint.remote(ckpt_dir) for w in self.workers], "checkpoint load")
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+    def _gather(self, refs: list[Any], what: str) -> list[Any]:
+        rank_of = {ref: i for i, ref in enumerate(refs)}
+        pending, results = list(refs), {}
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=self.timeout)
+            if not done:
+                self.shutdown()
+                raise LearnerError(f"learner {what}: no answer from rank(s) "
+                                   f"{sorted(rank_of[r] for r in pending)} within {self.timeout:.0f}s")
+            ref = done[0]
+            try:
+                results[rank_of[ref]] = ray.get(ref)
+            except Exception as e:  # a rank's exception, or RayActorError when it died
+                self.shutdown()
+                cause = getattr(e, "cause", None) or e
+                raise LearnerError(f"learner rank {rank_of[ref]} failed during {what}: "
+                                   f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}") from None
+        return [results[i] for i in range(len(refs))]

@@ -1,0 +1,137 @@
+"""Starting and stopping the roles of a run: Ray, rollout engines, learner ranks, reward workers,
+tracker, data and checkpoints. `loop.py` drives them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ling_rl.checkpoint import Checkpointer
+from ling_rl.config import Recipe, RecipeError
+from ling_rl.curriculum.data import PromptSource
+
+
+@dataclass
+class Session:
+    recipe: Recipe
+    run_dir: Path
+    model_dir: Path
+    tokenizer: Any
+    data: PromptSource
+    segmenter: Any
+    rollout: Any
+    learner: Any
+    rewards: Any
+    tracker: Any
+    checkpointer: Checkpointer
+    start_step: int
+    sync_path: Path
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    def sync_weights(self, version: int) -> None:
+        """Learner -> rollout engines (safetensors file in shared memory, reloaded by each engine)."""
+        self.learner.export_inference_weights(str(self.sync_path))
+        self.rollout.load_weights(str(self.sync_path), version)
+
+    def save(self, step: int) -> Path:
+        return self.checkpointer.save(step, self.learner, {"data": self.data.state(), "model_dir": str(self.model_dir)})
+
+    def close(self) -> None:
+        for role in (self.rollout, self.learner, self.rewards):
+            if role is not None:
+                role.shutdown()
+        if self.tracker is not None:
+            self.tracker.close()
+        self.sync_path.unlink(missing_ok=True)
+
+
+def prepare_model(recipe: Recipe, run_dir: Path) -> Path:
+    """The folder the roles load: `model.path`, or a tiny model built once into the run folder."""
+    if recipe.model.path:
+        from ling_rl.models.ling_config import LingConfig
+
+        LingConfig.from_folder(recipe.model.path)  # fail early, with the folder named
+        return Path(recipe.model.path)
+    from ling_rl.models.tiny import init_tiny
+
+    folder = run_dir / "model_init"
+    if not (folder / "config.json").is_file():
+        init_tiny(folder, preset=recipe.model.tiny or "tiny", seed=recipe.model.seed)
+    return folder
+
+
+def start(recipe: Recipe, run_dir: Path) -> Session:
+    import transformers
+
+    from ling_rl.algorithms import Segmenter, needs_segmentation, token_bytes_from_tokenizer
+    from ling_rl.cluster.ray_init import init_ray
+    from ling_rl.learner.group import LearnerGroup
+    from ling_rl.reward.pool import RewardPool
+    from ling_rl.rollout.group import RolloutGroup
+    from ling_rl.tracking import Tracker
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    checkpointer = Checkpointer(run_dir, recipe.checkpoint)
+    resume_from = checkpointer.to_resume()
+    model_dir = prepare_model(recipe, run_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    data = PromptSource(recipe.data, tokenizer, recipe.rollout.max_prompt_tokens)
+    segmenter = None
+    if needs_segmentation(recipe.algorithm.loss):
+        segmenter = Segmenter(token_bytes_from_tokenizer(tokenizer), recipe.algorithm.segmentation)
+    init_ray(recipe.cluster)
+    sync_path = Path(recipe.rollout.weight_sync_dir) / f"ling-rl-{os.getpid()}-{recipe.run.name}.safetensors"
+    session = Session(recipe=recipe, run_dir=run_dir, model_dir=model_dir, tokenizer=tokenizer, data=data,
+                      segmenter=segmenter, rollout=None, learner=None, rewards=None, tracker=None,
+                      checkpointer=checkpointer, start_step=0, sync_path=sync_path)
+    try:
+        _check_resources(recipe)
+        session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
+                                     worker_cpus=recipe.cluster.reward.num_cpus)
+        session.learner = LearnerGroup(recipe, str(model_dir), recipe.cluster)
+        max_len = recipe.rollout.max_prompt_tokens + recipe.rollout.max_response_tokens
+        session.rollout = RolloutGroup(str(model_dir), recipe.rollout, recipe.cluster, recipe.model.dtype, max_len)
+        if resume_from is not None:
+            state = checkpointer.driver_state(resume_from)
+            session.learner.load_checkpoint(str(resume_from))
+            data.load_state(state["data"])
+            session.start_step = int(state["step"])
+            session.sync_weights(session.start_step)
+        session.tracker = Tracker(recipe, run_dir, resume_step=session.start_step - 1 if resume_from else None)
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def cpu_demand(recipe: Recipe) -> float:
+    c = recipe.cluster
+    return (recipe.rollout.num_engines * c.rollout.num_cpus + recipe.learner.num_ranks * c.learner.num_cpus
+            + c.reward_workers * c.reward.num_cpus)
+
+
+def _check_resources(recipe: Recipe) -> None:
+    """Fail now, naming the keys, rather than wait forever for actors Ray can never place."""
+    import ray
+
+    have = ray.cluster_resources().get("CPU", 0.0)
+    need = cpu_demand(recipe)
+    if need > have:
+        raise RecipeError(f"cluster: the roles ask for {need:g} CPUs (rollout engines x cluster.rollout.num_cpus + "
+                          f"learner ranks x cluster.learner.num_cpus + reward workers x cluster.reward.num_cpus) "
+                          f"but Ray has {have:g}; lower them or raise cluster.num_cpus")
+
+
+def clean_run_dir(run_dir: Path) -> None:
+    """Remove a previous run's folder (for `--fresh`)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
