@@ -47,12 +47,13 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                 learner_metrics = s.learner.train_step(batch)
             with timer.phase("sync"):
                 s.sync_weights(step + 1)
-            if s.checkpointer.due(step, last):
-                with timer.phase("checkpoint"):
-                    s.save(step)
+            # Logged before the checkpoint: a run killed during the save resumes after this step,
+            # whose metrics must already be on disk.
             s.tracker.log(step, {**reward_metrics.as_dict(), **batch_metrics, **_rollout_metrics(rollouts),
                                  **{f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()},
                                  **timer.as_metrics()})
+            if s.checkpointer.due(step, last):
+                s.save(step)
         final = run_dir / "hf_final"
         if recipe.checkpoint.export_hf:
             s.learner.export_hf(str(final), str(s.model_dir))
