@@ -17,6 +17,7 @@ the `ling_rl.rewards` entry-point group, or the recipe names them by dotted or f
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,11 +42,24 @@ def reward(name: str | None = None, *, group_level: bool = False) -> Callable[[F
 
     def decorator(obj: F) -> F:
         setattr(obj, PLUGIN_INFO_ATTR, PluginInfo(name=name, group_level=group_level))
-        if name is not None:
-            REWARDS.add(name, obj)
+        if name is not None and not (name in REWARDS and _same_definition(REWARDS.get(name), obj)):
+            REWARDS.add(name, obj)  # a different plugin under a taken name is an error
         return obj
 
     return decorator
+
+
+def _same_definition(a: Any, b: Any) -> bool:
+    """Whether `b` is `a` defined again by executing the same file once more.
+
+    One file can run twice in a process: named by file path in one recipe entry and by dotted
+    path in another, or re-imported by a test runner. That is not a name clash.
+    """
+    try:
+        same_file = inspect.getsourcefile(a) == inspect.getsourcefile(b) is not None
+    except TypeError:  # builtins and C callables have no source file
+        return a is b
+    return same_file and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
 
 
 def load_builtins() -> None:

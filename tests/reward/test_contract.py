@@ -170,3 +170,24 @@ def test_resolution_forms(sample_plugins: Any) -> None:
     contains, = resolve_rewards([RewardSpec(name="t_contains", args={"needle": "x"})])
     assert contains.is_class and not contains.group_level
     assert resolve_rewards([RewardSpec(name="t_async_length")])[0].is_async
+
+
+def test_one_file_named_by_file_and_dotted_path(sample_plugins: Any) -> None:
+    # Loading ling_test_rewards.py by file path runs its decorators a second time: that is the same
+    # definition again, not a name clash.
+    by_file, by_name = resolve_rewards([
+        RewardSpec(name=f"{PLUGIN_DIR}/ling_test_rewards.py:length"),
+        RewardSpec(name="t_length"),
+    ])
+    assert by_file.target is not by_name.target
+    assert by_file.target(prompts=["p"], completions=["abc"]) == by_name.target(prompts=["p"], completions=["abc"])
+
+
+def test_a_different_plugin_cannot_take_a_registered_name() -> None:
+    from ling_rl.registry import RegistryError
+    from ling_rl.reward.registry import reward
+
+    with pytest.raises(RegistryError, match="'exact_answer' is already registered"):
+        @reward("exact_answer")
+        def impostor(prompts, completions, **columns):  # noqa: ANN001, ANN003, ANN202
+            return [1.0] * len(completions)
