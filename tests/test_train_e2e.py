@@ -58,3 +58,55 @@ def test_reward_rises_and_gap_stays_small(tmp_path: Path, loss: str) -> None:
     for phase in ("generate", "reward", "learner", "sync"):
         assert all(r[f"time/{phase}"] > 0 for r in rows)
     assert (run_dir / "hf_final" / "config.json").is_file()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()[-4000:] if proc.stdout else "driver exited"
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
+        time.sleep(0.5)
+
+
+def test_sigkilled_run_resumes_identically(tmp_path: Path) -> None:
+    """A driver SIGKILLed after its step-4 checkpoint, then restarted, logs the same metrics for
+    steps 4-7 as a run that was never interrupted (same seed)."""
+    steps, extra = 8, {"checkpoint.every": 4, "algorithm.loss.type": "ppo_token"}
+    straight = tmp_path / "straight"
+    proc = _cli(["train", str(RECIPE), *_overrides(straight, steps, "ppo_token", **extra)])
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-4000:]
+
+    killed = tmp_path / "killed"
+    args = ["train", str(RECIPE), *_overrides(killed, steps, "ppo_token", **extra)]
+    proc = _cli(args, start_new_session=True)
+    _wait_for(killed / "checkpoints" / "step-000004", proc, timeout=900)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rows_before = _metrics(killed)
+    assert 4 <= len(rows_before) < steps
+    proc = _cli(args)
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-4000:]
+
+    a, b = _metrics(straight), _metrics(killed)
+    assert [r["step"] for r in b] == list(range(steps))
+    for ra, rb in zip(a[4:], b[4:]):
+        for key in ("reward/mean", "train/loss", "train/grad_norm", "rollout/response_len_mean"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+
+
+def test_export_of_a_checkpoint_loads_in_vllm(tmp_path: Path) -> None:
+    """`ling-rl export` of a 2-rank checkpoint writes a folder vLLM generates from."""
+    run_dir = tmp_path / "short"
+    proc = _cli(["train", str(RECIPE), *_overrides(run_dir, 2, "gspo", **{"checkpoint.export_hf": False})])
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    ckpt = run_dir / "checkpoints" / "step-000002"
+    assert ckpt.is_dir() and not (run_dir / "hf_final").exists()
+    proc = _cli(["export", str(ckpt), str(tmp_path / "exported")])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    proc = _cli(["sample", str(tmp_path / "exported"), "-p", "Ann has 3 pens.", "--max-tokens", "8"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "sample (sum log p" in out, out[-4000:]
