@@ -124,12 +124,14 @@ def _import(name: str, module_name: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name is not None and module_name.startswith(e.name):
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
             entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP).names)
             raise RewardResolutionError(
                 f"reward plugin {name!r}: no module {module_name!r}. " + _unknown_message(name, entry_points)
             ) from None
-        raise  # the plugin module exists but one of its own imports is missing: show that as is
+        raise RewardResolutionError(f"reward plugin {name!r}: importing {module_name} failed: {e}") from e
+    except Exception as e:
+        raise RewardResolutionError(f"reward plugin {name!r}: importing {module_name} failed: {e!r}") from e
 
 
 def _load_file(name: str, path: Path) -> ModuleType:
@@ -146,9 +148,9 @@ def _load_file(name: str, path: Path) -> ModuleType:
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except Exception as e:
         del sys.modules[module_name]
-        raise
+        raise RewardResolutionError(f"reward plugin {name!r}: executing {path} failed: {e!r}") from e
     # Workers cannot import this synthetic module by name: ship its functions by value instead.
     from ray import cloudpickle
 

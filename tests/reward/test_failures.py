@@ -109,3 +109,9 @@ def test_file_plugin_is_resolved_relative_to_the_working_directory(monkeypatch: 
     monkeypatch.chdir(PLUGIN_DIR)
     plugin, = resolve_rewards([RewardSpec(name="trl_style.py:format_reward")])
     assert plugin.source == "file" and plugin.key == "trl_style.py:format_reward"
+
+
+def test_plugin_module_that_fails_to_import_names_the_plugin(tmp_path: Any) -> None:
+    (tmp_path / "broken.py").write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(RewardResolutionError, match=r"reward plugin '.*broken.py:f': executing .*No module named"):
+        resolve_rewards([RewardSpec(name=f"{tmp_path}/broken.py:f")])
