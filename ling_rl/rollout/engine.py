@@ -21,7 +21,9 @@ class GenerationRequest:
     prompt_ids: list[int]
     n: int
     seed: int
-    """Seed of this request's sampler: the same seed (and weights) gives the same responses."""
+    """Seed of this request's sampler: the same seed (and weights) gives the same responses.
+    vLLM seeds the n samples with seed, seed+1, ..., seed+n-1, so the seed ranges of requests
+    generated together must not overlap (checked: overlapping ones would repeat random streams)."""
     max_tokens: int
 
 
@@ -61,6 +63,7 @@ class RolloutEngine:
         """For each request, its `n` generations, in request order."""
         from vllm import SamplingParams
 
+        check_seed_ranges(requests)
         params = [SamplingParams(n=r.n, seed=r.seed, max_tokens=r.max_tokens, temperature=temperature, top_p=top_p,
                                  top_k=top_k, logprobs=0) for r in requests]
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
@@ -81,6 +84,19 @@ class RolloutEngine:
 
     def ping(self) -> bool:
         return True
+
+
+def check_seed_ranges(requests: list[GenerationRequest]) -> None:
+    """Raise if two requests would sample with the same seed (vLLM uses seed..seed+n-1).
+
+    Two prompts sharing a random stream get correlated samples: a silent statistical bug in the
+    rollout batch, so it is an error, not a warning.
+    """
+    spans = sorted((r.seed, r.seed + r.n, i) for i, r in enumerate(requests))
+    for (lo_a, hi_a, a), (lo_b, _, b) in zip(spans, spans[1:]):
+        if lo_b < hi_a:
+            raise ValueError(f"requests {a} and {b} overlap in seeds: request {a} samples with seeds {lo_a}..{hi_a - 1} "
+                             f"(seed..seed+n-1) and request {b} starts at {lo_b}; space request seeds by at least n")
 
 
 def _generation(completion: Any) -> Generation:

@@ -10,9 +10,10 @@ under /dev/shm keeps the transfer a memory copy. The file holds Hugging Face Bai
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported inside vLLM's worker anyway; the driver need not pay for it here
+    import torch
 
 EXTENSION_CLS = "ling_rl.rollout.weight_sync.WeightReloadExtension"
 """Dotted path vLLM imports in each worker (`worker_extension_cls`)."""

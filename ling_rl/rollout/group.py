@@ -1,0 +1,138 @@
+"""Data-parallel rollout engines as Ray actors, with bounded waits on every call.
+
+    group = RolloutGroup(model_dir, recipe.rollout, recipe.cluster, dtype="float32", max_model_len=2048)
+    generations = group.generate(requests, temperature=1.0, top_p=1.0, top_k=-1)  # request order kept
+    group.load_weights("/dev/shm/policy.safetensors", version=step)
+    group.shutdown()
+
+Requests are split into contiguous chunks, one per engine, and the results concatenated back in
+order. A dead engine or one that exceeds `call_timeout_s` raises `RolloutError` naming the
+engine and the call: the driver fails fast instead of waiting forever on a lost actor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ling_rl.cluster.config import ClusterConfig
+from ling_rl.cluster.ray_init import init_ray
+from ling_rl.rollout.config import RolloutConfig
+from ling_rl.rollout.engine import Generation, GenerationRequest, RolloutEngine, check_seed_ranges
+
+
+class RolloutError(RuntimeError):
+    """A rollout engine died, failed, or did not answer in time."""
+
+
+def split_contiguous(n_items: int, n_parts: int) -> list[tuple[int, int]]:
+    """`n_parts` contiguous [start, end) ranges covering `n_items`, sizes differing by at most one."""
+    base, extra = divmod(n_items, n_parts)
+    bounds, start = [], 0
+    for i in range(n_parts):
+        end = start + base + (1 if i < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+class RolloutGroup:
+    """`rollout_cfg.num_engines` `RolloutEngine` actors, each with `cluster_cfg.rollout` resources."""
+
+    def __init__(self, model_dir: str, rollout_cfg: RolloutConfig, cluster_cfg: ClusterConfig, dtype: str,
+                 max_model_len: int, call_timeout_s: float = 600) -> None:
+        import ray
+
+        init_ray(cluster_cfg)
+        self.call_timeout_s = call_timeout_s
+        res = cluster_cfg.rollout
+        env = {
+            # vLLM's CPU backend reads its KV cache size from the environment, at import.
+            "VLLM_CPU_KVCACHE_SPACE": str(rollout_cfg.kv_cache_gib),
+            # One OpenMP thread per reserved CPU: engines sharing a node must not oversubscribe it.
+            "OMP_NUM_THREADS": str(max(1, int(res.num_cpus))),
+            # vLLM's default CPU binding ("auto") pins every engine's OpenMP threads to the same
+            # cores of a NUMA node; two engines on one host then spin on each other's cores (two
+            # engines took 4 min to start on 2 cores instead of ~1). Unbound threads let the OS
+            # spread them; an explicit binding in the driver's environment still wins.
+            "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+        }
+        actor_cls = ray.remote(RolloutEngine)
+        self._engines = [
+            actor_cls.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                              runtime_env={"env_vars": env}).remote(str(model_dir), rollout_cfg.model_dump(), dtype, max_model_len)
+            for _ in range(rollout_cfg.num_engines)
+        ]
+        started = time.perf_counter()
+        try:
+            # An exception in an actor's __init__ surfaces on its first call, with the traceback.
+            self._gather("start (ping)", [e.ping.remote() for e in self._engines])
+        except RolloutError:
+            self.shutdown()
+            raise
+        self.start_seconds = time.perf_counter() - started
+        self._version = 0
+
+    @property
+    def engines(self) -> list[Any]:
+        """The engine actor handles, in engine-index order (for diagnostics and tests)."""
+        return list(self._engines)
+
+    @property
+    def version(self) -> int:
+        """Policy version last loaded into every engine (0: the weights of `model_dir`)."""
+        return self._version
+
+    def generate(self, requests: list[GenerationRequest], temperature: float, top_p: float,
+                 top_k: int) -> list[list[Generation]]:
+        """For each request, its n generations, in request order."""
+        check_seed_ranges(requests)
+        chunks = [(i, lo, hi) for i, (lo, hi) in enumerate(split_contiguous(len(requests), len(self._engines))) if hi > lo]
+        refs = [self._engines[i].generate.remote(requests[lo:hi], temperature, top_p, top_k) for i, lo, hi in chunks]
+        per_engine = self._gather("generate", refs, [i for i, _, _ in chunks])
+        results = [gens for chunk in per_engine for gens in chunk]
+        if len(results) != len(requests):
+            raise RolloutError(f"generate: {len(requests)} requests gave {len(results)} results")
+        return results
+
+    def load_weights(self, path: str, version: int) -> None:
+        """Every engine reloads its weights from the safetensors file at `path`."""
+        self._gather("load_weights", [e.load_weights.remote(path, version) for e in self._engines])
+        self._version = version
+
+    def shutdown(self) -> None:
+        """Kill the engine actors (idempotent)."""
+        import ray
+
+        for engine in self._engines:
+            ray.kill(engine, no_restart=True)
+        self._engines = []
+
+    def _gather(self, call: str, refs: list[Any], engine_ids: list[int] | None = None) -> list[Any]:
+        """Results of `refs` (engine_ids[k] made refs[k]), failing on the first dead or failed
+        engine, or once `call_timeout_s` has passed."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        engine_ids = list(range(len(refs))) if engine_ids is None else engine_ids
+        index = {ref: k for k, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        deadline = time.monotonic() + self.call_timeout_s
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = ", ".join(str(engine_ids[index[r]]) for r in pending)
+                raise RolloutError(f"rollout engine(s) {late}: {call} did not finish within {self.call_timeout_s:g} s")
+            k = index[ready[0]]
+            try:
+                results[k] = ray.get(ready[0], timeout=max(0.0, deadline - time.monotonic()))
+            except RayActorError as e:
+                raise RolloutError(f"rollout engine {engine_ids[k]} died during {call}: {e}") from e
+            except RayTaskError as e:
+                raise RolloutError(f"rollout engine {engine_ids[k]} failed in {call}: {e}") from e
+            except GetTimeoutError as e:
+                raise RolloutError(f"rollout engine {engine_ids[k]}: {call} did not finish within "
+                                   f"{self.call_timeout_s:g} s") from e
+        return results

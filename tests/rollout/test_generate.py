@@ -1,0 +1,89 @@
+"""Sampling through the two-engine group: shapes, log-probs, finish reasons, seeds, request order."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from ling_rl.models.hf_io import load_model
+from ling_rl.rollout.engine import GenerationRequest, check_seed_ranges
+from ling_rl.rollout.group import split_contiguous
+from tests.rollout.helpers import max_logprob_gap, prompts
+
+pytestmark = pytest.mark.vllm
+
+
+def test_n_samples_with_per_token_logprobs_and_length_finish(group, tiny_dir: Path) -> None:
+    ps = prompts(3, seed=1)
+    reqs = [GenerationRequest(prompt_ids=p, n=3, seed=100 * i, max_tokens=6) for i, p in enumerate(ps)]
+    out = group.generate(reqs, temperature=1.0, top_p=1.0, top_k=-1)
+    assert [len(gens) for gens in out] == [3, 3, 3]
+    for gens in out:
+        for g in gens:
+            # The random tiny model emits EOS with p ~ 1e-3 per token: 6 tokens end by length.
+            assert g.finish_reason == "length"
+            assert len(g.token_ids) == len(g.logprobs) == 6
+            assert all(math.isfinite(lp) and lp <= 0 for lp in g.logprobs)
+            assert isinstance(g.text, str)
+        assert len({tuple(g.token_ids) for g in gens}) == 3, "the n samples of a prompt should differ"
+    # Raw model log-probs: equal to the project's policy at temperature 1, top-p 1.
+    assert max_logprob_gap(load_model(tiny_dir), ps, out) < 1e-3
+
+
+def test_logprobs_are_the_models_not_the_tempered_distribution(group, tiny_dir: Path) -> None:
+    """logprobs_mode=raw_logprobs: at temperature 0.5 the recorded log-probs are still the model's."""
+    ps = prompts(2, seed=2)
+    reqs = [GenerationRequest(prompt_ids=p, n=2, seed=10 * i, max_tokens=5) for i, p in enumerate(ps)]
+    out = group.generate(reqs, temperature=0.5, top_p=1.0, top_k=-1)
+    assert max_logprob_gap(load_model(tiny_dir), ps, out) < 1e-3
+
+
+def test_same_seeds_same_tokens_different_seeds_differ(group) -> None:
+    ps = prompts(4, seed=3)
+    reqs = [GenerationRequest(prompt_ids=p, n=2, seed=1000 + 10 * i, max_tokens=8) for i, p in enumerate(ps)]
+    first = group.generate(reqs, 1.0, 1.0, -1)
+    again = group.generate(reqs, 1.0, 1.0, -1)
+    assert [[g.token_ids for g in gens] for gens in first] == [[g.token_ids for g in gens] for gens in again]
+    flat = [lp for gens in first for g in gens for lp in g.logprobs]
+    assert flat == pytest.approx([lp for gens in again for g in gens for lp in g.logprobs], abs=1e-5)
+    other = [GenerationRequest(prompt_ids=r.prompt_ids, n=2, seed=r.seed + 5, max_tokens=8) for r in reqs]
+    changed = group.generate(other, 1.0, 1.0, -1)
+    for a, b in zip(first, changed):
+        assert [g.token_ids for g in a] != [g.token_ids for g in b]
+
+
+def test_overlapping_seed_ranges_are_rejected(group) -> None:
+    # vLLM seeds request i's samples with seed..seed+n-1: seeds 0 and 1 with n=2 would share seed 1.
+    reqs = [GenerationRequest([11, 12], n=2, seed=0, max_tokens=2), GenerationRequest([13, 14], n=2, seed=1, max_tokens=2)]
+    with pytest.raises(ValueError, match="requests 0 and 1 overlap in seeds"):
+        group.generate(reqs, 1.0, 1.0, -1)
+    check_seed_ranges([GenerationRequest([1], n=2, seed=0, max_tokens=1), GenerationRequest([1], n=2, seed=2, max_tokens=1)])
+
+
+def test_split_is_contiguous_and_balanced() -> None:
+    assert split_contiguous(5, 2) == [(0, 3), (3, 5)]
+    assert split_contiguous(1, 2) == [(0, 1), (1, 1)]
+    assert split_contiguous(6, 3) == [(0, 2), (2, 4), (4, 6)]
+
+
+def test_two_engines_return_results_in_request_order(group, tiny_dir: Path) -> None:
+    assert len(group.engines) == 2
+    # Distinct n and max_tokens per request make any mix-up of the reassembly visible, and the
+    # log-prob check ties each result to its own prompt. 5 requests: 3 on engine 0, 2 on engine 1.
+    ps = prompts(5, seed=4)
+    reqs = [GenerationRequest(prompt_ids=p, n=i + 1, seed=10_000 + 10 * i, max_tokens=3 + i) for i, p in enumerate(ps)]
+    out = group.generate(reqs, 1.0, 1.0, -1)
+    assert [len(gens) for gens in out] == [1, 2, 3, 4, 5]
+    for i, gens in enumerate(out):
+        assert all(len(g.token_ids) == 3 + i for g in gens)
+    assert max_logprob_gap(load_model(tiny_dir), ps, out) < 1e-3
+    big = [GenerationRequest(prompt_ids=p, n=8, seed=50_000 + 10 * i, max_tokens=32) for i, p in enumerate(prompts(8, seed=8))]
+    started = time.perf_counter()
+    group.generate(big, 1.0, 1.0, -1)
+    print(f"generate: 8 prompts x 8 samples x 32 tokens on 2 engines in {time.perf_counter() - started:.2f} s")
+    # The engine a request lands on does not change its samples: a seed is reproducible alone.
+    alone = group.generate([reqs[4]], 1.0, 1.0, -1)  # engine 0 now; engine 1 above
+    assert [g.token_ids for g in alone[0]] == [g.token_ids for g in out[4]]
