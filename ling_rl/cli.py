@@ -55,6 +55,12 @@ def check(
         parsed = load_recipe(recipe, overrides or [])
     except RecipeError as e:
         _fail(str(e))
+    from ling_rl.reward.loading import RewardResolutionError, resolve_rewards
+
+    try:
+        resolve_rewards(parsed.rewards)
+    except RewardResolutionError as e:
+        _fail(f"{recipe}: {e}")
     problems = []
     for key, value in (("data.train", parsed.data.train), ("model.path", parsed.model.path)):
         if value and _looks_local(value) and not Path(value).exists():

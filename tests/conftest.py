@@ -39,3 +39,24 @@ def vllm_engine(tiny_dir: Path) -> Iterator[object]:
     llm = build_llm(tiny_dir, dtype="float32", seed=0, max_model_len=512)
     yield llm
     del llm
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """A local Ray (2 logical CPUs, 1 GiB object store, no dashboard) for the session."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    from ling_rl.cluster.config import ClusterConfig
+    from ling_rl.cluster.ray_init import init_ray
+
+    # Ray's unix sockets live under the temp dir and their paths must stay under 108 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    started_here = not ray.is_initialized()
+    init_ray(ClusterConfig(num_cpus=2, object_store_gib=1.0), temp_dir=temp_dir)
+    yield
+    if started_here:
+        ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

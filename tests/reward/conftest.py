@@ -1,11 +1,9 @@
-"""Fixtures of the reward tests: one real local Ray for the session, rollouts, sample plugins."""
+"""Fixtures of the reward tests: rollouts and sample plugins (Ray: the top-level `ray_session`)."""
 
 from __future__ import annotations
 
 import importlib
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,22 +13,6 @@ import pytest
 from ling_rl.types import Rollout, Sample
 
 PLUGIN_DIR = Path(__file__).parent / "plugins"
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """A local Ray (2 CPUs, 1 GiB object store, no dashboard) shared by the whole session."""
-    import ray
-
-    from ling_rl.cluster.config import ClusterConfig
-    from ling_rl.cluster.ray_init import init_ray
-
-    # Ray's unix sockets live under the temp dir and their paths must stay under 108 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    init_ray(ClusterConfig(num_cpus=2, object_store_gib=1.0), temp_dir=temp_dir)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,41 @@
+"""The learner role as Ray actors: failures are loud and bounded, never a hang."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from ling_rl.cluster.config import ClusterConfig, RoleResources
+from ling_rl.config import parse_recipe
+from ling_rl.learner.group import LearnerError, LearnerGroup
+from tests.learner.helpers import random_batch
+
+
+def _group(tiny_dir: Path, timeout: float = 120.0) -> LearnerGroup:
+    recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+                           "learner": {"precision": "fp32", "num_ranks": 2}, "algorithm": {"mismatch": {"type": "none"}}})
+    return LearnerGroup(recipe, str(tiny_dir), ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=timeout)
+
+
+def test_a_raising_rank_fails_the_call_with_its_rank_and_phase(ray_session, tiny_dir: Path) -> None:
+    group = _group(tiny_dir)
+    assert "loss" in group.train_step(random_batch(1024))
+    bad = random_batch(1024)
+    bad.unit_ids = bad.unit_ids.float()  # the loss refuses float unit ids on every rank
+    start = time.monotonic()
+    with pytest.raises(LearnerError, match=r"learner rank \d failed during train_step: ValueError: unit_ids must be an integer"):
+        group.train_step(bad)
+    assert time.monotonic() - start < 60
+    assert group.workers == []  # torn down: the surviving rank would block in a collective
+
+
+def test_a_dead_rank_is_reported_not_waited_for(ray_session, tiny_dir: Path) -> None:
+    group = _group(tiny_dir)
+    ray.kill(group.workers[1])
+    start = time.monotonic()
+    with pytest.raises(LearnerError, match="learner rank 1 failed during train_step: .*Actor"):
+        group.train_step(random_batch(1024))
+    assert time.monotonic() - start < 60
