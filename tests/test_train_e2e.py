@@ -16,7 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
-REWARD = f"{ROOT / 'tests' / 'climbable_rewards.py'}:digit_ratio"
 
 pytestmark = pytest.mark.vllm
 
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.vllm
 def _overrides(run_dir: Path, steps: int, loss: str, **extra: object) -> list[str]:
     items = {
         "run.steps": steps, "run.output_dir": str(run_dir.parent), "run.name": run_dir.name,
-        "algorithm.loss.type": loss, "rewards": f"[{{name: '{REWARD}'}}]",
+        "algorithm.loss.type": loss, "rewards": "[{name: numeric_response}]",
         "learner.lr": 1e-3, "tracking.progress_bar": False, "checkpoint.every": 0, **extra,
     }
     return [f"{k}={v}" for k, v in items.items()]

@@ -68,7 +68,7 @@ def test_answer_proximity_is_graded_and_bounded() -> None:
     assert answer_proximity(prompts=["?", "?"], completions=["1", "1"], answer=["Paris", None]) == [None, None]
 
 
-@pytest.mark.parametrize("module", [rewards.answers, rewards.exact_answer, rewards.answer_proximity])
+@pytest.mark.parametrize("module", [rewards.answers, rewards.exact_answer, rewards.answer_proximity, rewards.numeric_response])
 def test_docstring_examples(module: Any) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
