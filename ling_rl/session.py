@@ -84,7 +84,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     checkpointer = Checkpointer(run_dir, recipe.checkpoint)
     resume_from = checkpointer.to_resume()
     model_dir = prepare_model(recipe, run_dir)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
     data = PromptSource(recipe.data, tokenizer, recipe.rollout.max_prompt_tokens)
     segmenter = None
     if needs_segmentation(recipe.algorithm.loss):
