@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.cluster.config import ClusterConfig
-from ling_rl.curriculum.config import DataConfig
+from ling_rl.curriculum.config import CurriculumConfig, DataConfig
 from ling_rl.learner.config import CheckpointConfig, LearnerConfig
 from ling_rl.models.config import ModelConfig
 from ling_rl.reward.config import RewardSpec
@@ -51,6 +51,7 @@ class Recipe(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig
     data: DataConfig
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     rewards: list[RewardSpec] = Field(min_length=1)
@@ -71,6 +72,10 @@ class Recipe(Section):
         if self.learner.num_ranks > self.rollout.prompts_per_step * self.rollout.group_size:
             raise _CrossField("learner.num_ranks", f"is {self.learner.num_ranks}, more than the "
                               f"{self.rollout.prompts_per_step * self.rollout.group_size} responses of a step")
+        for i, stage in enumerate(self.curriculum.stages):
+            if stage.max_response_tokens is not None and stage.max_response_tokens > self.rollout.max_response_tokens:
+                raise _CrossField(f"curriculum.stages.{i}.max_response_tokens", f"is {stage.max_response_tokens}, above "
+                                  f"rollout.max_response_tokens={self.rollout.max_response_tokens} (the engines' length budget)")
         c = self.cluster
         need = (self.rollout.num_engines * c.rollout.num_cpus + self.learner.num_ranks * c.learner.num_cpus
                 + c.reward_workers * c.reward.num_cpus)

@@ -48,6 +48,9 @@ MALFORMED = [
     (_with(tracking__wandb__mode="cloud"), "tracking.wandb.mode: Input should be 'online', 'offline' or 'disabled'"),
     (_with(data__prompt_key=3), "data.prompt_key: Input should be a valid string"),
     (_with(learner__num_ranks=100), "learner.num_ranks: is 100, more than the 64 responses of a step"),
+    (_with(curriculum__stages=[{"name": "short", "max_response_tokens": 4096}]),
+     "curriculum.stages.0.max_response_tokens: is 4096, above rollout.max_response_tokens=512"),
+    (_with(curriculum__stages=[{"name": "easy", "alpha": {"0.5": 1.0}}]), "curriculum.stages.0.alpha: needs a '0.0' edge"),
     (_with(colour="blue"), "colour: unknown key 'colour'; allowed keys: run, model, data"),
 ]
 

@@ -1,8 +1,11 @@
-"""The `data:` section: where prompts come from and how they are shown to the model."""
+"""The `data:` and `curriculum:` sections: where prompts come from, how they are shown to the model,
+and the Evo-CoT stages that schedule them (ALGORITHMS.md section 5)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import math
+
+from pydantic import Field, field_validator
 
 from ling_rl.schema import Section
 
@@ -30,3 +33,110 @@ class DataConfig(Section):
 
     seed: int = 0
     """Shuffle seed."""
+
+
+DEFAULT_ALPHA: dict[str, float] = {"0.8": 1.0, "0.5": 0.5, "0.2": 0.2, "0.0": 0.1}
+"""ALGORITHMS.md section 5: pass rate > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1."""
+
+
+class StageConfig(Section):
+    """One Evo-CoT stage (ALGORITHMS.md section 5): alpha table, length budget, data mix, advance rule."""
+
+    name: str = Field(min_length=1)
+    """Stage name (metrics, logs, checkpoint check on resume)."""
+
+    alpha: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_ALPHA))
+    """Length-reward weight per difficulty bucket: lower pass-rate edge -> alpha. A prompt falls in
+    the bucket of the largest edge strictly below its pass rate; the `0.0` edge (required) takes
+    every other rate, pass rate 0 included. With the default, a rate of exactly 0.8 is in bucket
+    `0.5`. Edges are in [0, 1) and are stored normalized (`0` -> `0.0`); alphas are >= 0."""
+
+    max_response_tokens: int | None = Field(default=None, ge=1)
+    """Generation budget of this stage; None uses rollout.max_response_tokens (it may not exceed it)."""
+
+    data_mix: dict[str, float] | None = None
+    """Dataset path -> sampling weight for this stage's prompts; None draws only from data.train."""
+
+    advance_accuracy: float | None = Field(default=None, ge=0, le=1)
+    """Advance once the rolling accuracy (curriculum.accuracy_window steps, window full) reaches this."""
+
+    max_steps: int | None = Field(default=None, ge=1)
+    """Advance after this many steps in the stage, whatever the accuracy. The last stage never advances."""
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _stringify_edges(cls, value: object) -> object:
+        # YAML reads `{0.8: 1.0}` with float keys; accept them as the edges they mean.
+        if isinstance(value, dict):
+            return {str(k) if isinstance(k, int | float) and not isinstance(k, bool) else k: v for k, v in value.items()}
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_table(cls, value: dict[str, float]) -> dict[str, float]:
+        table: dict[str, float] = {}
+        for key, alpha in value.items():
+            try:
+                edge = float(key)
+            except ValueError:
+                raise ValueError(f"edge {key!r} is not a number; keys are pass-rate lower edges like '0.8'") from None
+            if not 0.0 <= edge < 1.0:
+                raise ValueError(f"edge {key!r} is outside [0, 1); an edge is the pass rate a bucket starts above")
+            if not math.isfinite(alpha) or alpha < 0:
+                raise ValueError(f"alpha {alpha!r} of edge {key!r} must be a finite number >= 0")
+            if str(edge) in table:
+                raise ValueError(f"edge {key!r} is given twice")
+            table[str(edge)] = alpha
+        if "0.0" not in table:
+            edges = ", ".join(sorted(table, key=float)) or "none"
+            raise ValueError(f"needs a '0.0' edge (the bucket of the hardest prompts); got edges: {edges}")
+        return dict(sorted(table.items(), key=lambda kv: -float(kv[0])))
+
+    @field_validator("data_mix")
+    @classmethod
+    def _mix(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        if any(not math.isfinite(w) or w < 0 for w in value.values()):
+            raise ValueError("weights must be finite numbers >= 0")
+        if not value or sum(value.values()) <= 0:
+            raise ValueError("needs at least one dataset with a weight > 0 (or leave data_mix unset for data.train)")
+        return value
+
+
+class CurriculumConfig(Section):
+    """Evo-CoT curriculum: stages, per-prompt pass rates, dynamic sampling (ALGORITHMS.md section 5)."""
+
+    stages: list[StageConfig] = Field(default_factory=list)
+    """Stages in order; empty runs one implicit stage (default alpha table, rollout settings, data.train)."""
+
+    correctness: str = "exact_answer"
+    """Reward label (the `name` in `rewards:`) whose score decides whether a response is correct."""
+
+    correct_threshold: float = 1.0
+    """A response is correct when its `correctness` score is >= this; a None score is not counted."""
+
+    pass_rate_ema: float = Field(default=0.5, gt=0, le=1)
+    """Weight of a new group's accuracy in a prompt's pass rate: rate <- (1 - w) * rate + w * acc.
+    A prompt's first observed group sets its rate directly; 1.0 keeps only the latest group."""
+
+    initial_pass_rate: float = Field(default=0.5, ge=0, le=1)
+    """Pass rate assumed for prompts never scored yet (decides their bucket and alpha)."""
+
+    accuracy_window: int = Field(default=4, ge=1)
+    """Steps in the rolling accuracy (pooled over their counted responses) that drives `advance_accuracy`."""
+
+    dynamic_sampling: bool = False
+    """Drop groups whose trained rewards are all equal (zero advantage) and refill with new prompts."""
+
+    max_refill_rounds: int = Field(default=2, ge=0)
+    """Extra generation rounds per step when dynamic sampling refills; 0 only drops flat groups."""
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        names = [s.name for s in stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        return stages
