@@ -143,5 +143,27 @@ def export(
     console.print(f"wrote [bold]{out_dir}[/] from {checkpoint}")
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (holds metrics.jsonl).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder to write (default: RUN_DIR/report).")] = None,
+) -> None:
+    """Plot a run (reward, eval accuracy, length, clip fraction, gap, stages, accuracy-vs-length
+    frontier) into PNGs and a report.md; also logs the PNGs to the run's W&B run when online."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        _fail(f"{run_dir}: no metrics.jsonl (not a run folder, or tracking.jsonl was off)")
+    from ling_rl.tracking.report import build_report, upload_report
+
+    try:
+        path = build_report(run_dir, out)
+    except (OSError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"wrote [bold]{path}[/]", highlight=False, soft_wrap=True)
+    try:
+        console.print(upload_report(run_dir, path.parent), highlight=False, soft_wrap=True)
+    except Exception as e:  # noqa: BLE001 - any W&B failure (network, unknown run id) is one line
+        _fail(f"W&B upload failed (the report is written): {type(e).__name__}: {e}", code=1)
+
+
 if __name__ == "__main__":
     app()
