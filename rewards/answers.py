@@ -32,10 +32,43 @@ def extract_answer(completion: str) -> str | None:
     stated = _ANSWER_IS.findall(completion)
     if stated:
         # "The answer is 42, since ..." -> "42": stop at the end of the clause.
-        answer = re.split(r"[,;.!?]\s|[;!?]$", stated[-1], maxsplit=1)[0].strip().rstrip(".")
+        answer = _first_clause(stated[-1]).strip().rstrip(".")
         if answer:
             return answer
     return last_number(completion)
+
+
+def _first_clause(text: str) -> str:
+    """`text` up to the first clause break (", ", "; ", ". ", ...) outside brackets, so that
+    "(1, 2], since ..." keeps the interval "(1, 2]" whole."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif depth == 0 and ch in ",;.!?" and (i + 1 == len(text) and ch in ";!?" or text[i + 1 : i + 2].isspace()):
+            return text[:i]
+    return text
+
+
+# A number followed only by unit words: "5 apples", "12 dollars", "3.5 km per hour".
+_NUMBER_WITH_UNITS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?)\s*(?:[A-Za-z]{2,}\.?(?:\^\d)?\s*)+")
+
+
+def strip_units(answer: str) -> str:
+    """`answer` without trailing unit words ("5 apples" -> "5"); any other text is returned unchanged.
+
+    LaTeX units (`5\\text{ cm}`, `90^\\circ`) are left to math-verify, which strips them itself;
+    plain words would otherwise parse as a product of symbols (12*d*o*l*l*a*r*s).
+    Single letters are kept: "2 x" is an expression, not a unit.
+
+    >>> strip_units("5 apples"), strip_units("3.5 km per hour"), strip_units("2 x"), strip_units("x + 1")
+    ('5', '3.5', '2 x', 'x + 1')
+    """
+    text = _TEXT.sub(r"\1", answer)
+    match = _NUMBER_WITH_UNITS.fullmatch(text)
+    return match.group(1) if match else answer
 
 
 def last_number(text: str) -> str | None:
