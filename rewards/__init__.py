@@ -3,8 +3,13 @@
 - `exact_answer`: 1.0 / 0.0 exact match of the final answer against the `answer` column.
 - `answer_proximity`: shaped numeric closeness to `answer`.
 - `numeric_response`: fraction of digits in the response, a format reward a random policy climbs.
+- `syntax`, `function`, `aesthetics`, `sfa`: front-end code parses, renders and passes scripted
+  checks in headless Chromium, looks good (vision judge or layout proxy), gated combination.
+- `gar`, `rubric`: LLM-judge rewards (group arena, weighted rubric) over an OpenAI-compatible API.
 """
 
 from rewards import answer_proximity, exact_answer, numeric_response
+from rewards import aesthetics, function, gar, rubric, sfa, syntax
 
 __all__ = ["answer_proximity", "exact_answer", "numeric_response"]
+__all__ += ["aesthetics", "function", "gar", "rubric", "sfa", "syntax"]

@@ -1,0 +1,273 @@
+"""Headless Chromium for the front-end rewards: render a page, run scripted checks, measure layout.
+
+One Chromium per process (a reward worker), launched on first use and reused across calls; every
+page gets a fresh browser context (no shared cookies, storage or cache between responses). The
+page is written to a temp folder and opened over file://; every request that is not file: or
+data: is aborted, so model-written pages cannot reach the network and never wait on it.
+
+Chromium is Debian's (`apt-get install chromium`), driven by pip `playwright`'s bundled driver;
+`playwright install` is never run. Launch flags follow the environment notes (no sandbox as root,
+no GPU, no background networking, DNS mapped to NOTFOUND except localhost).
+
+Scripted checks (the dataset's `checks` column: a list of dicts, run in order on one page, so
+clicks accumulate state):
+
+    {"type": "exists", "selector": "#todo-list"}                    # an element matches
+    {"type": "exists", "selector": "li", "count": 3}                # exactly 3 match
+    {"type": "text", "selector": "h1", "expect": "Todo"}           # its text contains "Todo"
+    {"type": "text", "expect": "Welcome"}                           # the page's text contains it
+    {"type": "click", "selector": "#inc"}                           # clicking changes the DOM
+    {"type": "click", "selector": "#inc", "target": "#count", "expect": "1"}
+                                                                    # after the click, #count's text contains "1"
+
+`selector` is a CSS selector; `text`/`expect` compare case-sensitively after collapsing
+whitespace. A check passes or fails; a malformed check is a failure naming the problem.
+
+Per-page time limit: `timeout_s` covers load, checks, screenshot and layout measurement; past it,
+the remaining checks fail and the page counts as timed out (a `while(true){}` script cannot hold a
+worker: the context is closed, which ends its renderer).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
+]
+VIEWPORT = {"width": 800, "height": 600}
+CHECK_TYPES = ("exists", "text", "click")
+
+
+@dataclass
+class CheckResult:
+    check: dict[str, Any]
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class RenderResult:
+    """What rendering one page produced."""
+
+    loaded: bool
+    """The page loaded (before the time limit, without a navigation error)."""
+    console_errors: list[str] = field(default_factory=list)
+    """console.error messages (including failed resource loads)."""
+    page_errors: list[str] = field(default_factory=list)
+    """Uncaught exceptions (JS errors)."""
+    checks: list[CheckResult] = field(default_factory=list)
+    screenshot: bytes | None = None
+    """PNG of the viewport, taken after load and before the checks (what a user first sees)."""
+    layout: dict[str, Any] | None = None
+    """Measurements for `rewards.layout_score` (see `_LAYOUT_JS`), taken with the screenshot."""
+    timed_out: bool = False
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        return len(self.console_errors) + len(self.page_errors)
+
+    @property
+    def checks_passed(self) -> int:
+        return sum(c.passed for c in self.checks)
+
+
+def validate_checks(checks: Any) -> list[dict[str, Any]]:
+    """The `checks` column as a list of dicts; raises ValueError naming a malformed entry."""
+    if checks is None:
+        return []
+    if isinstance(checks, str):  # a JSON string in a CSV-ish dataset
+        checks = json.loads(checks)
+    if not isinstance(checks, list):
+        raise ValueError(f"checks must be a list of dicts, got {type(checks).__name__}")
+    for i, c in enumerate(checks):
+        if not isinstance(c, dict) or c.get("type") not in CHECK_TYPES:
+            raise ValueError(f"checks[{i}] = {c!r}: needs type in {CHECK_TYPES}")
+        if c["type"] in ("exists", "click") and not isinstance(c.get("selector"), str):
+            raise ValueError(f"checks[{i}] = {c!r}: {c['type']} needs a selector")
+        if c["type"] == "text" and not isinstance(c.get("expect"), str):
+            raise ValueError(f"checks[{i}] = {c!r}: text needs expect (a string)")
+    return checks
+
+
+class Browser:
+    """A Chromium launched once in this process; `render` opens each page in a fresh context."""
+
+    def __init__(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        self._browser = self._playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        self._dir = Path(tempfile.mkdtemp(prefix="ling-render-"))
+
+    def close(self) -> None:
+        try:
+            self._browser.close()
+            self._playwright.stop()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def render(self, html: str, checks: list[dict[str, Any]] | None = None, timeout_s: float = 10.0,
+               screenshot: bool = True, layout: bool = True) -> RenderResult:
+        from playwright.sync_api import Error as PlaywrightError
+
+        start = time.monotonic()
+        deadline = start + timeout_s
+        result = RenderResult(loaded=False)
+        path = self._dir / f"{hashlib.sha1(html.encode()).hexdigest()}-{time.monotonic_ns()}.html"
+        path.write_text(html, encoding="utf-8")
+        context = self._browser.new_context(viewport=VIEWPORT, java_script_enabled=True)
+        try:
+            context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
+                          else route.abort())
+            page = context.new_page()
+            page.on("console", lambda m: result.console_errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: result.page_errors.append(str(e)))
+            try:
+                page.goto(path.as_uri(), wait_until="load", timeout=_ms(deadline))
+                result.loaded = True
+                if screenshot:
+                    result.screenshot = page.screenshot(timeout=_ms(deadline))
+                if layout:
+                    page.set_default_timeout(_ms(deadline))
+                    result.layout = page.evaluate(_LAYOUT_JS)
+                for check in checks or []:
+                    result.checks.append(_run_check(page, check, deadline))
+            except PlaywrightError as e:
+                result.timed_out = time.monotonic() >= deadline or "Timeout" in type(e).__name__
+                result.error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            # Checks not reached (time limit or error) fail.
+            for check in (checks or [])[len(result.checks):]:
+                result.checks.append(CheckResult(check, False, "not run: " + (result.error or "page did not load")))
+        finally:
+            context.close()  # also ends a renderer stuck in a script loop
+            path.unlink(missing_ok=True)
+        result.elapsed_s = time.monotonic() - start
+        return result
+
+
+def _ms(deadline: float) -> float:
+    """Milliseconds left until `deadline` for a playwright timeout (at least 1: 0 means no limit)."""
+    return max(1.0, (deadline - time.monotonic()) * 1000)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _run_check(page: Any, check: dict[str, Any], deadline: float) -> CheckResult:
+    """Run one scripted check; playwright timeouts propagate (the page is then out of time)."""
+    kind, selector = check.get("type"), check.get("selector")
+    if kind == "exists":
+        n = page.locator(selector).count()
+        want = check.get("count")
+        passed = n == want if want is not None else n > 0
+        return CheckResult(check, passed, f"{n} match")
+    if kind == "text":
+        text = _text_of(page, selector or "body")
+        return CheckResult(check, _norm(check["expect"]) in text, f"text: {text[:80]!r}")
+    if kind == "click":
+        target = check.get("target", "body")
+        if page.locator(selector).count() == 0:
+            return CheckResult(check, False, f"no element matches {selector!r}")
+        before = page.locator(target).first.evaluate("e => e.outerHTML") if page.locator(target).count() else None
+        page.locator(selector).first.click(timeout=_ms(deadline))
+        page.wait_for_timeout(min(50.0, _ms(deadline)))  # let handlers scheduled by the click run
+        if "expect" in check:
+            text = _text_of(page, target)
+            return CheckResult(check, _norm(str(check["expect"])) in text, f"{target} text: {text[:80]!r}")
+        after = page.locator(target).first.evaluate("e => e.outerHTML") if page.locator(target).count() else None
+        return CheckResult(check, after != before, "changed" if after != before else "no DOM change")
+    return CheckResult(check, False, f"unknown check type {kind!r}")
+
+
+def _text_of(page: Any, selector: str) -> str:
+    loc = page.locator(selector)
+    if loc.count() == 0:
+        return ""
+    return _norm(" ".join(loc.all_inner_texts()))
+
+
+# Measured in the page: the visible elements that draw something (text, images, form controls,
+# boxes with a background or border), with their box, text colour, effective background colour
+# (the first non-transparent one up the ancestors) and font size. Capped at 300 elements.
+_LAYOUT_JS = """
+() => {
+  const parse = c => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+    const p = m[1].split(',').map(s => parseFloat(s)); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const bg = el => { for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
+    if (c && c[3] > 0.5) return c.slice(0, 3); } return [255, 255, 255]; };
+  const out = [];
+  for (const el of document.body ? document.body.querySelectorAll('*') : []) {
+    if (out.length >= 300) break;
+    const s = getComputedStyle(el); const r = el.getBoundingClientRect();
+    if (s.display === 'none' || s.visibility === 'hidden' || parseFloat(s.opacity) === 0 || r.width < 1 || r.height < 1) continue;
+    if (['SCRIPT', 'STYLE', 'BR'].includes(el.tagName)) continue;
+    const ownText = Array.from(el.childNodes).filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
+    const boxed = (parse(s.backgroundColor) || [0, 0, 0, 0])[3] > 0.5 || parseFloat(s.borderTopWidth) > 0;
+    const replaced = ['IMG', 'CANVAS', 'SVG', 'INPUT', 'BUTTON', 'TEXTAREA', 'SELECT', 'VIDEO'].includes(el.tagName.toUpperCase());
+    if (!ownText && !boxed && !replaced) continue;
+    out.push({tag: el.tagName.toLowerCase(), x: r.left, y: r.top, w: r.width, h: r.height, text: ownText.length,
+              color: (parse(s.color) || [0, 0, 0]).slice(0, 3), bg: bg(el), font: parseFloat(s.fontSize),
+              bold: parseInt(s.fontWeight) >= 600, leaf: el.children.length === 0, boxed: boxed});
+  }
+  const d = document.documentElement;
+  return {viewport: {w: window.innerWidth, h: window.innerHeight},
+          scroll: {w: Math.max(d.scrollWidth, document.body ? document.body.scrollWidth : 0), h: d.scrollHeight},
+          elements: out};
+}
+"""
+
+
+_BROWSER: Browser | None = None
+
+
+def get_browser() -> Browser:
+    """This process's Chromium, launched on first use and closed at exit."""
+    global _BROWSER
+    if _BROWSER is None:
+        _BROWSER = Browser()
+        atexit.register(_BROWSER.close)
+    return _BROWSER
+
+
+class RenderCache:
+    """Recent render results by (page, checks), so `function`, `aesthetics` and `sfa` in one worker
+    render a response once. Small: results hold screenshots."""
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self._items: OrderedDict[str, RenderResult] = OrderedDict()
+        self._max = max_entries
+
+    def render(self, html: str, checks: list[dict[str, Any]], timeout_s: float) -> RenderResult:
+        key = hashlib.sha1(json.dumps([html, checks, timeout_s], sort_keys=True, default=str).encode()).hexdigest()
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        result = get_browser().render(html, checks, timeout_s=timeout_s)
+        self._items[key] = result
+        if len(self._items) > self._max:
+            self._items.popitem(last=False)
+        return result
+
+
+RENDER_CACHE = RenderCache()
