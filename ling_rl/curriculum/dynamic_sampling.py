@@ -1,0 +1,105 @@
+"""Dynamic sampling (DAPO; ALGORITHMS.md section 5): drop flat groups and refill, within a bound.
+
+A group whose trained responses all got the same reward has zero group-relative advantage: it
+costs learner time and contributes no gradient. `collect_groups` drops such groups and asks the
+driver for that many new prompts, at most `max_rounds` extra generation rounds per step:
+
+    first (scored groups) --keep non-flat--> kept < target? --more(missing)--> keep non-flat ...
+                                                                 (at most max_rounds calls)
+
+Every group generated, flat or not, is returned in `seen` so the curriculum can update the pass
+rates of prompts that were all-correct or all-wrong (difficulty known without re-sampling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ling_rl.curriculum.evo_cot import split_groups
+from ling_rl.types import ScoredRollout
+
+FLAT_TOLERANCE = 1e-9
+"""Rewards within this of each other count as equal (weighted sums of equal scores may differ in the last bit)."""
+
+
+class Collected(NamedTuple):
+    """What `collect_groups` returns; unpacks as `kept, metrics, seen = collect_groups(...)`."""
+
+    kept: list[ScoredRollout]
+    """Responses to train on: at most `target_groups` non-flat groups, `rollout.group` renumbered
+    0..k-1 (copies; the originals in `seen` keep their numbers). On fallback, `first` unchanged."""
+    metrics: dict[str, float]
+    """`dynamic/*` metrics of the step."""
+    seen: list[ScoredRollout]
+    """Every scored response of every round with its original group number: give it to
+    `Curriculum.update` so flat groups still update pass rates."""
+
+
+def is_flat(group: list[ScoredRollout]) -> bool:
+    """True when the group's trained (not skipped) responses all have the same reward.
+
+    A group with fewer than two trained responses is flat too: it has nothing to compare.
+    """
+    rewards = [s.reward for s in group if not s.skipped]
+    return len(rewards) < 2 or max(rewards) - min(rewards) <= FLAT_TOLERANCE
+
+
+def collect_groups(
+    first: list[ScoredRollout],
+    more: Callable[[int], list[ScoredRollout]],
+    target_groups: int,
+    max_rounds: int,
+) -> Collected:
+    """Keep the non-flat groups of `first`, refilling with `more(missing_groups)` up to `max_rounds` times.
+
+    `more(n)` samples, generates and scores n new prompts (group numbers continuing after the
+    ones already used this step) and returns their scored responses. Groups are told apart by
+    (rollout.group, sample id). The result holds at most `target_groups` groups, the earliest kept.
+
+    Fallback: if no group is kept after the last round, `kept` is `first` unchanged and
+    `dynamic/fallback` is 1. Its advantages are all zero, so the step changes nothing through the
+    policy loss, but the step still runs with a non-empty batch: the learner, the metrics and the
+    checkpoint cadence see a regular step instead of an empty batch they cannot build.
+    """
+    if target_groups < 1:
+        raise ValueError(f"target_groups must be >= 1, got {target_groups}")
+    if max_rounds < 0:
+        raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
+    seen = list(first)
+    kept: list[list[ScoredRollout]] = []
+    generated = flat = 0
+
+    def take(batch: list[ScoredRollout]) -> None:
+        nonlocal generated, flat
+        for group in split_groups(batch):
+            generated += 1
+            if is_flat(group):
+                flat += 1
+            else:
+                kept.append(group)
+
+    take(first)
+    rounds = 0
+    while len(kept) < target_groups and rounds < max_rounds:
+        batch = more(target_groups - len(kept))
+        rounds += 1
+        seen.extend(batch)
+        take(batch)
+
+    metrics = {
+        "dynamic/flat_groups_dropped": float(flat),
+        "dynamic/refill_rounds": float(rounds),
+        "dynamic/kept_groups": float(min(len(kept), target_groups)),
+        "dynamic/generated_groups": float(generated),
+        "dynamic/fallback": float(not kept),
+    }
+    if not kept:
+        return Collected(list(first), metrics, seen)
+    renumbered = [
+        dataclasses.replace(s, rollout=dataclasses.replace(s.rollout, group=index))
+        for index, group in enumerate(kept[:target_groups])
+        for s in group
+    ]
+    return Collected(renumbered, metrics, seen)

@@ -1,0 +1,245 @@
+"""Evo-CoT curriculum state (ALGORITHMS.md section 5): per-prompt pass rates, difficulty buckets,
+the stage schedule, and the data mix. Pure Python; the driver calls it once per step:
+
+    curriculum.annotate(samples)          pass_rate / length_alpha / difficulty_bucket columns
+        |                                 (reach reward plugins as keyword lists)
+    generate (max_response_tokens()), score
+        |
+    curriculum.update(step, all_scored)   pass rates (flat groups too), rolling accuracy, advance
+        |
+    checkpoint: curriculum.state_dict()   JSON-serializable; load_state_dict() on resume
+
+Bucket rule: a pass rate r falls in the bucket of the largest alpha-table edge e with r > e; the
+`0.0` edge takes every other rate (r = 0 included). With the default table {0.8, 0.5, 0.2, 0.0},
+r = 0.8 is in bucket `0.5`, r = 0.81 in bucket `0.8`, r = 0.2 in bucket `0.0`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from ling_rl.curriculum.config import CurriculumConfig, StageConfig
+from ling_rl.types import Sample, ScoredRollout
+
+STATE_VERSION = 1
+
+
+class PassRateTracker:
+    """Exponential moving average of each prompt's group accuracy, keyed by `Sample.id`.
+
+    The first observed group sets a prompt's rate; each later one blends in with weight `ema`.
+    Prompts never observed report `initial`.
+    """
+
+    def __init__(self, ema: float, initial: float) -> None:
+        if not 0 < ema <= 1:
+            raise ValueError(f"ema must be in (0, 1], got {ema}")
+        self.ema = ema
+        self.initial = initial
+        self.rates: dict[str, float] = {}
+
+    def rate(self, sample_id: str) -> float:
+        return self.rates.get(sample_id, self.initial)
+
+    def update(self, sample_id: str, group_accuracy: float) -> float:
+        """Blend in one group's accuracy (fraction of counted responses that are correct); returns the new rate."""
+        old = self.rates.get(sample_id)
+        new = group_accuracy if old is None else (1 - self.ema) * old + self.ema * group_accuracy
+        self.rates[sample_id] = new
+        return new
+
+    def __len__(self) -> int:
+        return len(self.rates)
+
+    def state_dict(self) -> dict[str, float]:
+        return dict(self.rates)
+
+    def load_state_dict(self, rates: dict[str, float]) -> None:
+        self.rates = {str(k): float(v) for k, v in rates.items()}
+
+
+def bucket_edge(rate: float, alpha_table: dict[str, float]) -> str:
+    """The alpha-table key of `rate`'s bucket: the largest edge strictly below `rate`, else `0.0`."""
+    above = [edge for edge in alpha_table if rate > float(edge)]
+    if not above:
+        return min(alpha_table, key=float)
+    return max(above, key=float)
+
+
+def alpha_for(rate: float, stage: StageConfig) -> float:
+    """Length-reward weight of a prompt with pass rate `rate` in `stage`."""
+    return stage.alpha[bucket_edge(rate, stage.alpha)]
+
+
+def group_key(scored: ScoredRollout) -> tuple[int, str]:
+    """Identity of a response's group within one step: (rollout.group, sample id)."""
+    return scored.rollout.group, scored.rollout.sample.id
+
+
+def split_groups(scored: list[ScoredRollout]) -> list[list[ScoredRollout]]:
+    """`scored` split into groups by `group_key`, in order of first appearance."""
+    groups: dict[tuple[int, str], list[ScoredRollout]] = {}
+    for s in scored:
+        groups.setdefault(group_key(s), []).append(s)
+    return list(groups.values())
+
+
+class Curriculum:
+    """The stage schedule and pass-rate state of an Evo-CoT run.
+
+    `default_max_tokens` is rollout.max_response_tokens; `train_source` is data.train, the single
+    source of stages without a `data_mix`.
+    """
+
+    def __init__(self, cfg: CurriculumConfig, default_max_tokens: int, train_source: str = "data.train") -> None:
+        self.cfg = cfg
+        self.default_max_tokens = default_max_tokens
+        self.train_source = train_source
+        self.stages = list(cfg.stages) or [StageConfig(name="default")]
+        self.stage_index = 0
+        self.steps_in_stage = 0
+        self.tracker = PassRateTracker(cfg.pass_rate_ema, cfg.initial_pass_rate)
+        self.window: list[tuple[int, int]] = []
+        """(correct, counted) responses of each of the stage's last `accuracy_window` steps."""
+        self.last_step: int | None = None
+        """Step of the last `update` (each step is recorded once, with all of its groups)."""
+
+    @property
+    def stage(self) -> StageConfig:
+        return self.stages[self.stage_index]
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.stage_index == len(self.stages) - 1
+
+    def max_response_tokens(self) -> int:
+        return self.stage.max_response_tokens or self.default_max_tokens
+
+    def annotate(self, samples: list[Sample]) -> None:
+        """Set `pass_rate`, `length_alpha` and `difficulty_bucket` (alpha-table key) in each sample's columns."""
+        for sample in samples:
+            rate = self.tracker.rate(sample.id)
+            edge = bucket_edge(rate, self.stage.alpha)
+            sample.columns["pass_rate"] = rate
+            sample.columns["length_alpha"] = self.stage.alpha[edge]
+            sample.columns["difficulty_bucket"] = edge
+
+    def is_correct(self, scored: ScoredRollout) -> bool | None:
+        """Whether a response is correct; None when the correctness reward skipped or is absent."""
+        score = scored.breakdown.get(self.cfg.correctness)
+        return None if score is None else score >= self.cfg.correct_threshold
+
+    def update(self, step: int, scored: list[ScoredRollout]) -> dict[str, float]:
+        """Record one step's scored responses (every group generated, flat ones included).
+
+        Updates pass rates, the rolling accuracy, and the stage; returns `curriculum/*` metrics
+        describing the stage the step ran in. `curriculum/accuracy` is absent when no response
+        had a correctness score. Raises ValueError for a step not after the last one recorded
+        (a step's groups, kept and dropped, go in one call).
+        """
+        if self.last_step is not None and step <= self.last_step:
+            raise ValueError(f"curriculum.update: step {step} was already recorded (last step {self.last_step})")
+        self.last_step = step
+        stage, stage_index = self.stage, self.stage_index
+        correct = counted = 0
+        buckets = dict.fromkeys(stage.alpha, 0)
+        rates: list[float] = []
+        for group in split_groups(scored):
+            verdicts = [v for v in (self.is_correct(s) for s in group) if v is not None]
+            sample_id = group[0].rollout.sample.id
+            if verdicts:
+                correct += sum(verdicts)
+                counted += len(verdicts)
+                self.tracker.update(sample_id, sum(verdicts) / len(verdicts))
+            rate = self.tracker.rate(sample_id)
+            rates.append(rate)
+            buckets[bucket_edge(rate, stage.alpha)] += 1
+
+        self.steps_in_stage += 1
+        self.window = [*self.window, (correct, counted)][-self.cfg.accuracy_window:]
+        rolling = self.rolling_accuracy()
+        steps_in_stage, window_steps = self.steps_in_stage, len(self.window)
+        advanced = self._should_advance(rolling)
+        if advanced:
+            self.stage_index += 1
+            self.steps_in_stage = 0
+            self.window = []
+
+        lengths = [len(s.rollout.response_ids) for s in scored]
+        metrics: dict[str, float] = {
+            "curriculum/stage": float(stage_index),
+            "curriculum/steps_in_stage": float(steps_in_stage),
+            "curriculum/rolling_accuracy": rolling,
+            "curriculum/window_steps": float(window_steps),
+            "curriculum/counted_responses": float(counted),
+            "curriculum/pass_rate_mean": sum(rates) / len(rates) if rates else self.cfg.initial_pass_rate,
+            "curriculum/tracked_prompts": float(len(self.tracker)),
+            "curriculum/response_len_mean": sum(lengths) / len(lengths) if lengths else 0.0,
+            "curriculum/max_response_tokens": float(stage.max_response_tokens or self.default_max_tokens),
+            "curriculum/advanced": float(advanced),
+            **{f"curriculum/bucket_{edge}": float(n) for edge, n in buckets.items()},
+        }
+        if counted:
+            metrics["curriculum/accuracy"] = correct / counted
+        return metrics
+
+    def rolling_accuracy(self) -> float:
+        """Correct / counted responses pooled over the window (0.0 when nothing was counted)."""
+        counted = sum(n for _, n in self.window)
+        return sum(c for c, _ in self.window) / counted if counted else 0.0
+
+    def _should_advance(self, rolling: float) -> bool:
+        if self.is_last_stage:
+            return False
+        stage = self.stage
+        if stage.max_steps is not None and self.steps_in_stage >= stage.max_steps:
+            return True
+        window_full = len(self.window) >= self.cfg.accuracy_window
+        return stage.advance_accuracy is not None and window_full and rolling >= stage.advance_accuracy
+
+    # --- data mix ----------------------------------------------------------------------------
+
+    def weights_for_mix(self) -> dict[str, float]:
+        """Dataset -> weight of the current stage (`{train_source: 1.0}` without a data_mix)."""
+        mix = self.stage.data_mix
+        return {self.train_source: 1.0} if mix is None else {k: w for k, w in mix.items() if w > 0}
+
+    def choose_sources(self, n: int, rng: random.Random) -> list[str]:
+        """The dataset to draw each of `n` prompts from: independent weighted draws from `rng`.
+
+        Deterministic given the rng's state (seed it from run.seed and the step); a single source
+        consumes no randomness.
+        """
+        weights = self.weights_for_mix()
+        if len(weights) == 1:
+            return [next(iter(weights))] * n
+        return rng.choices(list(weights), weights=list(weights.values()), k=n)
+
+    # --- checkpoint ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serializable state: stage, steps in stage, accuracy window, pass rates."""
+        return {
+            "version": STATE_VERSION,
+            "stage_index": self.stage_index,
+            "stage_name": self.stage.name,
+            "steps_in_stage": self.steps_in_stage,
+            "last_step": self.last_step,
+            "window": [[c, n] for c, n in self.window],
+            "pass_rates": self.tracker.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`; refuses a stage that the current stage list does not have."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"curriculum state version {state.get('version')!r} is not {STATE_VERSION}")
+        index, name = int(state["stage_index"]), str(state["stage_name"])
+        if index >= len(self.stages) or self.stages[index].name != name:
+            names = ", ".join(s.name for s in self.stages)
+            raise ValueError(f"checkpoint is in curriculum stage {index} {name!r}, but the recipe's stages are: {names}")
+        self.stage_index = index
+        self.steps_in_stage = int(state["steps_in_stage"])
+        self.last_step = None if state["last_step"] is None else int(state["last_step"])
+        self.window = [(int(c), int(n)) for c, n in state["window"]][-self.cfg.accuracy_window:]
+        self.tracker.load_state_dict(state["pass_rates"])
