@@ -6,10 +6,15 @@
 - `syntax`, `function`, `aesthetics`, `sfa`: front-end code parses, renders and passes scripted
   checks in headless Chromium, looks good (vision judge or layout proxy), gated combination.
 - `gar`, `rubric`: LLM-judge rewards (group arena, weighted rubric) over an OpenAI-compatible API.
+- `math`: final-answer correctness by math-verify (LaTeX, fractions, intervals, units), with a
+  parse-failure rate; `format`: Evo-CoT's thinking-tag penalty and required answer format;
+  `length`: Evo-CoT's group-level dynamic length reward; `code`: Python tests in a sandbox.
 """
 
 from rewards import answer_proximity, exact_answer, numeric_response
 from rewards import aesthetics, function, gar, rubric, sfa, syntax
+from rewards import code, format, length, math
 
 __all__ = ["answer_proximity", "exact_answer", "numeric_response"]
 __all__ += ["aesthetics", "function", "gar", "rubric", "sfa", "syntax"]
+__all__ += ["code", "format", "length", "math"]

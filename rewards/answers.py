@@ -117,3 +117,8 @@ def _last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[i + 1 : j]
     return None  # unclosed: the model ran out of tokens inside the box
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last closed `\boxed{...}` of `text`, or None (e.g. a format check)."""
+    return _last_boxed(text)

@@ -1,0 +1,115 @@
+r"""`length`: Evo-CoT's dynamic length reward, computed inside each group (ALGORITHMS.md section 5).
+
+For the responses of one prompt, with lengths l in tokens (`completion_ids`):
+
+    p(l) = 0.5 - (l - l_min) / (l_max - l_min + 1e-9)       in (-0.5, 0.5]
+    R_length = p(l) if the response is correct else min(p(l), 0)
+    score = alpha * R_length
+
+so among correct answers the shortest earns +0.5 alpha and the longest about -0.5 alpha, and a wrong
+answer is never paid for being short. Correctness comes from the `math` verifier or `exact_answer`
+(arg `correctness`) against the `answer` column.
+
+alpha: with a `pass_rate` column (the prompt's rolling pass rate, which the Evo-CoT curriculum
+supplies), the bucket table `alpha_buckets`: rows `[threshold, alpha]`, highest threshold first; the
+first row whose threshold the pass rate exceeds gives alpha, and the last row also takes every lower
+pass rate. The default is ALGORITHMS.md's: > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1, so easy
+prompts pay for brevity and hard ones leave room to reason. Without `pass_rate` (or where it is
+null), the constant arg `alpha` (default 1.0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ling_rl.reward.contract import RewardOutput
+from ling_rl.reward.registry import reward
+from rewards.answers import answers_match, extract_answer
+from rewards.math import verify_answer
+
+DEFAULT_ALPHA_BUCKETS: list[list[float]] = [[0.8, 1.0], [0.5, 0.5], [0.2, 0.2], [0.0, 0.1]]
+"""ALGORITHMS.md's default alpha per pass-rate bucket, as `[threshold, alpha]` rows."""
+
+CORRECTNESS = ("math", "exact_answer")
+
+
+def length_scores(lengths: list[int], correct: list[bool]) -> list[float]:
+    """R_length of one group (before alpha).
+
+    >>> length_scores([10, 20, 30], [True, True, False])
+    [0.5, 0.0, -0.5]
+    >>> length_scores([10, 30], [False, False])
+    [0.0, -0.5]
+    """
+    low, high = min(lengths), max(lengths)
+    p = [0.5 - (n - low) / (high - low + 1e-9) for n in lengths]
+    return [round(v, 6) if ok else round(min(v, 0.0), 6) for v, ok in zip(p, correct)]
+
+
+def bucket_alpha(pass_rate: float, buckets: list[list[float]]) -> float:
+    """alpha of the first `[threshold, alpha]` row with pass_rate > threshold, else the last row's.
+
+    >>> [bucket_alpha(r, DEFAULT_ALPHA_BUCKETS) for r in (0.9, 0.8, 0.6, 0.3, 0.1, 0.0)]
+    [1.0, 0.5, 0.5, 0.2, 0.1, 0.1]
+    """
+    for threshold, alpha in buckets:
+        if pass_rate > threshold:
+            return float(alpha)
+    return float(buckets[-1][1])
+
+
+@reward("length", group_level=True)
+class Length:
+    """alpha * R_length per response of one group (see the module docstring); args `alpha`,
+    `alpha_buckets`, `correctness` (`math` or `exact_answer`).
+
+    Rows without `answer` are skipped (None). Metrics: `alpha` (mean), `correct` (fraction),
+    `length_mean` (tokens).
+
+    >>> length = Length(correctness="exact_answer")
+    >>> length(completions=["12", "so it is 12", "13"], completion_ids=[[1] * 2, [1] * 6, [1] * 2], answer=["12"] * 3).scores
+    [0.5, -0.5, 0.0]
+    >>> length(completions=["12", "so it is 12"], completion_ids=[[1] * 2, [1] * 6], answer=["12"] * 2, pass_rate=[0.3] * 2).scores
+    [0.1, -0.1]
+    """
+
+    def __init__(self, alpha: float = 1.0, alpha_buckets: list[list[float]] | None = None, correctness: str = "math") -> None:
+        if correctness not in CORRECTNESS:
+            raise ValueError(f"length reward: correctness must be one of {', '.join(CORRECTNESS)}, got {correctness!r}")
+        buckets = DEFAULT_ALPHA_BUCKETS if alpha_buckets is None else alpha_buckets
+        if not buckets or any(len(row) != 2 for row in buckets):
+            raise ValueError(f"length reward: alpha_buckets must be [threshold, alpha] rows, got {buckets!r}")
+        thresholds = [row[0] for row in buckets]
+        if thresholds != sorted(thresholds, reverse=True):
+            raise ValueError(f"length reward: alpha_buckets thresholds must be in decreasing order, got {thresholds}")
+        self.alpha = float(alpha)
+        self.buckets = [[float(t), float(a)] for t, a in buckets]
+        self.correctness = correctness
+
+    def __call__(
+        self,
+        completions: list[str],
+        completion_ids: list[list[int]],
+        answer: list[Any],
+        pass_rate: list[float | None] | None = None,
+        **kwargs: Any,
+    ) -> RewardOutput:
+        scored = [i for i, gold in enumerate(answer) if gold is not None]
+        scores: list[float | None] = [None] * len(completions)
+        if not scored:
+            return RewardOutput(scores=scores)
+        correct = [self._correct(completions[i], answer[i]) for i in scored]
+        lengths = [len(completion_ids[i]) for i in scored]
+        rates = pass_rate if pass_rate is not None else [None] * len(completions)
+        alphas = [self.alpha if rates[i] is None else bucket_alpha(float(rates[i]), self.buckets) for i in scored]
+        for i, alpha, r in zip(scored, alphas, length_scores(lengths, correct)):
+            scores[i] = alpha * r
+        n = len(scored)
+        metrics = {"alpha": sum(alphas) / n, "correct": sum(correct) / n, "length_mean": sum(lengths) / n}
+        return RewardOutput(scores=scores, metrics=metrics)
+
+    def _correct(self, completion: str, gold: Any) -> bool:
+        if self.correctness == "math":
+            return verify_answer(completion, gold).correct
+        predicted = extract_answer(completion)
+        return predicted is not None and answers_match(predicted, gold)
