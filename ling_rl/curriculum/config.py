@@ -111,7 +111,8 @@ class CurriculumConfig(Section):
     """Stages in order; empty runs one implicit stage (default alpha table, rollout settings, data.train)."""
 
     correctness: str = "exact_answer"
-    """Reward label (the `name` in `rewards:`) whose score decides whether a response is correct."""
+    """Reward key (a `rewards:` entry's `label`, default its `name`) whose score decides whether a
+    response is correct. A response without that score is not counted."""
 
     correct_threshold: float = 1.0
     """A response is correct when its `correctness` score is >= this; a None score is not counted."""
