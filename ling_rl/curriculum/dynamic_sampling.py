@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ling_rl.curriculum.evo_cot import split_groups
-from ling_rl.types import ScoredRollout
+
+if TYPE_CHECKING:  # ling_rl.types imports torch; this module stays pure Python
+    from ling_rl.types import ScoredRollout
 
 FLAT_TOLERANCE = 1e-9
 """Rewards within this of each other count as equal (weighted sums of equal scores may differ in the last bit)."""

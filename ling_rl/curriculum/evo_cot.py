@@ -17,10 +17,12 @@ r = 0.8 is in bucket `0.5`, r = 0.81 in bucket `0.8`, r = 0.2 in bucket `0.0`.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ling_rl.curriculum.config import CurriculumConfig, StageConfig
-from ling_rl.types import Sample, ScoredRollout
+
+if TYPE_CHECKING:  # ling_rl.types imports torch; this module stays pure Python
+    from ling_rl.types import Sample, ScoredRollout
 
 STATE_VERSION = 1
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
@@ -43,3 +46,10 @@ def test_stage_names_are_unique_and_unknown_keys_refused() -> None:
         CurriculumConfig.model_validate({"stagez": []})
     with pytest.raises(ValidationError):
         CurriculumConfig(pass_rate_ema=0.0)
+
+
+def test_curriculum_modules_import_without_torch() -> None:
+    code = ("import sys, ling_rl.curriculum.evo_cot, ling_rl.curriculum.dynamic_sampling; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
