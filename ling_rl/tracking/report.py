@@ -199,17 +199,14 @@ def _draw_clip(run: RunData, fig: Figure) -> bool:
 
 def _draw_gap(run: RunData, fig: Figure) -> bool:
     ax = fig.add_subplot()
-    drew = False
-    for key in ("sync/gap_mean", "sync/gap_max"):
-        steps, values = run.series(key)
-        positive = values > 0
-        if positive.any():
-            ax.plot(steps[positive], values[positive], label=key)
-            drew = True
-    if drew:
+    drew = _lines(ax, run, ["sync/gap_mean", "sync/gap_max"])
+    values = np.concatenate([run.series(k)[1] for k in ("sync/gap_mean", "sync/gap_max")])
+    # A log scale cannot show an exact 0 (bit-identical log-probs): then the axis stays linear.
+    log = drew and bool((values > 0).all())
+    if log:
         ax.set_yscale("log")
-        _legend(ax)
-    ax.set(xlabel="step", ylabel="|log pi_learner - log pi_vllm|", title="Train/inference gap (log scale)")
+    scale = "log scale" if log else "linear scale: some values are 0"
+    ax.set(xlabel="step", ylabel="|log pi_learner - log pi_vllm|", title=f"Train/inference gap ({scale})")
     return drew
 
 
@@ -290,7 +287,7 @@ PLOTS: tuple[Plot, ...] = (
     Plot("response_length.png", "response length", "rollout/response_len_mean or eval/response_len_*",
          _draw_length),
     Plot("clip_fraction.png", "clip fraction", "policy/clip_frac_unit or policy/clip_frac_token", _draw_clip),
-    Plot("gap.png", "train/inference gap", "sync/gap_mean or sync/gap_max (> 0)", _draw_gap),
+    Plot("gap.png", "train/inference gap", "sync/gap_mean or sync/gap_max", _draw_gap),
     Plot("loss.png", "loss", "train/loss", _draw_loss),
     Plot("dft_loss.png", "DFT warm-start loss", "dft/loss (metrics.jsonl or dft_metrics.jsonl)", _draw_dft_loss),
     Plot("step_time.png", "step time", "time/<phase>", _draw_step_time),
@@ -446,7 +443,8 @@ def _time_rows(run: RunData) -> list[tuple[str, str]]:
 
 
 def _phases(run: RunData) -> list[str]:
-    present = {k.removeprefix("time/") for k in run.keys() if k.startswith("time/") and k != "time/step"}
+    present = {k.removeprefix("time/") for k in run.keys()
+               if k.startswith("time/") and k != "time/step" and run.has(k)}
     return [p for p in PHASE_ORDER if p in present] + sorted(present - set(PHASE_ORDER))
 
 

@@ -305,3 +305,14 @@ def test_cli_report_writes_and_says_upload_was_skipped(tmp_path: Path) -> None:
     assert f"wrote {out / 'report.md'}" in result.output
     assert "W&B upload skipped: wandb_run_id not found" in result.output
     _assert_png(out / "reward.png")
+
+
+def test_gap_is_log_scale_unless_a_value_is_zero(full_run: Path, tmp_path: Path) -> None:
+    assert _drawn(full_run, "gap.png").axes[0].get_yscale() == "log"
+    records = [{"step": s, "reward/mean": 0.1, "sync/gap_mean": 0.0 if s == 1 else 1e-7, "time/sync": None}
+               for s in range(3)]
+    _write_jsonl(tmp_path / "metrics.jsonl", records)
+    assert _drawn(tmp_path, "gap.png").axes[0].get_yscale() == "linear"
+    text = build_report(tmp_path).read_text()
+    assert "| final sync/gap_mean | 1e-07 (step 2) |" in text
+    assert "time share" not in text and "- step time plot skipped: no time/<phase>" in text  # an all-null phase
