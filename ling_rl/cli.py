@@ -148,8 +148,7 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (holds metrics.jsonl).")],
     out: Annotated[Path | None, typer.Option("--out", help="Folder to write (default: RUN_DIR/report).")] = None,
 ) -> None:
-    """Plot a run (reward, eval accuracy, length, clip fraction, gap, stages, accuracy-vs-length
-    frontier) into PNGs and a report.md; also logs the PNGs to the run's W&B run when online."""
+    """PNG plots (reward, eval accuracy, length, gap, stages, accuracy-vs-length frontier) and a report.md."""
     if not (run_dir / "metrics.jsonl").is_file():
         _fail(f"{run_dir}: no metrics.jsonl (not a run folder, or tracking.jsonl was off)")
     from ling_rl.tracking.report import build_report, upload_report

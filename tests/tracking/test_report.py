@@ -219,7 +219,8 @@ def test_pareto_frontier_matches_brute_force() -> None:
     rng = random.Random(0)
     for _ in range(50):
         points = [FrontierPoint(rng.uniform(0, 100), rng.uniform(0, 1), i, 0) for i in range(rng.randint(1, 30))]
-        expected = [p for p in points if not _dominated((p.length, p.accuracy), [(q.length, q.accuracy) for q in points])]
+        pairs = [(q.length, q.accuracy) for q in points]
+        expected = [p for p in points if not _dominated((p.length, p.accuracy), pairs)]
         assert pareto_frontier(points) == sorted(expected, key=lambda p: p.length)
 
 
