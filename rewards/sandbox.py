@@ -14,7 +14,8 @@ Why each part: bubblewrap run as root is not a sandbox by itself (full capabilit
 root first drops to a throw-away uid (a random one per run, so the per-uid process limit of one
 run's fork bomb cannot starve another run); RLIMIT_NPROC is ignored for root; rlimits do not block
 the network, the network namespace does; killing bwrap (the timeout) kills the sandbox's pid
-namespace with it, detached children included, so nothing outlives the run or holds its output.
+namespace with it, detached children included, so nothing outlives the run or holds its output
+(and, as that teardown is asynchronous, the run ends by killing any process left with its uid).
 The program's stdout and stderr go to files in the run's folder (outside the sandbox), bounded by
 the file-size limit, so a chatty program cannot exhaust the caller's memory.
 
@@ -34,6 +35,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -136,7 +138,7 @@ def run_python(files: dict[str, str], limits: SandboxLimits, *, stdin: str = "",
 
 def _run(run_dir: Path, files: dict[str, str], limits: SandboxLimits, stdin: str, isolation: str) -> SandboxResult:
     root = os.geteuid() == 0
-    uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_COUNT) if root else os.geteuid()
+    uid = _fresh_uid() if root else os.geteuid()
     # bwrap: the code folder is bound read-only at /code. Fallback: the program runs in the folder
     # itself (owned by the sandbox uid), as /tmp is masked by an empty tmpfs there.
     code_dir = run_dir / "code"
@@ -151,17 +153,25 @@ def _run(run_dir: Path, files: dict[str, str], limits: SandboxLimits, stdin: str
     command = _command(isolation, limits, uid, code_dir)
     stdout_path, stderr_path = run_dir / "stdout", run_dir / "stderr"
     start = time.monotonic()
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        # A new session, so that the backstop below can kill everything this run started.
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
-                                cwd=code_dir, env=_SANDBOX_ENV)
-        try:
-            proc.communicate(stdin.encode(), timeout=limits.timeout_s + 5.0)
-        except subprocess.TimeoutExpired:
-            # `timeout -s KILL` should have fired long ago; do not trust it to, kill the session.
-            _kill_session(proc.pid)
-            proc.wait()
-        _kill_session(proc.pid)  # nothing of this run may outlive it
+    try:
+        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            # A new session, so that the backstop below can kill everything this run started.
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
+                                    cwd=code_dir, env=_SANDBOX_ENV)
+            try:
+                proc.communicate(stdin.encode(), timeout=limits.timeout_s + 5.0)
+            except subprocess.TimeoutExpired:
+                # `timeout -s KILL` should have fired long ago; do not trust it to, kill the session.
+                _kill_session(proc.pid)
+                proc.wait()
+            _kill_session(proc.pid)  # nothing of this run may outlive it
+    finally:
+        if root:
+            # Killing bwrap tears its pid namespace down asynchronously: a fork bomb's processes
+            # may still run a moment later. They all carry this run's uid: finish the job here.
+            _kill_uid(uid)
+            with _UID_LOCK:
+                _RUN_UIDS.discard(uid)
     elapsed = time.monotonic() - start
     code = proc.returncode
     # `timeout` exits 137 (128 + SIGKILL) when it killed the program on time.
@@ -206,6 +216,49 @@ def _command(isolation: str, limits: SandboxLimits, uid: int, code_dir: Path) ->
 # Python resolves a script path against the cwd's *path*, which the /tmp mask hides; reading the
 # file relative to the open cwd still works.
 _RUN_RELATIVE_MAIN = "src = open('main.py').read(); exec(compile(src, 'main.py', 'exec'), {'__name__': '__main__'})"
+
+
+_RUN_UIDS: set[int] = set()
+"""Uids of this process's runs in flight (runs go in threads; no two may share a uid)."""
+_UID_LOCK = threading.Lock()
+
+
+def _fresh_uid() -> int:
+    # Random, so runs in other processes (other reward workers) collide with odds 1 in COUNT.
+    with _UID_LOCK:
+        while True:
+            uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_COUNT)
+            if uid not in _RUN_UIDS:
+                _RUN_UIDS.add(uid)
+                return uid
+
+
+def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
+    """SIGKILL every live process whose real uid is `uid` until none is left (zombies are dead)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        pids = _live_pids_of(uid)
+        if not pids or time.monotonic() > end:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
+def _live_pids_of(uid: int) -> list[int]:
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            pids.append(int(status.parent.name))
+    return pids
 
 
 def _kill_session(pid: int) -> None:
