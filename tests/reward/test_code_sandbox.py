@@ -53,6 +53,7 @@ def host() -> Iterator[Host]:
     sentinel.write_text("secret")
     sentinel.chmod(0o666)
     before = _sandbox_temp_folders()
+    parent = os.getppid()
     state = Host(sentinel, token, Path(f"/tmp/ling_escape_{token}"), REPO / f"ling_escape_{token}")
     yield state
     try:
@@ -61,7 +62,8 @@ def host() -> Iterator[Host]:
         assert not state.tmp_escape.exists() and not state.repo_escape.exists()
         assert _sandbox_temp_folders() <= before, "a sandbox run left its temp folder behind"
         assert _sandbox_uid_processes() == [], "processes of a sandbox uid outlived their run"
-        assert os.getppid() > 1  # pytest's parent is alive (nothing killed up the tree)
+        assert os.getppid() == parent  # pytest's parent is alive (nothing killed up the tree)
+        os.kill(parent, 0)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
