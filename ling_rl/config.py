@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.cluster.config import ClusterConfig
+from ling_rl.dft import DFTConfig
+from ling_rl.evaluation import EvalConfig
 from ling_rl.curriculum.config import CurriculumConfig, DataConfig
 from ling_rl.learner.config import CheckpointConfig, LearnerConfig
 from ling_rl.models.config import ModelConfig
@@ -59,6 +61,8 @@ class Recipe(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    dft: DFTConfig = Field(default_factory=DFTConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -76,6 +80,12 @@ class Recipe(Section):
             if stage.max_response_tokens is not None and stage.max_response_tokens > self.rollout.max_response_tokens:
                 raise _CrossField(f"curriculum.stages.{i}.max_response_tokens", f"is {stage.max_response_tokens}, above "
                                   f"rollout.max_response_tokens={self.rollout.max_response_tokens} (the engines' length budget)")
+        if self.eval.every > 0 and self.eval.data is None:
+            raise _CrossField("eval.data", f"is missing but eval.every={self.eval.every}: name the held-out prompts")
+        labels = [r.key for r in self.rewards]
+        if (self.curriculum.stages or self.eval.every) and self.curriculum.correctness not in labels:
+            raise _CrossField("curriculum.correctness", f"is {self.curriculum.correctness!r}, which is not one of the "
+                              f"rewards ({', '.join(labels)}); stages and evaluation judge correctness by it")
         c = self.cluster
         need = (self.rollout.num_engines * c.rollout.num_cpus + self.learner.num_ranks * c.learner.num_cpus
                 + c.reward_workers * c.reward.num_cpus)

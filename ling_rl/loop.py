@@ -1,10 +1,13 @@
 """The driver loop. One RL step, one role call per line:
 
-    data.next_batch()            prompts (Sample)
+    next_prompts()               curriculum: data mix, pass rates, length alpha per prompt
         |
     rollout.generate()           vLLM engines: G responses per prompt, per-token log-probs
         |
     rewards.score()              reward workers: total reward + per-plugin breakdown
+        |
+    collect_groups()             dynamic sampling: drop flat groups, refill (bounded)
+    curriculum.update()          pass rates, rolling accuracy, stage advance
         |
     build_train_batch()          advantages (group-relative) + linguistic-unit segmentation
         |
@@ -12,44 +15,55 @@
         |
     sync_weights()               learner -> engines; the next step's train/inference gap proves it
         |
-    tracker.log(); checkpoint
+    evaluate(); tracker.log(); checkpoint
 
+Before the first step, an optional DFT warm start trains the learner with SFT (`dft:`).
 Synchronous: generation of step n+1 starts after the weights of step n are synced.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ling_rl import session as sessions
 from ling_rl.batching import build_train_batch
 from ling_rl.config import Recipe
+from ling_rl.curriculum.dynamic_sampling import collect_groups
+from ling_rl.evaluation import evaluate
 from ling_rl.rollout.requests import make_requests, to_rollouts
 from ling_rl.tracking import PhaseTimer
+from ling_rl.types import ScoredRollout
 
 
 def train(recipe: Recipe, run_dir: Path) -> Path:
-    """Run (or resume) `recipe` in `run_dir`; returns the final Hugging Face export or checkpoint."""
+    """Run (or resume) `recipe` in `run_dir`; returns the final Hugging Face export folder."""
     s = sessions.start(recipe, run_dir)
-    cfg = recipe.rollout
     last = recipe.run.steps - 1
     try:
+        if recipe.dft.enabled and s.start_step == 0:
+            warm_start(s)
         for step in range(s.start_step, recipe.run.steps):
             timer = PhaseTimer()
-            samples = s.data.next_batch(cfg.prompts_per_step)
-            with timer.phase("generate"):
-                outputs = s.rollout.generate(make_requests(samples, cfg, step), cfg.temperature, cfg.top_p, cfg.top_k)
-            rollouts = to_rollouts(samples, outputs, version=step)
-            with timer.phase("reward"):
-                scored, reward_metrics = s.rewards.score(rollouts)
-            batch, batch_metrics = build_train_batch(scored, recipe.algorithm, s.segmenter, s.pad_id)
+            first = score(s, timer, s.next_prompts(recipe.rollout.prompts_per_step, step), step)
+            kept, dyn_metrics, seen = first, {}, first
+            if recipe.curriculum.dynamic_sampling:
+                kept, dyn_metrics, seen = collect_groups(first, lambda n: score(s, timer, s.next_prompts(n, step), step),
+                                                         recipe.rollout.prompts_per_step, recipe.curriculum.max_refill_rounds)
+            cur_metrics = s.curriculum.update(step, seen)
+            batch, batch_metrics = build_train_batch(kept, recipe.algorithm, s.segmenter, s.pad_id)
             with timer.phase("learner"):
                 learner_metrics = s.learner.train_step(batch)
             with timer.phase("sync"):
                 s.sync_weights(step + 1)
+            eval_metrics = {}
+            if recipe.eval.every and ((step + 1) % recipe.eval.every == 0 or step == last):
+                with timer.phase("eval"):
+                    eval_metrics = evaluate(s, step)
             # Logged before the checkpoint: a run killed during the save resumes after this step,
             # whose metrics must already be on disk.
-            s.tracker.log(step, {**reward_metrics.as_dict(), **batch_metrics, **_rollout_metrics(rollouts),
+            s.tracker.log(step, {**s.last_reward_metrics, **batch_metrics, **_rollout_metrics(kept), **cur_metrics,
+                                 **dyn_metrics, **eval_metrics,
                                  **{f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()},
                                  **timer.as_metrics()})
             if s.checkpointer.due(step, last):
@@ -62,10 +76,49 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
         s.close()
 
 
-def _rollout_metrics(rollouts: list) -> dict[str, float]:
-    lengths = [len(r.response_ids) for r in rollouts]
+def score(s: sessions.Session, timer: PhaseTimer, samples: list, step: int) -> list[ScoredRollout]:
+    """Generate a group per prompt and score it. Refill rounds of dynamic sampling call this again
+    within the step: their groups (and seeds) continue after the ones already generated."""
+    cfg = s.recipe.rollout
+    offset = 0 if not s.step_groups or s.step_groups[0] != step else s.step_groups[1]
+    s.step_groups = (step, offset + len(samples))
+    with timer.phase("generate"):
+        requests = make_requests(samples, cfg, step, max_tokens=s.curriculum.max_response_tokens(), offset=offset)
+        outputs = s.rollout.generate(requests, cfg.temperature, cfg.top_p, cfg.top_k)
+    rollouts = to_rollouts(samples, outputs, version=step, group_offset=offset)
+    with timer.phase("reward"):
+        scored, metrics = s.rewards.score(rollouts)
+    if offset == 0:  # the step's first round: the reward metrics of the policy as sampled
+        s.last_reward_metrics = metrics.as_dict()
+    return scored
+
+
+def warm_start(s: sessions.Session) -> None:
+    """DFT: SFT steps on the learner, logged to dft_metrics.jsonl, then the engines get the weights."""
+    from ling_rl.curriculum.data import load_rows
+    from ling_rl.dft import DFTData
+
+    cfg, data_cfg = s.recipe.dft, s.recipe.data
+    source = cfg.data or data_cfg.train
+    data = DFTData(load_rows(source), cfg, s.tokenizer, data_cfg.prompt_key, data_cfg.answer_key, source)
+    with open(s.run_dir / "dft_metrics.jsonl", "w") as log:
+        for i in range(cfg.steps):
+            metrics = s.learner.sft_step(data.batch(s.pad_id), cfg.lr)
+            log.write(json.dumps({"step": i, **metrics}) + "\n")
+            log.flush()
+            if i % 10 == 0 or i == cfg.steps - 1:
+                s.tracker.console.console.print(f"dft {i + 1}/{cfg.steps} | loss {metrics['dft/loss']:.4g} | "
+                                             f"token acc {metrics['dft/token_acc']:.3f}", markup=False, highlight=False)
+    s.sync_weights(0)
+    if s.recipe.eval.every:
+        with open(s.run_dir / "dft_metrics.jsonl", "a") as log:
+            log.write(json.dumps({"step": cfg.steps, **{f"{k}_after_dft": v for k, v in evaluate(s, -1).items()}}) + "\n")
+
+
+def _rollout_metrics(scored: list[ScoredRollout]) -> dict[str, float]:
+    lengths = [len(x.rollout.response_ids) for x in scored]
     return {
         "rollout/response_len_mean": sum(lengths) / len(lengths),
         "rollout/response_len_max": float(max(lengths)),
-        "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
+        "rollout/truncated_frac": sum(x.rollout.finish_reason == "length" for x in scored) / len(scored),
     }

@@ -4,8 +4,9 @@ tracker, data and checkpoints. `loop.py` drives them."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 from ling_rl.checkpoint import Checkpointer
 from ling_rl.config import Recipe, RecipeError
 from ling_rl.curriculum.data import PromptSource
+from ling_rl.curriculum.evo_cot import Curriculum
 
 
 @dataclass
@@ -23,6 +25,10 @@ class Session:
     model_dir: Path
     tokenizer: Any
     data: PromptSource
+    sources: dict[str, PromptSource]
+    """Training prompt sources by dataset (curriculum data mixes), `data.train` included."""
+    curriculum: Curriculum
+    eval_data: PromptSource | None
     segmenter: Any
     rollout: Any
     learner: Any
@@ -31,6 +37,9 @@ class Session:
     checkpointer: Checkpointer
     start_step: int
     sync_path: Path
+    last_reward_metrics: dict[str, float] = field(default_factory=dict)
+    step_groups: tuple[int, int] | None = None
+    """(step, groups generated so far in it): refill rounds continue the group numbering."""
 
     @property
     def pad_id(self) -> int:
@@ -42,8 +51,27 @@ class Session:
         self.learner.export_inference_weights(str(self.sync_path))
         self.rollout.load_weights(str(self.sync_path), version)
 
+    def source(self, name: str) -> PromptSource:
+        if name not in self.sources:
+            cfg = self.recipe.data.model_copy(update={"train": name, "max_rows": None})
+            self.sources[name] = PromptSource(cfg, self.tokenizer, self.recipe.rollout.max_prompt_tokens)
+        return self.sources[name]
+
+    def next_prompts(self, n: int, step: int) -> list[Any]:
+        """n prompts drawn by the curriculum's data mix, annotated with pass rate and length alpha."""
+        names = self.curriculum.choose_sources(n, random.Random(self.recipe.data.seed * 1_000_003 + step))
+        samples = []
+        for name in dict.fromkeys(names):
+            samples += self.source(name).next_batch(names.count(name))
+        self.curriculum.annotate(samples)
+        return samples
+
     def save(self, step: int) -> Path:
-        return self.checkpointer.save(step, self.learner, {"data": self.data.state(), "model_dir": str(self.model_dir)})
+        return self.checkpointer.save(step, self.learner, {
+            "data": {name: src.state() for name, src in self.sources.items()},
+            "curriculum": self.curriculum.state_dict(),
+            "model_dir": str(self.model_dir),
+        })
 
     def close(self) -> None:
         for role in (self.rollout, self.learner, self.rewards):
@@ -86,12 +114,18 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     model_dir = prepare_model(recipe, run_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
     data = PromptSource(recipe.data, tokenizer, recipe.rollout.max_prompt_tokens)
+    curriculum = Curriculum(recipe.curriculum, recipe.rollout.max_response_tokens, train_source=recipe.data.train)
+    eval_data = None
+    if recipe.eval.every > 0:
+        eval_cfg = recipe.data.model_copy(update={"train": recipe.eval.data, "shuffle": False, "max_rows": recipe.eval.max_prompts})
+        eval_data = PromptSource(eval_cfg, tokenizer, recipe.rollout.max_prompt_tokens)
     segmenter = None
     if needs_segmentation(recipe.algorithm.loss):
         segmenter = Segmenter(token_bytes_from_tokenizer(tokenizer), recipe.algorithm.segmentation)
     init_ray(recipe.cluster)
     sync_path = Path(recipe.rollout.weight_sync_dir) / f"ling-rl-{os.getpid()}-{recipe.run.name}.safetensors"
     session = Session(recipe=recipe, run_dir=run_dir, model_dir=model_dir, tokenizer=tokenizer, data=data,
+                      sources={recipe.data.train: data}, curriculum=curriculum, eval_data=eval_data,
                       segmenter=segmenter, rollout=None, learner=None, rewards=None, tracker=None,
                       checkpointer=checkpointer, start_step=0, sync_path=sync_path)
     try:
@@ -104,7 +138,9 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
         if resume_from is not None:
             state = checkpointer.driver_state(resume_from)
             session.learner.load_checkpoint(str(resume_from))
-            data.load_state(state["data"])
+            for name, cursor in state["data"].items():
+                session.source(name).load_state(cursor)
+            session.curriculum.load_state_dict(state["curriculum"])
             session.start_step = int(state["step"])
             session.sync_weights(session.start_step)
         session.tracker = Tracker(recipe, run_dir, resume_step=session.start_step - 1 if resume_from else None)

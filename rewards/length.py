@@ -92,6 +92,7 @@ class Length:
         completion_ids: list[list[int]],
         answer: list[Any],
         pass_rate: list[float | None] | None = None,
+        length_alpha: list[float | None] | None = None,
         **kwargs: Any,
     ) -> RewardOutput:
         scored = [i for i, gold in enumerate(answer) if gold is not None]
@@ -101,7 +102,11 @@ class Length:
         correct = [self._correct(completions[i], answer[i]) for i in scored]
         lengths = [len(completion_ids[i]) for i in scored]
         rates = pass_rate if pass_rate is not None else [None] * len(completions)
-        alphas = [self.alpha if rates[i] is None else bucket_alpha(float(rates[i]), self.buckets) for i in scored]
+        # The Evo-CoT curriculum supplies `length_alpha` (its stage's alpha for the prompt's bucket);
+        # it wins over this plugin's own table so that the stage schedule is what applies.
+        stage_alpha = length_alpha if length_alpha is not None else [None] * len(completions)
+        alphas = [float(stage_alpha[i]) if stage_alpha[i] is not None
+                  else self.alpha if rates[i] is None else bucket_alpha(float(rates[i]), self.buckets) for i in scored]
         for i, alpha, r in zip(scored, alphas, length_scores(lengths, correct)):
             scores[i] = alpha * r
         n = len(scored)

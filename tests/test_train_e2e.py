@@ -24,7 +24,8 @@ def _overrides(run_dir: Path, steps: int, loss: str, **extra: object) -> list[st
     items = {
         "run.steps": steps, "run.output_dir": str(run_dir.parent), "run.name": run_dir.name,
         "algorithm.loss.type": loss, "rewards": "[{name: numeric_response}]",
-        "learner.lr": 1e-3, "tracking.progress_bar": False, "checkpoint.every": 0, **extra,
+        "learner.lr": 2e-3, "learner.updates_per_batch": 2, "tracking.progress_bar": False,
+        "checkpoint.every": 0, **extra,
     }
     return [f"{k}={v}" for k, v in items.items()]
 
@@ -42,7 +43,7 @@ def _cli(args: list[str], **kwargs) -> subprocess.Popen:
 @pytest.mark.parametrize("loss", ["lpo", "ppo_token", "gspo"])
 def test_reward_rises_and_gap_stays_small(tmp_path: Path, loss: str) -> None:
     run_dir = tmp_path / f"run-{loss}"
-    steps = 24
+    steps = 20
     proc = _cli(["train", str(RECIPE), *_overrides(run_dir, steps, loss)])
     out, _ = proc.communicate(timeout=1500)
     assert proc.returncode == 0, out[-4000:]
@@ -52,6 +53,14 @@ def test_reward_rises_and_gap_stays_small(tmp_path: Path, loss: str) -> None:
     last = sum(r["reward/mean"] for r in rows[-5:]) / 5
     print(f"{loss}: reward first5={first:.3f} last5={last:.3f}")
     assert last > first + 0.1, [round(r["reward/mean"], 3) for r in rows]
+    # The loss type reaches the learner: its unit is a token, a sentence or the whole response.
+    units = sum(r["policy/units_per_response"] for r in rows) / steps
+    length = sum(r["rollout/response_len_mean"] for r in rows) / steps
+    expected = {"ppo_token": lambda u: u == pytest.approx(length, rel=0.05), "gspo": lambda u: u == pytest.approx(1.0),
+                "lpo": lambda u: 1.02 < u < 0.8 * length}
+    assert expected[loss](units), (loss, units, length)
+    # Two updates per batch: the second sees ratios != 1, and the losses clip differently.
+    assert any(r["policy/ratio_max"] > 1.0 for r in rows)
     gaps = [r["sync/gap_mean"] for r in rows]
     assert max(gaps) < 1e-2, gaps
     for phase in ("generate", "reward", "learner", "sync"):
@@ -69,8 +78,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 def test_sigkilled_run_resumes_identically(tmp_path: Path) -> None:
     """A driver SIGKILLed after its step-4 checkpoint, then restarted, logs the same metrics for
-    steps 4-7 as a run that was never interrupted (same seed)."""
-    steps, extra = 8, {"checkpoint.every": 4, "algorithm.loss.type": "ppo_token"}
+    steps 4-7 as a run that was never interrupted (same seed); its final checkpoint exports."""
+    steps, extra = 8, {"checkpoint.every": 4, "checkpoint.export_hf": False}
     straight = tmp_path / "straight"
     proc = _cli(["train", str(RECIPE), *_overrides(straight, steps, "ppo_token", **extra)])
     out, _ = proc.communicate(timeout=1200)
@@ -94,18 +103,11 @@ def test_sigkilled_run_resumes_identically(tmp_path: Path) -> None:
         for key in ("reward/mean", "train/loss", "train/grad_norm", "rollout/response_len_mean"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)
 
-
-def test_export_of_a_checkpoint_loads_in_vllm(tmp_path: Path) -> None:
-    """`ling-rl export` of a 2-rank checkpoint writes a folder vLLM generates from."""
-    run_dir = tmp_path / "short"
-    proc = _cli(["train", str(RECIPE), *_overrides(run_dir, 2, "gspo", **{"checkpoint.export_hf": False})])
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-4000:]
-    ckpt = run_dir / "checkpoints" / "step-000002"
-    assert ckpt.is_dir() and not (run_dir / "hf_final").exists()
-    proc = _cli(["export", str(ckpt), str(tmp_path / "exported")])
+    # `ling-rl export` of the resumed run's final 2-rank checkpoint writes a folder vLLM generates from.
+    exported = tmp_path / "exported"
+    proc = _cli(["export", str(killed / "checkpoints" / "step-000008"), str(exported)])
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
-    proc = _cli(["sample", str(tmp_path / "exported"), "-p", "Ann has 3 pens.", "--max-tokens", "8"])
+    proc = _cli(["sample", str(exported), "-p", "Ann has 3 pens.", "--max-tokens", "8"])
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "sample (sum log p" in out, out[-4000:]

@@ -38,6 +38,10 @@ class LearnerGroup:
         ref = ray.put(batch)
         return self._gather([w.train_step.remote(ref) for w in self.workers], "train_step")[0]
 
+    def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
+        ref = ray.put(batch)
+        return self._gather([w.sft_step.remote(ref, lr) for w in self.workers], "sft_step")[0]
+
     def export_inference_weights(self, path: str) -> None:
         self._gather([w.export_inference_weights.remote(path) for w in self.workers], "weight export")
 

@@ -200,6 +200,36 @@ class LearnerWorker:
         reduced["lr"] = self.scheduler.get_last_lr()[0]
         return reduced
 
+    def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
+        """One supervised step (DFT): mean cross-entropy of the response tokens of the whole batch,
+        with its own AdamW so the RL optimizer's state starts clean after the warm start."""
+        if not hasattr(self, "sft_optimizer"):
+            self.sft_optimizer = torch.optim.AdamW(self.params, lr=lr, betas=self.recipe.learner.betas, foreach=False)
+        denominator = max(float(batch.response_mask.sum()), 1.0)
+        plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
+        sums: dict[str, float] = {}
+        for rows in plan:
+            empty = len(rows) == 0
+            mb = self._trim(batch.select(rows if not empty else torch.tensor([0])))
+            logp, _ = self._token_logprobs(self.model, mb.input_ids)
+            mask = mb.response_mask.bool()
+            nll = -(logp * mask).sum() / denominator
+            (nll * (0.0 if empty else 1.0) * self.world_size).backward()
+            tokens = 0.0 if empty else float(mask.sum())
+            correct = float(((logp > -0.6931) & mask).sum())  # p > 0.5: the token is the argmax
+            self._accumulate(sums, {"dft/loss": float(nll) * (0.0 if empty else 1.0) * denominator / max(tokens, 1.0),
+                                    "dft/token_acc": correct / max(tokens, 1.0)}, weight=tokens)
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.learner.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        self.sft_optimizer.step()
+        self.sft_optimizer.zero_grad(set_to_none=True)
+        reduced = _all_reduce(sums)
+        reduced["dft/grad_norm"] = float(grad_norm)
+        return reduced
+
     def _mtp_loss(self, mb: TrainBatch, mtp_logits: list[torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy of each MTP depth d on the response tokens it predicts (t+1+d)."""
         losses = []
