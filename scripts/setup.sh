@@ -3,6 +3,18 @@
 # vLLM's CPU build, Ray and the test tools. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The `code` reward runs model code in bubblewrap with the system python3 (rewards/sandbox.py).
+SANDBOX_PKGS=()
+command -v bwrap >/dev/null || SANDBOX_PKGS+=(bubblewrap)
+[ -x /usr/bin/python3 ] || SANDBOX_PKGS+=(python3)
+if [ ${#SANDBOX_PKGS[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    # A fresh image may have no package lists yet: update once if the first try fails.
+    apt-get install -y -q "${SANDBOX_PKGS[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${SANDBOX_PKGS[@]}" >/dev/null; }
+  else
+    echo "setup: not root (or no apt-get): install ${SANDBOX_PKGS[*]} yourself for the code reward's sandbox" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPIP=".venv/bin/python -m pip"
