@@ -72,8 +72,12 @@ def check(
 
 
 def _looks_local(value: str) -> bool:
-    # A hub dataset/model name is `org/name` with no extension; anything else is a local path.
-    return Path(value).suffix != "" or value.startswith((".", "/")) or value.count("/") != 1
+    # A hub name is `org/name` (which may contain dots, e.g. Ling-mini-2.0); data files and explicit
+    # paths are local.
+    return value.startswith((".", "/", "~")) or Path(value).suffix in _DATA_SUFFIXES or value.count("/") != 1
+
+
+_DATA_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
 
 
 @app.command()

@@ -15,7 +15,9 @@ class EvalConfig(Section):
     """The `eval:` section."""
 
     every: int = Field(default=0, ge=0)
-    """Evaluate every N RL steps, before the first step and after the last (0: never)."""
+    """Evaluate every N RL steps and after the last (0: never). The starting point (after DFT,
+    before any RL update) is evaluated too and logged with step 0; a later eval is logged with the
+    step whose update it follows."""
 
     data: str | None = None
     """Held-out prompts (same columns as `data.train`); required when `every` > 0."""

@@ -43,6 +43,8 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
     try:
         if recipe.dft.enabled and s.start_step == 0:
             warm_start(s)
+        # The starting point (after DFT, before any RL update) is logged with step 0.
+        pending_eval = evaluate(s, -1) if recipe.eval.every and s.start_step == 0 else {}
         for step in range(s.start_step, recipe.run.steps):
             timer = PhaseTimer()
             first = score(s, timer, s.next_prompts(recipe.rollout.prompts_per_step, step), step)
@@ -56,7 +58,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                 learner_metrics = s.learner.train_step(batch)
             with timer.phase("sync"):
                 s.sync_weights(step + 1)
-            eval_metrics = {}
+            eval_metrics, pending_eval = pending_eval, {}
             if recipe.eval.every and ((step + 1) % recipe.eval.every == 0 or step == last):
                 with timer.phase("eval"):
                     eval_metrics = evaluate(s, step)
@@ -110,9 +112,6 @@ def warm_start(s: sessions.Session) -> None:
                 s.tracker.console.console.print(f"dft {i + 1}/{cfg.steps} | loss {metrics['dft/loss']:.4g} | "
                                              f"token acc {metrics['dft/token_acc']:.3f}", markup=False, highlight=False)
     s.sync_weights(0)
-    if s.recipe.eval.every:
-        with open(s.run_dir / "dft_metrics.jsonl", "a") as log:
-            log.write(json.dumps({"step": cfg.steps, **{f"{k}_after_dft": v for k, v in evaluate(s, -1).items()}}) + "\n")
 
 
 def _rollout_metrics(scored: list[ScoredRollout]) -> dict[str, float]:

@@ -87,8 +87,13 @@ def prepare_model(recipe: Recipe, run_dir: Path) -> Path:
     if recipe.model.path:
         from ling_rl.models.ling_config import LingConfig
 
-        LingConfig.from_folder(recipe.model.path)  # fail early, with the folder named
-        return Path(recipe.model.path)
+        folder = Path(recipe.model.path)
+        if not folder.exists() and recipe.model.path.count("/") == 1:
+            from huggingface_hub import snapshot_download  # a hub name: needs network, cached after
+
+            folder = Path(snapshot_download(recipe.model.path))
+        LingConfig.from_folder(folder)  # fail early, with the folder named
+        return folder
     from ling_rl.models.tiny import init_tiny
 
     folder = run_dir / "model_init"
