@@ -16,6 +16,15 @@ if [ ${#SANDBOX_PKGS[@]} -gt 0 ]; then
   fi
 fi
 PY=${PYTHON:-python3}
+# Headless Chromium for the front-end rewards (rewards/browser.py): Debian's package, driven by pip
+# playwright's bundled driver (never `playwright install`, which downloads a browser).
+if [ ! -x /usr/lib/chromium/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "note: /usr/lib/chromium/chromium missing and not root: run 'apt-get install chromium' for the function/aesthetics/sfa rewards" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPIP=".venv/bin/python -m pip"
 $VPIP install -q --upgrade pip
