@@ -139,7 +139,8 @@ class LingConfig:
         data.update(
             architectures=[ARCHITECTURE],
             model_type=MODEL_TYPE,
-            auto_map={"AutoConfig": f"{CONFIG_FILE[:-3]}.BailingMoeV2Config"},
+            auto_map={"AutoConfig": f"{CONFIG_FILE[:-3]}.BailingMoeV2Config",
+                      "AutoModelForCausalLM": "modeling_bailing_moe_v2.BailingMoeV2ForCausalLM"},
         )
         return data
 
