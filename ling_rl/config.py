@@ -86,6 +86,10 @@ class Recipe(Section):
         if (self.curriculum.stages or self.eval.every) and self.curriculum.correctness not in labels:
             raise _CrossField("curriculum.correctness", f"is {self.curriculum.correctness!r}, which is not one of the "
                               f"rewards ({', '.join(labels)}); stages and evaluation judge correctness by it")
+        fp8 = self.learner.fp8
+        if self.learner.precision == "fp8" and fp8.fsdp_float8_all_gather and fp8.scaling != "tensorwise":
+            raise _CrossField("learner.fp8.fsdp_float8_all_gather", f"is true, but torchao's float8 all-gather "
+                              f"needs learner.fp8.scaling=tensorwise (got {fp8.scaling}); set it to false for rowwise")
         c = self.cluster
         need = (self.rollout.num_engines * c.rollout.num_cpus + self.learner.num_ranks * c.learner.num_cpus
                 + c.reward_workers * c.reward.num_cpus)

@@ -9,6 +9,22 @@ from pydantic import Field
 from ling_rl.schema import Section
 
 
+class FP8Config(Section):
+    """FP8 training of the large linears through torchao (used when `learner.precision: fp8`)."""
+
+    scaling: Literal["tensorwise", "rowwise"] = "tensorwise"
+    """Scale granularity of the float8 casts: one scale per tensor, or per row (more accurate, slower)."""
+
+    fsdp_float8_all_gather: bool = True
+    """All-gather FSDP2 weight shards already cast to float8 (half the bytes of bf16); tensorwise only."""
+
+    min_dim: int = Field(default=64, ge=16)
+    """Linears with an input or output size below this stay high precision (casts cost more than they save)."""
+
+    emulate: Literal["auto"] | bool = "auto"
+    """Emulate the float8 GEMMs in high precision (`auto`: when no CUDA device is present, e.g. CPU CI)."""
+
+
 class LearnerConfig(Section):
     """Optimisation on the FSDP2 learner ranks."""
 
@@ -42,8 +58,12 @@ class LearnerConfig(Section):
     updates_per_batch: int = Field(default=1, ge=1)
     """Optimizer steps per rollout batch (> 1 needs an old-policy forward)."""
 
-    precision: Literal["fp32", "bf16"] = "bf16"
-    """Compute precision: fp32 weights, with bf16 compute through FSDP2 mixed precision for `bf16`."""
+    precision: Literal["fp32", "bf16", "fp8"] = "bf16"
+    """Compute precision: fp32 weights, with bf16 compute through FSDP2 mixed precision for `bf16`;
+    `fp8` adds float8 GEMMs for the attention and dense/shared-expert linears (see `learner.fp8`)."""
+
+    fp8: FP8Config = Field(default_factory=FP8Config)
+    """FP8 settings, read when `precision: fp8`."""
 
     freeze_expert_bias: bool = True
     """Keep the router expert bias fixed during RL (Ring-1T 2.3.4)."""

@@ -28,6 +28,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ling_rl.algorithms import policy_loss
 from ling_rl.config import Recipe
+from ling_rl.learner.fp8 import apply_fp8
 from ling_rl.learner.microbatch import plan_micro_batches
 from ling_rl.learner.schedule import build_optimizer
 from ling_rl.models.hf_io import inference_weights, load_model, save_model, write_safetensors_atomic
@@ -79,8 +80,10 @@ class LearnerWorker:
 
     def _build(self, model_dir: str) -> LingForCausalLM:
         model = load_model(model_dir, dtype=torch.float32)
+        if self.recipe.learner.precision == "fp8":  # before fully_shard: FSDP2 must see the Float8Linears
+            self.fp8_modules = apply_fp8(model, self.recipe.learner.fp8)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if self.recipe.learner.precision == "bf16" else MixedPrecisionPolicy()
+            if self.recipe.learner.precision in ("bf16", "fp8") else MixedPrecisionPolicy()
         for layer in model.model.layers:
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
