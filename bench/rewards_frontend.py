@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-# The script's folder comes first on sys.path, and bench/rewards.py would shadow the `rewards` package.
+# The script's folder comes first on sys.path; the project's packages come from the repository root.
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 

@@ -1,6 +1,6 @@
 """Reward throughput (samples/s) of the `math`, `format`, `length` and `code` plugins, in one process.
 
-    python bench/rewards.py [--math 512] [--code 32] [--repeats 3]
+    python bench/reward_throughput.py [--math 512] [--code 32] [--repeats 3]
 
 Each plugin is called directly (as a reward worker would, in the main thread), on a batch of
 realistic completions: math answers in mixed forms (plain numbers settle without sympy, LaTeX,
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder is sys.path[0] and this module (bench/rewards.py) would
-# shadow the `rewards` package: look the package up from the repository root instead.
+# Run as a script, this file's folder is sys.path[0]; the `rewards` package is looked up from the
+# repository root (before any install of the project).
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
