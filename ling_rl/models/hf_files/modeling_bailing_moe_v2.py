@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
 from .configuration_bailing_moe_v2 import BailingMoeV2Config
@@ -214,7 +214,8 @@ class BailingMoeV2Model(BailingMoeV2PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: Cache | None = None,
-                use_cache: bool = False) -> tuple[torch.Tensor, Cache | None]:
+                use_cache: bool = False, **kwargs: object) -> BaseModelOutputWithPast:
+        # Extra kwargs (e.g. from trainers calling the backbone directly) are not used by this model.
         b, t = input_ids.shape
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
@@ -232,7 +233,7 @@ class BailingMoeV2Model(BailingMoeV2PreTrainedModel):
         x = self.word_embeddings(input_ids)
         for layer in self.layers:
             x = layer(x, position_ids, mask, past_key_values if use_cache else None)
-        return self.norm(x), past_key_values
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=past_key_values)
 
 
 class BailingMoeV2ForCausalLM(BailingMoeV2PreTrainedModel, GenerationMixin):
@@ -255,8 +256,9 @@ class BailingMoeV2ForCausalLM(BailingMoeV2PreTrainedModel, GenerationMixin):
                 labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 logits_to_keep: int = 0, **kwargs: object) -> CausalLMOutputWithPast:
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        hidden, cache = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, use_cache=use_cache)
+        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, use_cache=use_cache)
+        hidden, cache = out.last_hidden_state, out.past_key_values
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
