@@ -250,6 +250,16 @@ def get_browser() -> Browser:
     return _BROWSER
 
 
+def close_browser() -> None:
+    """Close this process's Chromium (playwright's sync API keeps an event loop on the thread
+    that started it until then)."""
+    global _BROWSER
+    if _BROWSER is not None:
+        _BROWSER.close()
+        atexit.unregister(_BROWSER.close)
+        _BROWSER = None
+
+
 class RenderCache:
     """Recent render results by (page, checks), so `function`, `aesthetics` and `sfa` in one worker
     render a response once. Small: results hold screenshots."""

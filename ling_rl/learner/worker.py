@@ -334,6 +334,8 @@ def _all_reduce(sums: dict[str, float]) -> dict[str, float]:
 
 
 def _finalize(sums: dict[str, float], updates: int) -> dict[str, float]:
-    """Average the per-update metrics of one rollout batch."""
-    return {k: (v / updates if k not in ("sync/gap_mean", "sync/gap_max") else v) for k, v in sums.items()
+    """Per-update metrics of one rollout batch: extremes over the updates, the rest averaged (the
+    gap is measured on the first update only)."""
+    kept = ("sync/gap_mean", "sync/gap_max")
+    return {k: (v if k in kept or k.endswith(("_max", "_min")) else v / updates) for k, v in sums.items()
             if not k.startswith("__w/")}

@@ -13,6 +13,7 @@ Imports stay light (no torch, ray or pydantic at module level) so a worker start
 from __future__ import annotations
 
 import asyncio
+import threading
 import inspect
 import math
 import os
@@ -58,7 +59,11 @@ class RewardWorker:
         self.plugins = cloudpickle.loads(payload)
         self._callables = [p.target(**p.args) if p.is_class else p.target for p in self.plugins]
         self._accepts = [accepted_keywords(fn) for fn in self._callables]
+        # Async plugins run on a loop of their own thread: a sync plugin may leave an event loop
+        # running on the main thread (playwright's sync API does), and run_until_complete there
+        # would then fail. Sync plugins stay on the main thread (signal.alarm, as math-verify uses).
         self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="reward-async", daemon=True).start()
 
     def ready(self) -> int:
         """The worker's pid; returns once the plugins are instantiated."""
@@ -69,7 +74,7 @@ class RewardWorker:
         if plugin.is_async:
             fn = self._callables[plugin_index]
             kwargs = [self._kwargs(plugin_index, c) for c in calls]
-            return self._loop.run_until_complete(_run_all_async(fn, kwargs, calls, plugin.timeout_s))
+            return asyncio.run_coroutine_threadsafe(_run_all_async(fn, kwargs, calls, plugin.timeout_s), self._loop).result()
         return [self._run_sync(plugin_index, c) for c in calls]
 
     def _run_sync(self, index: int, call: CallInput) -> CallResult:
@@ -78,7 +83,7 @@ class RewardWorker:
         try:
             out = self._callables[index](**self._kwargs(index, call))
             if inspect.isawaitable(out):  # a sync callable that hands back a coroutine
-                out = self._loop.run_until_complete(asyncio.wait_for(_awaited(out), timeout_s))
+                out = asyncio.run_coroutine_threadsafe(asyncio.wait_for(_awaited(out), timeout_s), self._loop).result()
         except (asyncio.TimeoutError, TimeoutError):
             return CallResult(None, time.monotonic() - start, timed_out=True)
         except Exception as e:

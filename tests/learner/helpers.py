@@ -22,3 +22,15 @@ def random_batch(vocab: int, rows: int = 6, prompt_len: int = 5, max_resp: int =
     units = (torch.cumsum(mask.int(), 1) - 1).clamp(min=0) // 3 * mask
     inf = (torch.randn(rows, t, generator=g) * 0.01 - 3.0) * mask
     return TrainBatch(input_ids=ids, response_mask=mask, advantages=adv, unit_ids=units.long(), inf_logprobs=inf)
+
+
+def leave(worker) -> None:
+    """End a spawned learner rank. Ranks meet at a barrier, then the process exits at once:
+    tearing down gloo at interpreter exit sometimes aborts the process ("terminate called without
+    an active exception") after all its work is done, which would fail the test for nothing."""
+    import os
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    os._exit(0)

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
 from ling_rl.dft import DFTConfig, DFTData
+from tests.learner.helpers import leave
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +64,7 @@ def _sft(rank: int, world: int, init: str, model_dir: str, out: str) -> None:
     losses = [worker.sft_step(data.batch(tok.pad_token_id), lr=3e-3)["dft/loss"] for _ in range(25)]
     if rank == 0:
         torch.save(losses, out)
-    worker.shutdown()
+    leave(worker)
 
 
 def test_sft_step_lowers_the_loss(tmp_path: Path, tiny_dir: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
-from tests.learner.helpers import random_batch
+from tests.learner.helpers import leave, random_batch
 
 STEPS = 50
 # Measured on the tiny model (NLL falls from ~6.97 to ~1.9 nats over the 50 steps): the largest
@@ -63,7 +63,7 @@ def _run(rank: int, init: str, model_dir: str, out: str) -> None:
         result[precision]["state_types"] = sorted({type(t).__name__ for t in state.values()})
         result[precision]["state_dtypes"] = sorted({str(t.dtype) for t in state.values()})
     torch.save(result, out)
-    worker.shutdown()
+    leave(worker)
 
 
 @pytest.fixture(scope="module")

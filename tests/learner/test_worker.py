@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
-from tests.learner.helpers import random_batch
+from tests.learner.helpers import leave, random_batch
 
 
 def _recipe(world: int, **learner: object) -> dict:
@@ -32,7 +32,7 @@ def _train(rank: int, world: int, init: str, model_dir: str, out: str, learner: 
         metrics += [worker.train_step(random_batch(1024, seed=s)) for s in (2, 3)]
     if rank == 0:
         torch.save(metrics, out)
-    worker.shutdown()
+    leave(worker)
 
 
 def _resume(rank: int, world: int, init: str, model_dir: str, out: str, learner: dict, ckpt: str) -> None:
@@ -44,7 +44,7 @@ def _resume(rank: int, world: int, init: str, model_dir: str, out: str, learner:
     metrics = [worker.train_step(random_batch(1024, seed=s)) for s in (2, 3)]
     if rank == 0:
         torch.save(metrics, out)
-    worker.shutdown()
+    leave(worker)
 
 
 def _spawn(fn, world: int, tmp: Path, tag: str, model_dir: Path, learner: dict, ckpt: str | None = None) -> list[dict]:

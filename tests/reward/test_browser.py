@@ -13,7 +13,7 @@ from ling_rl.reward.config import RewardSpec
 from ling_rl.reward.pool import RewardPool
 from ling_rl.types import Rollout, Sample
 from rewards.aesthetics import Aesthetics
-from rewards.browser import CHROMIUM, get_browser
+from rewards.browser import CHROMIUM, close_browser, get_browser
 from rewards.function import Function, render_completion
 from rewards.layout_score import layout_components
 from rewards.sfa import SyntaxFunctionAesthetics
@@ -47,6 +47,14 @@ UGLY = """```html
 <html><body><p style="color:#eee">pale text on white</p><div style="width:2400px;background:#f00;color:#ff0">wide</div>
 <p style="position:absolute;top:8px;left:8px;color:#ddd">piled on top</p></body></html>
 ```"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_browser_after_module():
+    """The in-process Chromium keeps playwright's event loop on the main thread; later tests call
+    asyncio.run there."""
+    yield
+    close_browser()
 
 
 def test_valid_page_scores_on_all_three() -> None:
