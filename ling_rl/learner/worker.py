@@ -188,18 +188,10 @@ class LearnerWorker:
                 values["sync/gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
                 values["sync/gap_max"] = float(gap.max()) if gap.numel() else 0.0
             self._accumulate(sums, {k: v * scale for k, v in values.items()}, weight=tokens)
-        for p in self.params:
-            # An expert no token was routed to has no gradient; a zero one keeps its optimizer state
-            # present (and checkpointable) from the first step on.
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.learner.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._optimizer_step(self.optimizer)
         self.scheduler.step()
         reduced = _all_reduce(sums)
-        reduced["grad_norm"] = float(grad_norm)
+        reduced["grad_norm"] = grad_norm
         reduced["lr"] = self.scheduler.get_last_lr()[0]
         return reduced
 
@@ -220,18 +212,25 @@ class LearnerWorker:
             (nll * (0.0 if empty else 1.0) * self.world_size).backward()
             tokens = 0.0 if empty else float(mask.sum())
             correct = float(((logp > -0.6931) & mask).sum())  # p > 0.5: the token is the argmax
-            self._accumulate(sums, {"dft/loss": float(nll) * (0.0 if empty else 1.0) * denominator / max(tokens, 1.0),
+            self._accumulate(sums, {"dft/loss": float(nll.detach()) * (0.0 if empty else 1.0) * denominator / max(tokens, 1.0),
                                     "dft/token_acc": correct / max(tokens, 1.0)}, weight=tokens)
+        grad_norm = self._optimizer_step(self.sft_optimizer)
+        reduced = _all_reduce(sums)
+        reduced["dft/grad_norm"] = grad_norm
+        return reduced
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> float:
+        """Clip the accumulated gradients and step; returns the global gradient norm."""
         for p in self.params:
+            # An expert no token was routed to has no gradient; a zero one keeps its optimizer state
+            # present (and checkpointable) from the first step on.
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.learner.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        self.sft_optimizer.step()
-        self.sft_optimizer.zero_grad(set_to_none=True)
-        reduced = _all_reduce(sums)
-        reduced["dft/grad_norm"] = float(grad_norm)
-        return reduced
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
 
     def _mtp_loss(self, mb: TrainBatch, mtp_logits: list[torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy of each MTP depth d on the response tokens it predicts (t+1+d)."""
