@@ -51,10 +51,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics file (is {run_dir} a run folder with tracking.jsonl on?)")
-    return _parse(path)
+    return read_jsonl(path)
 
 
-def _parse(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Step records of one JSONL file; a torn last line is skipped, any other bad line is an error."""
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
     for number, line in enumerate(lines, start=1):
@@ -75,7 +76,7 @@ def _parse(path: Path) -> list[dict[str, Any]]:
 def _records_up_to(path: Path, resume_step: int | None) -> list[dict[str, Any]]:
     if resume_step is None or not path.is_file():
         return []
-    return [r for r in _parse(path) if r["step"] <= resume_step]
+    return [r for r in read_jsonl(path) if r["step"] <= resume_step]
 
 
 def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:

@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ling_rl.tracking.config import WandbConfig
-from ling_rl.tracking.jsonl import read_metrics
+from ling_rl.tracking.jsonl import read_jsonl, read_metrics
 from ling_rl.tracking.wandb_sink import RUN_ID_FILE, wandb_mode
 
 DFT_METRICS_FILE = "dft_metrics.jsonl"
@@ -90,7 +90,7 @@ def load_run(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     everything = read_metrics(run_dir)
     dft_file = run_dir / DFT_METRICS_FILE
-    dft_extra = _read_jsonl(dft_file) if dft_file.is_file() else []
+    dft_extra = read_jsonl(dft_file) if dft_file.is_file() else []
     is_dft = [("dft/loss" in r or r["step"] < 0) for r in everything]
     records = [r for r, d in zip(everything, is_dft) if not d]
     dft = [r for r, d in zip(everything, is_dft) if d] + dft_extra
@@ -515,24 +515,6 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):  # a torn last line: the run was killed while writing it
-                break
-            raise ValueError(f"{path}:{number}: not a JSON line ({e})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise ValueError(f"{path}:{number}: expected a JSON object with an integer 'step'")
-        records.append(record)
-    return records
 
 
 def _run_name(run_dir: Path) -> str:
