@@ -22,7 +22,7 @@ from ling_rl.reward.contract import RewardOutput
 from ling_rl.reward.registry import reward
 from rewards.browser import RenderResult
 from rewards.function import render_completion
-from rewards.judge import JudgeClient, JudgeStats, JudgeUnavailable, parse_score
+from rewards.judge import JudgeClient, JudgeStats, JudgeUnavailable
 from rewards.layout_score import COMPONENTS, layout_components, layout_score
 
 RUBRIC_PROMPT = (
@@ -48,14 +48,7 @@ class VisionJudge:
 
     async def score(self, png: bytes, stats: JudgeStats) -> float | None:
         key = "aesthetics:" + hashlib.sha256(self.prompt.encode() + png).hexdigest()
-        answer = await self.client.chat(image_message(png, self.prompt), stats, cache_key=key)
-        if answer is None:
-            return None
-        score = parse_score(answer, self.max_score)
-        if score is None:
-            stats.parse_failures += 1
-            self.client.total.parse_failures += 1
-        return score
+        return await self.client.score(image_message(png, self.prompt), stats, key, self.max_score)
 
 
 class AestheticsScorer:

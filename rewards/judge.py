@@ -130,6 +130,18 @@ class JudgeClient:
             self._model = response.json()["data"][0]["id"]
         return self._model
 
+    async def score(self, messages: list[dict[str, Any]], stats: JudgeStats, cache_key: str, max_score: float) -> float | None:
+        """`chat`, then the answer's score in [0, 1] (`parse_score`); an unparseable answer is
+        counted as a parse failure and gives None."""
+        answer = await self.chat(messages, stats, cache_key=cache_key)
+        if answer is None:
+            return None
+        score = parse_score(answer, max_score)
+        if score is None:
+            stats.parse_failures += 1
+            self.total.parse_failures += 1
+        return score
+
     async def chat(self, messages: list[dict[str, Any]], stats: JudgeStats, cache_key: str | None = None) -> str | None:
         """The judge's answer to `messages`, or None when the request failed (counted in `stats`).
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ling_rl.reward.contract import RewardOutput
 from ling_rl.reward.registry import reward
-from rewards.judge import JudgeClient, JudgeStats, JudgeUnavailable, parse_score, truncate
+from rewards.judge import JudgeClient, JudgeStats, JudgeUnavailable, truncate
 
 SYSTEM_PROMPT = (
     "You are a strict grader. Given a prompt, a response and one criterion, rate how well the response "
@@ -93,11 +93,4 @@ class Rubric:
                 f"[Criterion]\n{criterion}\n\nScore (0-{self.max_score:g}):")
         messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
         key = "rubric:" + hashlib.sha256("\x00".join((self.system_prompt, prompt, completion, criterion)).encode()).hexdigest()
-        answer = await self.client.chat(messages, stats, cache_key=key)
-        if answer is None:
-            return None
-        score = parse_score(answer, self.max_score)
-        if score is None:
-            stats.parse_failures += 1
-            self.client.total.parse_failures += 1
-        return score
+        return await self.client.score(messages, stats, key, self.max_score)
