@@ -72,9 +72,11 @@ class LossConfig(Section):
     """Dual-clip constant c > 1: for negative advantages the objective is bounded below by c * A,
     so a unit whose ratio exceeds c stops contributing gradient. None disables it."""
 
-    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    loss_agg: Literal["token_mean", "seq_mean"] | None = None
     """`token_mean`: one mean over all response tokens of the batch (units weighted by their
-    length); `seq_mean`: mean over responses of each response's token mean."""
+    length); `seq_mean`: mean over responses of each response's token mean. None takes the loss
+    type's default: `seq_mean` for gspo (the GSPO paper averages per sequence), `token_mean` for
+    lpo and ppo_token. Read it through `aggregation()`."""
 
     @field_validator("type")
     @classmethod
@@ -88,6 +90,13 @@ class LossConfig(Section):
         low = loss.default_eps_low if self.eps_low is None else self.eps_low
         high = loss.default_eps_high if self.eps_high is None else self.eps_high
         return float(low), float(high)
+
+    def aggregation(self) -> Literal["token_mean", "seq_mean"]:
+        """`loss_agg`, or the loss type's default when it is unset (the one place that resolves it)."""
+        if self.loss_agg is not None:
+            return self.loss_agg
+        load_builtins()
+        return POLICY_LOSSES.get(self.type).default_loss_agg
 
 
 DEFAULT_DELIMITERS: tuple[str, ...] = (

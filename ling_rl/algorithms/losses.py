@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -137,6 +138,9 @@ class UnitPolicyLoss:
     needs_segmentation: bool
     """Whether the learner must pass unit ids from the `Segmenter`."""
 
+    default_loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    """Aggregation used when `algorithm.loss.loss_agg` is unset."""
+
     def __call__(self, inputs: LossInputs, cfg: LossConfig) -> tuple[Tensor, PolicyMetrics]:
         """Minus the objective as a [B, K] grid whose row sums are each response's summed token
         objective (aggregation is the caller's), and the metrics."""
@@ -165,6 +169,7 @@ POLICY_LOSSES.add(
         default_eps_low=3e-4,
         default_eps_high=4e-4,
         needs_segmentation=False,
+        default_loss_agg="seq_mean",  # the GSPO paper's per-sequence mean
     ),
 )
 
@@ -287,16 +292,22 @@ def _check_shapes(logp: Tensor, named: dict[str, Tensor | None]) -> None:
             raise ValueError(f"{name} shape {tuple(tensor.shape)} != logp shape {tuple(logp.shape)}")
 
 
-def _aggregate(row_terms: Tensor, mask: Tensor, loss_agg: str, denominator: float | None) -> Tensor:
+def aggregation_count(mask: Tensor, cfg: LossConfig) -> Tensor:
+    """What the loss is a mean over (0-d): response tokens (`token_mean`) or non-empty responses
+    (`seq_mean`). The learner passes this count of the whole optimizer step as
+    `policy_loss(denominator=...)`."""
+    return mask.sum() if cfg.aggregation() == "token_mean" else mask.any(dim=1).sum()
+
+
+def _aggregate(row_terms: Tensor, mask: Tensor, cfg: LossConfig, denominator: float | None) -> Tensor:
     """row_terms [B, any]: each row sums to its response's summed token terms."""
-    if loss_agg == "token_mean":
-        total, count = row_terms.sum(), mask.sum()
+    if cfg.aggregation() == "token_mean":
+        total = row_terms.sum()
     else:
         total = (row_terms.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum()
-        count = mask.any(dim=1).sum()
     if denominator is not None:
         return total / denominator
-    return total / count.clamp(min=1)
+    return total / aggregation_count(mask, cfg).clamp(min=1)
 
 
 def policy_loss(
@@ -346,7 +357,7 @@ def policy_loss(
     )
     loss_fn = POLICY_LOSSES.get(cfg.loss.type)
     pg_terms, policy = loss_fn(inputs, cfg.loss)
-    pg_loss = _aggregate(pg_terms, mask, cfg.loss.loss_agg, denominator)
+    pg_loss = _aggregate(pg_terms, mask, cfg.loss, denominator)
 
     kl_value: Tensor | None = None
     loss = pg_loss
@@ -356,7 +367,7 @@ def policy_loss(
         # send NaN * 0 back through the estimator's backward.
         kl_terms = estimator(torch.where(mask, logp, 0.0), torch.where(mask, ref_logp.detach(), 0.0))
         kl_terms = kl_terms * mask.to(logp.dtype)
-        kl_value = _aggregate(kl_terms, mask, cfg.loss.loss_agg, denominator)
+        kl_value = _aggregate(kl_terms, mask, cfg.loss, denominator)
         if cfg.kl.coef > 0:
             loss = pg_loss + cfg.kl.coef * kl_value
 

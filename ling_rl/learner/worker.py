@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ling_rl.algorithms import policy_loss
+from ling_rl.algorithms.losses import aggregation_count
 from ling_rl.config import Recipe
 from ling_rl.learner.fp8 import apply_fp8
 from ling_rl.learner.microbatch import plan_micro_batches
@@ -158,8 +159,7 @@ class LearnerWorker:
     def _update(self, batch: TrainBatch, measure_gap: bool) -> dict[str, float]:
         algo = self.recipe.algorithm
         mask = batch.response_mask.bool()
-        denominator = float(mask.sum()) if algo.loss.loss_agg == "token_mean" else float(mask.any(1).sum())
-        denominator = max(denominator, 1.0)
+        denominator = max(float(aggregation_count(mask, algo.loss)), 1.0)
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
         sums: dict[str, float] = {}
         for rows in plan:

@@ -21,7 +21,7 @@ from ling_rl.algorithms.registries import POLICY_LOSSES
 def test_defaults_follow_the_spec() -> None:
     cfg = AlgorithmConfig()
     assert cfg.loss.type == "lpo" and cfg.loss.clip_range() == (0.03, 0.03)
-    assert cfg.loss.loss_agg == "token_mean" and cfg.loss.dual_clip is None
+    assert cfg.loss.aggregation() == "token_mean" and cfg.loss.dual_clip is None
     assert cfg.advantage.type == "group_norm"
     assert (cfg.mismatch.type, cfg.mismatch.alpha, cfg.mismatch.beta, cfg.mismatch.c) == ("icepop", 0.5, 5.0, 2.0)
     assert (cfg.kl.estimator, cfg.kl.coef) == ("k3", 0.0)

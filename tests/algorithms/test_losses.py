@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ling_rl.algorithms import AlgorithmConfig, policy_loss
+from ling_rl.algorithms.losses import aggregation_count
 from ling_rl.algorithms.config import KLConfig, LossConfig, MismatchConfig
 
 
@@ -135,7 +136,7 @@ def test_gspo_golden_token_mean_and_seq_mean() -> None:
     mask = torch.tensor([[True, True, False], [True, True, True]])
     log_ratio = [[0.001, -0.0005, 0.3], [0.002, 0.0, 0.001]]
     r0 = math.exp(0.00025)
-    loss, grad, m = run(algo("gspo"), log_ratio, [1.0, 1.0], mask)
+    loss, grad, m = run(algo("gspo", loss_agg="token_mean"), log_ratio, [1.0, 1.0], mask)
     assert loss == pytest.approx(-(2 * r0 + 3 * 1.0004) / 5)
     # Row 0's ratio is the mean of 2 log ratios, carried by 2 tokens: d/d logp_t = -(2 r0 / 5) / 2.
     torch.testing.assert_close(grad, torch.tensor([[-r0 / 5, -r0 / 5, 0.0], [0.0, 0.0, 0.0]]))
@@ -143,6 +144,21 @@ def test_gspo_golden_token_mean_and_seq_mean() -> None:
     assert m.policy.clip_frac_unit.item() == pytest.approx(0.5)
     loss_seq, _, _ = run(algo("gspo", loss_agg="seq_mean"), log_ratio, [1.0, 1.0], mask)
     assert loss_seq == pytest.approx(-(r0 + 1.0004) / 2)
+    # Unset, gspo aggregates per sequence as in the GSPO paper.
+    loss_default, _, _ = run(algo("gspo"), log_ratio, [1.0, 1.0], mask)
+    assert loss_default == pytest.approx(loss_seq)
+
+
+@pytest.mark.parametrize(("loss_type", "loss_agg", "expected"), [
+    ("gspo", None, "seq_mean"), ("gspo", "token_mean", "token_mean"), ("lpo", None, "token_mean"),
+    ("ppo_token", None, "token_mean"), ("lpo", "seq_mean", "seq_mean"),
+])
+def test_loss_agg_unset_takes_the_loss_types_default(loss_type: str, loss_agg: str | None, expected: str) -> None:
+    cfg = LossConfig(type=loss_type, loss_agg=loss_agg)
+    assert cfg.aggregation() == expected
+    mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
+    # The step-wide denominator the learner passes: response tokens, or non-empty responses.
+    assert aggregation_count(mask, cfg) == {"token_mean": 3, "seq_mean": 2}[expected]
 
 
 # --- limits ------------------------------------------------------------------------------------
@@ -188,7 +204,8 @@ def test_lpo_with_one_token_per_unit_equals_ppo_token(seed: int, loss_agg: str) 
 def test_lpo_with_one_unit_per_response_equals_gspo(seed: int) -> None:
     logp, old, inf, adv, mask = random_batch(seed)
     clip = dict(eps_low=0.05, eps_high=0.08)
-    gspo = AlgorithmConfig(loss=LossConfig(type="gspo", **clip), mismatch=MismatchConfig(type="tis"))
+    # ALGORITHMS.md: "with one unit per response it equals GSPO with token-length weighting".
+    gspo = AlgorithmConfig(loss=LossConfig(type="gspo", loss_agg="token_mean", **clip), mismatch=MismatchConfig(type="tis"))
     lpo = AlgorithmConfig(loss=LossConfig(type="lpo", **clip), mismatch=MismatchConfig(type="tis"))
     a = loss_and_grad(gspo, logp, old, adv, None, mask, inf_logp=inf)
     b = loss_and_grad(lpo, logp, old, adv, torch.zeros_like(mask, dtype=torch.long), mask, inf_logp=inf)
