@@ -51,11 +51,11 @@ class ScoredRollout:
 
     rollout: Rollout
     reward: float
-    """Weighted sum of plugin scores (skipped plugins contribute nothing)."""
+    """Weighted sum of the plugin scores that are not None."""
     breakdown: dict[str, float | None]
     """Plugin name -> raw score (None: the plugin skipped this sample)."""
     skipped: bool = False
-    """True when a plugin returned None for every one of its scores: the sample is not trained on."""
+    """True when a required plugin, or every plugin, returned None for it: the sample is not trained on."""
 
 
 @dataclass

@@ -23,6 +23,12 @@ class RewardSpec(Section):
     weight: float = 1.0
     """Weight of this plugin in the total reward."""
 
+    required: bool | None = None
+    """Whether a None from this plugin skips the sample (it is then not trained on, and counted in
+    `reward/<plugin>/skipped_samples`). False: its None contributes nothing and the sample is
+    trained on the other plugins' scores (e.g. plugins of a mixed recipe that each score only the
+    rows of their own domain). Default (null): required when `weight` is not 0."""
+
     timeout_s: float = Field(default=30.0, gt=0)
     """A call taking longer counts as a failure and scores `error_value`."""
 
@@ -32,6 +38,11 @@ class RewardSpec(Section):
     args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the plugin: passed to `__init__` of a class plugin (once per worker),
     or on every call of a function plugin (like `functools.partial`)."""
+
+    @property
+    def is_required(self) -> bool:
+        """`required`, or by default whether the plugin counts in the total (`weight != 0`)."""
+        return self.required if self.required is not None else self.weight != 0
 
     @property
     def key(self) -> str:

@@ -15,8 +15,11 @@ It is called with keyword arguments only:
 Keywords the plugin's signature does not accept are not passed (unless it takes `**kwargs`), so
 `def f(completions, answer)` is a valid plugin.
 
-It returns one score per completion: a float, or None to skip that completion (it then does not
-count in the total; a sample skipped by every plugin is not trained on). It may instead return
+It returns one score per completion: a float, or None when it cannot score that completion. What a
+None does depends on the recipe's `required` for the plugin (default: required when `weight != 0`):
+a None from a required plugin skips the sample (not trained on; counted per plugin as
+`reward/<plugin>/skipped_samples`); a None from a plugin that is not required contributes nothing
+to the total; a sample no plugin scored is skipped. It may instead return
 `RewardOutput(scores, metrics)` to report its own metrics (averaged over its calls of a step).
 
 Variants: an `async def` function (calls run concurrently inside a worker), a class (instantiated
@@ -46,7 +49,7 @@ class RewardOutput:
     """What a plugin may return instead of a plain list: scores plus its own metrics."""
 
     scores: list[float | None]
-    """One score per completion (None: skip)."""
+    """One score per completion (None: cannot score it; see the module docstring)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Plugin-defined metrics, e.g. `{"parse_failures": 3}`; logged as `reward/<plugin>/<key>`."""
 

@@ -50,6 +50,8 @@ class ResolvedPlugin:
     """How it was found: `registered`, `entry point`, `file` or `dotted path`."""
     args: dict[str, Any]
     weight: float
+    required: bool
+    """A None from it skips the sample (`RewardSpec.is_required`)."""
     timeout_s: float
     error_value: float
     is_class: bool
@@ -82,6 +84,7 @@ def resolve_reward(spec: RewardSpec) -> ResolvedPlugin:
         source=source,
         args=dict(spec.args),
         weight=spec.weight,
+        required=spec.is_required,
         timeout_s=spec.timeout_s,
         error_value=spec.error_value,
         is_class=is_class,

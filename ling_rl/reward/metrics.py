@@ -23,6 +23,8 @@ class PluginMetrics:
     """Calls that exceeded `timeout_s` (scored `error_value`)."""
     skipped: int
     """Samples the plugin returned None for."""
+    skipped_samples: int
+    """Samples not trained on because this plugin is required and returned None for them."""
     errors: list[str] = field(default_factory=list)
     """Distinct failure messages (at most five), for logs."""
     extra: dict[str, float] = field(default_factory=dict)
@@ -36,7 +38,7 @@ class RewardMetrics:
     plugins: dict[str, PluginMetrics]
     samples: int
     skipped: int
-    """Samples every plugin skipped (not trained on)."""
+    """Samples not trained on: a required plugin, or every plugin, returned None for them."""
     reward_mean: float | None
     """Mean total reward over the samples that were not skipped."""
     elapsed_s: float
@@ -66,6 +68,7 @@ class RewardMetrics:
                 f"{p}/failures": m.failures,
                 f"{p}/timeouts": m.timeouts,
                 f"{p}/skipped": m.skipped,
+                f"{p}/skipped_samples": m.skipped_samples,
             })
             out.update({f"{p}/{k}": v for k, v in m.extra.items()})
         return out

@@ -9,6 +9,7 @@
         kill that worker, start a new one,
         its calls score error_value
       total = sum(weight * score), breakdown, RewardMetrics
+      (a None from a required plugin, or from every plugin, skips the sample)
 
 Workers are processes so CPU-bound plugins run in parallel and a plugin that hangs or crashes
 costs one worker, never the driver. A worker holds at most one task at a time, so a task's
@@ -232,7 +233,7 @@ class RewardPool:
             rollout=rollout,
             reward=float(total),
             breakdown={p.key: s for p, s in zip(self.plugins, per_plugin)},
-            skipped=all(s is None for s in per_plugin),
+            skipped=_skips(self.plugins, per_plugin),
         )
 
     def _metrics(
@@ -266,6 +267,7 @@ class RewardPool:
                 failures=failures,
                 timeouts=timeouts,
                 skipped=len(scores[p]) - len(used),
+                skipped_samples=sum(s is None for s in scores[p]) if plugin.required else 0,
                 errors=errors[:MAX_ERRORS_KEPT],
                 extra={k: _mean([c.metrics[k] for c in calls if k in c.metrics]) for k in extra_keys},
             )
@@ -279,6 +281,12 @@ class RewardPool:
             samples_per_s=len(scored) / elapsed if elapsed > 0 else 0.0,
             workers_replaced=replaced,
         )
+
+
+def _skips(plugins: list[ResolvedPlugin], per_plugin: list[float | None]) -> bool:
+    """Whether a sample is left out of training: a required plugin could not score it (training on
+    the other plugins alone would reward it for the wrong thing), or no plugin scored it."""
+    return all(s is None for s in per_plugin) or any(p.required and s is None for p, s in zip(plugins, per_plugin))
 
 
 def _serialize(plugins: list[ResolvedPlugin]) -> bytes:

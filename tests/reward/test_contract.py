@@ -26,8 +26,8 @@ SPECS = [
     RewardSpec(name="t_scaled", weight=0.0, args={"factor": 3}),
     RewardSpec(name="t_strict"),
     RewardSpec(name=f"{PLUGIN_DIR}/trl_style.py:format_reward", label="format"),
-    RewardSpec(name="trl_style:solution_match"),
-    RewardSpec(name="t_skip_odd"),
+    RewardSpec(name="trl_style:solution_match", required=False),  # None where a row has no solution
+    RewardSpec(name="t_skip_odd", required=False),
     RewardSpec(name="t_with_metrics"),
     RewardSpec(name="t_signal_alarm"),
 ]
@@ -119,13 +119,41 @@ def test_metrics_cover_every_plugin(batch: tuple[list[Any], Any]) -> None:
     assert metrics.plugins["t_length"].mean_score == pytest.approx(sum(map(len, TEXTS)) / len(TEXTS))
 
 
-def test_sample_is_skipped_only_when_every_plugin_skips(ray_session: None, sample_plugins: Any) -> None:
-    rollouts = make_rollouts([("p", "1", ["a", "bb", "ccc", "dddd"])])
-    with RewardPool([RewardSpec(name="t_skip_all"), RewardSpec(name="t_skip_odd", weight=2.0)], worker_cpus=0.25) as pool:
-        scored, metrics = pool.score(rollouts)
-    assert [s.skipped for s in scored] == [True, False, True, False]
-    assert [s.reward for s in scored] == [0.0, 2.0, 0.0, 2.0]
-    assert metrics.skipped == 2 and metrics.reward_mean == 2.0
+SKIP_BATCH = [("p", "1", ["a", "bb", "ccc", "dddd"])]  # t_skip_odd returns None for "a" and "ccc"
+
+
+@pytest.mark.parametrize(
+    ("specs", "skipped", "rewards", "skipped_samples"),
+    [
+        # sfa + format: a page the weighted plugin could not judge is not trained on its other scores.
+        ([RewardSpec(name="t_skip_odd"), RewardSpec(name="t_length", weight=0.5)],
+         [True, False, True, False], [0.5, 2.0, 1.5, 3.0], {"t_skip_odd": 2, "t_length": 0}),
+        # A weight-0 plugin (logged only) is not required: its None skips nothing.
+        ([RewardSpec(name="t_skip_odd", weight=0.0), RewardSpec(name="t_length")],
+         [False] * 4, [1.0, 2.0, 3.0, 4.0], {"t_skip_odd": 0, "t_length": 0}),
+        # `required: false` on a weighted plugin: its None contributes nothing.
+        ([RewardSpec(name="t_skip_odd", weight=2.0, required=False), RewardSpec(name="t_length")],
+         [False] * 4, [1.0, 4.0, 3.0, 6.0], {"t_skip_odd": 0, "t_length": 0}),
+        # A sample no plugin scored is skipped whatever `required` says.
+        ([RewardSpec(name="t_skip_all", required=False), RewardSpec(name="t_skip_odd", weight=2.0, required=False)],
+         [True, False, True, False], [0.0, 2.0, 0.0, 2.0], {"t_skip_all": 0, "t_skip_odd": 0}),
+    ],
+    ids=["required-none-skips", "weight0-none-does-not-skip", "required-false-does-not-skip", "all-none-skips"],
+)
+def test_none_from_a_required_plugin_skips_the_sample(
+    ray_session: None, sample_plugins: Any, specs: list[RewardSpec], skipped: list[bool], rewards: list[float],
+    skipped_samples: dict[str, int],
+) -> None:
+    with RewardPool(specs, worker_cpus=0.25) as pool:
+        scored, metrics = pool.score(make_rollouts(SKIP_BATCH))
+    assert [s.skipped for s in scored] == skipped
+    kept = [s.reward for s in scored if not s.skipped]
+    assert kept == [r for r, skip in zip(rewards, skipped) if not skip]
+    assert metrics.skipped == skipped.count(True)
+    flat = metrics.as_dict()
+    for key, count in skipped_samples.items():
+        assert metrics.plugins[key].skipped_samples == count
+        assert flat[f"reward/{key}/skipped_samples"] == count
 
 
 def test_async_calls_overlap_inside_one_worker(ray_session: None, sample_plugins: Any) -> None:
