@@ -108,6 +108,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     from ling_rl.algorithms import Segmenter, needs_segmentation, token_bytes_from_tokenizer
     from ling_rl.cluster.ray_init import init_ray
     from ling_rl.learner.group import LearnerGroup
+    from ling_rl.learner.sections import LearnerSections
     from ling_rl.reward.pool import RewardPool
     from ling_rl.rollout.group import RolloutGroup
     from ling_rl.tracking import Tracker
@@ -137,7 +138,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
         _check_resources(recipe)
         session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
                                      worker_cpus=recipe.cluster.reward.num_cpus)
-        session.learner = LearnerGroup(recipe, str(model_dir), recipe.cluster)
+        session.learner = LearnerGroup(LearnerSections.of(recipe), str(model_dir), recipe.cluster)
         max_len = recipe.rollout.max_prompt_tokens + recipe.rollout.max_response_tokens
         session.rollout = RolloutGroup(str(model_dir), recipe.rollout, recipe.cluster, recipe.model.dtype, max_len)
         if resume_from is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import ray
 
 from ling_rl.cluster.config import ClusterConfig
-from ling_rl.config import Recipe
+from ling_rl.learner.sections import LearnerSections
 from ling_rl.learner.worker import LearnerWorker
 from ling_rl.types import TrainBatch
 
@@ -22,15 +22,16 @@ class LearnerError(RuntimeError):
 
 
 class LearnerGroup:
-    def __init__(self, recipe: Recipe, model_dir: str, cluster: ClusterConfig, call_timeout_s: float = 1800.0) -> None:
+    def __init__(self, sections: LearnerSections, model_dir: str, cluster: ClusterConfig,
+                 call_timeout_s: float = 1800.0) -> None:
         self.timeout = call_timeout_s
-        world = recipe.learner.num_ranks
+        world = sections.learner.num_ranks
         threads = max(1, int(cluster.learner.num_cpus))
         actor = ray.remote(LearnerWorker).options(
             num_cpus=cluster.learner.num_cpus, num_gpus=cluster.learner.num_gpus,
             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
         )
-        self.workers = [actor.remote(rank, world, recipe.model_dump(mode="json"), model_dir, threads) for rank in range(world)]
+        self.workers = [actor.remote(rank, world, sections, model_dir, threads) for rank in range(world)]
         address = self._gather([self.workers[0].rendezvous_address.remote()], "start")[0]
         self._gather([w.setup.remote(address) for w in self.workers], "setup")
 

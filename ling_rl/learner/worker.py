@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,10 +27,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ling_rl.algorithms import policy_loss
 from ling_rl.algorithms.losses import aggregation_count
-from ling_rl.config import Recipe
 from ling_rl.learner.fp8 import apply_fp8
+from ling_rl.learner.logprobs import token_logprobs
 from ling_rl.learner.microbatch import plan_micro_batches
 from ling_rl.learner.schedule import build_optimizer
+from ling_rl.learner.sections import LearnerSections
 from ling_rl.models.hf_io import inference_weights, load_model, save_model, write_safetensors_atomic
 from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.types import TrainBatch
@@ -42,11 +42,11 @@ _SUMMED = {"loss", "pg_loss", "kl", "mtp_loss"}
 
 
 class LearnerWorker:
-    def __init__(self, rank: int, world_size: int, recipe: dict[str, Any], model_dir: str, threads: int = 1) -> None:
+    def __init__(self, rank: int, world_size: int, sections: LearnerSections, model_dir: str, threads: int = 1) -> None:
         """Cheap construction; `setup` joins the process group and builds the model."""
         torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
-        self.recipe = Recipe.model_validate(recipe)
+        self.recipe = sections  # the learner's part of the recipe (same section names)
         self.model_dir = model_dir
 
     def rendezvous_address(self) -> str:
@@ -93,11 +93,18 @@ class LearnerWorker:
     # --- forward ---------------------------------------------------------------------------------
 
     def _token_logprobs(self, model: LingForCausalLM, input_ids: torch.Tensor, replay: list[torch.Tensor] | None = None,
-                        record: bool = False, with_mtp: bool = False):
+                        record: bool = False, with_mtp: bool = False, behaviour: bool = True):
+        """Per position, the log-prob of its token given the ones before (0 at position 0).
+
+        `behaviour`: under the distribution the engines sample from (the rollout's temperature,
+        top-k and top-p, as vLLM applies them): the policy of the RL ratios, comparable to the
+        engines' log-probs. Off: the model's own log-softmax (supervised DFT steps)."""
         out = model(input_ids, routed_experts=replay, return_routed_experts=record, with_mtp=with_mtp)
-        logits = out.logits[:, :-1].float()
-        target = input_ids[:, 1:, None]
-        logp = logits.gather(-1, target)[..., 0] - logits.logsumexp(-1)
+        sampling = self.recipe.rollout
+        if behaviour:
+            logp = token_logprobs(out.logits[:, :-1], input_ids[:, 1:], sampling.temperature, sampling.top_p, sampling.top_k)
+        else:
+            logp = token_logprobs(out.logits[:, :-1], input_ids[:, 1:])
         return F.pad(logp, (1, 0)), out
 
     @staticmethod
@@ -206,7 +213,7 @@ class LearnerWorker:
         for rows in plan:
             empty = len(rows) == 0
             mb = self._trim(batch.select(rows if not empty else torch.tensor([0])))
-            logp, _ = self._token_logprobs(self.model, mb.input_ids)
+            logp, _ = self._token_logprobs(self.model, mb.input_ids, behaviour=False)
             mask = mb.response_mask.bool()
             nll = -(logp * mask).sum() / denominator
             (nll * (0.0 if empty else 1.0) * self.world_size).backward()

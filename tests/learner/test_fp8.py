@@ -16,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
+from ling_rl.learner.sections import LearnerSections
 from tests.learner.helpers import leave, random_batch
 
 STEPS = 50
@@ -25,12 +26,12 @@ STEPS = 50
 TOLERANCE = 0.1
 
 
-def _recipe(precision: str) -> dict:
-    return parse_recipe({
+def _recipe(precision: str) -> LearnerSections:
+    return LearnerSections.of(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": precision, "lr": 1e-3, "micro_batch_tokens": 200, "num_ranks": 1},
         "algorithm": {"mismatch": {"type": "none"}},
-    }).model_dump()
+    }))
 
 
 def _run(rank: int, init: str, model_dir: str, out: str) -> None:

@@ -11,13 +11,14 @@ import ray
 from ling_rl.cluster.config import ClusterConfig, RoleResources
 from ling_rl.config import parse_recipe
 from ling_rl.learner.group import LearnerError, LearnerGroup
+from ling_rl.learner.sections import LearnerSections
 from tests.learner.helpers import random_batch
 
 
 def _group(tiny_dir: Path, timeout: float = 120.0) -> LearnerGroup:
     recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
                            "learner": {"precision": "fp32", "num_ranks": 2}, "algorithm": {"mismatch": {"type": "none"}}})
-    return LearnerGroup(recipe, str(tiny_dir), ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=timeout)
+    return LearnerGroup(LearnerSections.of(recipe), str(tiny_dir), ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=timeout)
 
 
 def test_a_raising_rank_fails_the_call_with_its_rank_and_phase(ray_session, tiny_dir: Path) -> None:

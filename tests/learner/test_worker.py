@@ -9,16 +9,17 @@ import torch
 import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
+from ling_rl.learner.sections import LearnerSections
 from tests.learner.helpers import leave, random_batch
 
 
-def _recipe(world: int, **learner: object) -> dict:
-    return parse_recipe({
+def _recipe(world: int, **learner: object) -> LearnerSections:
+    return LearnerSections.of(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": "fp32", "lr": 1e-3, "micro_batch_tokens": 40, "num_ranks": world, **learner},
         "rollout": {"routing_replay": "r2"} if learner.get("updates_per_batch", 1) > 1 else {},
         "algorithm": {"mismatch": {"type": "none"}},
-    }).model_dump()
+    }))
 
 
 def _train(rank: int, world: int, init: str, model_dir: str, out: str, learner: dict, ckpt: str | None) -> None:
