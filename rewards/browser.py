@@ -2,12 +2,36 @@
 
 One Chromium per process (a reward worker), launched on first use and reused across calls; every
 page gets a fresh browser context (no shared cookies, storage or cache between responses). The
-page is written to a temp folder and opened over file://; every request that is not file: or
-data: is aborted, so model-written pages cannot reach the network and never wait on it.
+page is written to a folder bound read-only into the sandbox at /pages and opened over file://.
+
+The sandbox. Pages are untrusted code, so Chromium runs in the same kind of isolation as the code
+reward (rewards/sandbox.py). Playwright launches a small wrapper script as the browser; the
+wrapper execs
+
+    env -i HOME=/tmp ...                                          none of the caller's environment
+    prlimit --data --nproc --fsize --core=0 --                     limits, set from outside
+    setpriv --reuid=U --regid=U --clear-groups --no-new-privs --   a throw-away uid (as root)
+    bwrap --unshare-all --die-with-parent --new-session            no network (an empty network
+          --ro-bind /usr /usr (+ /lib, /bin symlinks), /etc/fonts  namespace), own pids, no host
+          --proc /proc --dev /dev --tmpfs /dev/shm --tmpfs /tmp    files but /usr and the fonts
+          --ro-bind PAGES /pages
+    /usr/lib/chromium/chromium <playwright's arguments>
+
+Playwright talks to it over `--remote-debugging-pipe` (fds 3 and 4, which survive the exec chain
+and bwrap), so no port is needed. Chromium's own sandbox needs user namespaces or a setuid
+helper, so it runs with `--no-sandbox`: the bubblewrap sandbox above is the isolation. The
+memory limit is RLIMIT_DATA, not RLIMIT_AS (Chromium reserves tens of GB of address space it never
+uses); a page over it crashes its renderer, not the worker. The profile, cache and page storage
+live in the sandbox's size-capped /tmp and vanish with it.
+
+A dead or hung browser is not fatal: a watchdog kills the sandbox when a page runs past its time
+limit plus `WATCHDOG_GRACE_S` (a Playwright call stuck on a hung browser then returns), and the
+next page launches a new browser. `--die-with-parent` and the uid sweep on close make sure no
+Chromium process outlives its browser or its worker.
 
 Chromium is Debian's (`apt-get install chromium`), driven by pip `playwright`'s bundled driver;
-`playwright install` is never run. Launch flags follow the environment notes (no sandbox as root,
-no GPU, no background networking, DNS mapped to NOTFOUND except localhost).
+`playwright install` is never run. Launch flags follow the environment notes (no GPU, no
+background networking, DNS mapped to NOTFOUND except localhost).
 
 Scripted checks (the dataset's `checks` column: a list of dicts, run in order on one page, so
 clicks accumulate state):
@@ -33,13 +57,19 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import os
+import shlex
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rewards.sandbox import BWRAP_SYSTEM, SandboxUnavailable, available_isolation, fresh_uid, release_uid
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 LAUNCH_ARGS = [
@@ -54,6 +84,26 @@ LAUNCH_ARGS = [
 ]
 VIEWPORT = {"width": 800, "height": 600}
 CHECK_TYPES = ("exists", "text", "click")
+PAGES_DIR = "/pages"
+"""Where the page files appear inside the sandbox (bound read-only)."""
+WATCHDOG_GRACE_S = 10.0
+"""A render still running this long after its page's time limit kills the browser's sandbox."""
+
+
+@dataclass(frozen=True)
+class BrowserLimits:
+    """Limits of the browser's sandbox (the whole browser: it serves many pages)."""
+
+    memory_mb: int = 1024
+    """Writable memory per process (RLIMIT_DATA): a page's memory bomb crashes its renderer."""
+    max_processes: int = 512
+    """Processes and threads of the browser's uid (RLIMIT_NPROC; Chromium runs ~80 threads)."""
+    tmp_mb: int = 512
+    """Size of the sandbox's /tmp: profile, cache, page storage."""
+    shm_mb: int = 64
+    """Size of the sandbox's /dev/shm (playwright passes --disable-dev-shm-usage: little used)."""
+    max_file_mb: int = 256
+    """Largest file a process may write (RLIMIT_FSIZE)."""
 
 
 @dataclass
@@ -110,21 +160,95 @@ def validate_checks(checks: Any) -> list[dict[str, Any]]:
 
 
 class Browser:
-    """A Chromium launched once in this process; `render` opens each page in a fresh context."""
+    """A sandboxed Chromium for this process; `render` opens each page in a fresh context."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: BrowserLimits = BrowserLimits()) -> None:
         from playwright.sync_api import sync_playwright
 
-        self._playwright = sync_playwright().start()
-        self._browser = self._playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        if available_isolation() != "bwrap":
+            raise SandboxUnavailable(
+                "the front-end rewards run Chromium in bubblewrap: install it (`apt-get install -y bubblewrap`, "
+                "done by scripts/setup.sh); as non-root, bubblewrap must be able to create user namespaces"
+            )
+        self.limits = limits
         self._dir = Path(tempfile.mkdtemp(prefix="ling-render-"))
+        self._pages = self._dir / "pages"
+        self._pages.mkdir()
+        # The sandbox's uid must reach the pages (bwrap resolves the bound path as that uid).
+        self._dir.chmod(0o755)
+        self._pages.chmod(0o755)
+        self._playwright = sync_playwright().start()
+        self._browser: Any = None
+        self.uid: int | None = None
+        """The uid the browser runs as (a fresh one per launch as root; ours otherwise)."""
+        self._launch()
+
+    def _launch(self) -> None:
+        self.uid = fresh_uid() if os.geteuid() == 0 else os.geteuid()
+        wrapper = self._dir / "chromium"
+        wrapper.write_text(_wrapper_script(self._sandbox_command(), self._dir / "pid"))
+        wrapper.chmod(0o700)
+        self._browser = self._playwright.chromium.launch(executable_path=str(wrapper), args=LAUNCH_ARGS, headless=True)
+
+    def _sandbox_command(self) -> list[str]:
+        lim = self.limits
+        env = ["env", "-i", "HOME=/tmp", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
+        limit = ["prlimit", f"--data={lim.memory_mb << 20}", f"--nproc={lim.max_processes}",
+                 f"--fsize={lim.max_file_mb << 20}", "--core=0", "--"]
+        drop = (["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--no-new-privs", "--"]
+                if os.geteuid() == 0 else [])
+        return env + limit + drop + [
+            "bwrap", "--unshare-all", "--die-with-parent", "--new-session", *BWRAP_SYSTEM,
+            "--ro-bind-try", "/etc/fonts", "/etc/fonts",
+            "--size", str(lim.shm_mb << 20), "--tmpfs", "/dev/shm",
+            "--size", str(lim.tmp_mb << 20), "--tmpfs", "/tmp",
+            "--ro-bind", str(self._pages), PAGES_DIR, "--chdir", "/tmp",
+            CHROMIUM,
+        ]  # fmt: skip
+
+    def _kill_sandbox(self) -> None:
+        """SIGKILL the browser's sandbox (bwrap takes its pid namespace with it) and, as root,
+        every process left with its uid. Safe from another thread (the watchdog)."""
+        try:
+            os.kill(int((self._dir / "pid").read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # gone already
+        if os.geteuid() == 0 and self.uid is not None:
+            release_uid(self.uid)
+
+    def _shutdown_browser(self) -> None:
+        """Close the browser, whatever state it is in; the next page launches a new one."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        self._kill_sandbox()  # first: closing a hung browser would wait on it
+        try:
+            self._browser.close()
+        except PlaywrightError:
+            pass
+        self._browser, self.uid = None, None
 
     def close(self) -> None:
         try:
-            self._browser.close()
+            if self._browser is not None:
+                self._shutdown_browser()
             self._playwright.stop()
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _new_context(self) -> Any:
+        """A fresh context; a browser that died since the last page (crash, watchdog) is relaunched."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        if self._browser is None or not self._browser.is_connected():
+            if self._browser is not None:
+                self._shutdown_browser()
+            self._launch()
+        try:
+            return self._browser.new_context(viewport=VIEWPORT, java_script_enabled=True)
+        except PlaywrightError:  # died without playwright noticing yet
+            self._shutdown_browser()
+            self._launch()
+            return self._browser.new_context(viewport=VIEWPORT, java_script_enabled=True)
 
     def render(self, html: str, checks: list[dict[str, Any]] | None = None, timeout_s: float = 10.0,
                screenshot: bool = True, layout: bool = True) -> RenderResult:
@@ -133,36 +257,47 @@ class Browser:
         start = time.monotonic()
         deadline = start + timeout_s
         result = RenderResult(loaded=False)
-        path = self._dir / f"{hashlib.sha1(html.encode()).hexdigest()}-{time.monotonic_ns()}.html"
+        name = f"{hashlib.sha1(html.encode()).hexdigest()}-{time.monotonic_ns()}.html"
+        path = self._pages / name
         path.write_text(html, encoding="utf-8")
-        context = self._browser.new_context(viewport=VIEWPORT, java_script_enabled=True)
+        path.chmod(0o644)
+        context = self._new_context()
+        watchdog = threading.Timer(timeout_s + WATCHDOG_GRACE_S, self._kill_sandbox)
+        watchdog.start()
         try:
-            context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
-                          else route.abort())
             page = context.new_page()
             page.on("console", lambda m: result.console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: result.page_errors.append(str(e)))
-            try:
-                page.goto(path.as_uri(), wait_until="load", timeout=_ms(deadline))
-                result.loaded = True
-                if screenshot:
-                    result.screenshot = page.screenshot(timeout=_ms(deadline))
-                if layout:
-                    page.set_default_timeout(_ms(deadline))
-                    result.layout = page.evaluate(_LAYOUT_JS)
-                for check in checks or []:
-                    result.checks.append(_run_check(page, check, deadline))
-            except PlaywrightError as e:
-                result.timed_out = time.monotonic() >= deadline or "Timeout" in type(e).__name__
-                result.error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-            # Checks not reached (time limit or error) fail.
-            for check in (checks or [])[len(result.checks):]:
-                result.checks.append(CheckResult(check, False, "not run: " + (result.error or "page did not load")))
+            page.goto(f"file://{PAGES_DIR}/{name}", wait_until="load", timeout=_ms(deadline))
+            result.loaded = True
+            if screenshot:
+                result.screenshot = page.screenshot(timeout=_ms(deadline))
+            if layout:
+                page.set_default_timeout(_ms(deadline))
+                result.layout = page.evaluate(_LAYOUT_JS)
+            for check in checks or []:
+                result.checks.append(_run_check(page, check, deadline))
+        except PlaywrightError as e:
+            result.timed_out = time.monotonic() >= deadline or "Timeout" in type(e).__name__
+            result.error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
         finally:
-            context.close()  # also ends a renderer stuck in a script loop
+            try:
+                context.close()  # also ends a renderer stuck in a script loop
+            except PlaywrightError:
+                self._shutdown_browser()  # it died with the page: the next page gets a new one
+            watchdog.cancel()
             path.unlink(missing_ok=True)
+        # Checks not reached (time limit or error) fail.
+        for check in (checks or [])[len(result.checks):]:
+            result.checks.append(CheckResult(check, False, "not run: " + (result.error or "page did not load")))
         result.elapsed_s = time.monotonic() - start
         return result
+
+
+def _wrapper_script(command: list[str], pid_file: Path) -> str:
+    """The executable playwright launches as "the browser": it records its pid (the sandbox's
+    bwrap after the execs) and execs the sandboxed Chromium with playwright's arguments."""
+    return f"#!/bin/sh\necho $$ > {shlex.quote(str(pid_file))}\nexec {shlex.join(command)} \"$@\"\n"
 
 
 def _ms(deadline: float) -> float:

@@ -138,7 +138,7 @@ def run_python(files: dict[str, str], limits: SandboxLimits, *, stdin: str = "",
 
 def _run(run_dir: Path, files: dict[str, str], limits: SandboxLimits, stdin: str, isolation: str) -> SandboxResult:
     root = os.geteuid() == 0
-    uid = _fresh_uid() if root else os.geteuid()
+    uid = fresh_uid() if root else os.geteuid()
     # bwrap: the code folder is bound read-only at /code. Fallback: the program runs in the folder
     # itself (owned by the sandbox uid), as /tmp is masked by an empty tmpfs there.
     code_dir = run_dir / "code"
@@ -169,9 +169,7 @@ def _run(run_dir: Path, files: dict[str, str], limits: SandboxLimits, stdin: str
         if root:
             # Killing bwrap tears its pid namespace down asynchronously: a fork bomb's processes
             # may still run a moment later. They all carry this run's uid: finish the job here.
-            _kill_uid(uid)
-            with _UID_LOCK:
-                _RUN_UIDS.discard(uid)
+            release_uid(uid)
     elapsed = time.monotonic() - start
     code = proc.returncode
     # `timeout` exits 137 (128 + SIGKILL) when it killed the program on time.
@@ -181,6 +179,14 @@ def _run(run_dir: Path, files: dict[str, str], limits: SandboxLimits, stdin: str
 
 _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 """The whole environment of the sandbox: nothing of the caller's (tokens, paths) leaks in."""
+
+BWRAP_SYSTEM = [
+    "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+    "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
+]  # fmt: skip
+"""bubblewrap arguments of the sandboxes' file system: the system's /usr read-only, its own /proc
+and a minimal /dev; nothing else of the host (no /etc, /root, /home, /tmp). Also used by the
+front-end rewards' Chromium (rewards/browser.py)."""
 
 _MASKED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 """World-writable host folders the fallback hides behind empty tmpfs mounts (its own mount namespace)."""
@@ -196,9 +202,7 @@ def _command(isolation: str, limits: SandboxLimits, uid: int, code_dir: Path) ->
     drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--"] if os.geteuid() == 0 else []
     if isolation == "bwrap":
         return limit + drop + [
-            "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-            "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-            "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
+            "bwrap", "--unshare-all", "--die-with-parent", "--new-session", *BWRAP_SYSTEM,
             "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
             "--ro-bind", str(code_dir), "/code", "--chdir", "/tmp",
             SANDBOX_PYTHON, "-I", "/code/main.py",
@@ -223,7 +227,8 @@ _RUN_UIDS: set[int] = set()
 _UID_LOCK = threading.Lock()
 
 
-def _fresh_uid() -> int:
+def fresh_uid() -> int:
+    """A throw-away uid for one sandbox (as root); give it back with `release_uid`."""
     # Random, so runs in other processes (other reward workers) collide with odds 1 in COUNT.
     with _UID_LOCK:
         while True:
@@ -231,6 +236,13 @@ def _fresh_uid() -> int:
             if uid not in _RUN_UIDS:
                 _RUN_UIDS.add(uid)
                 return uid
+
+
+def release_uid(uid: int) -> None:
+    """Kill every process left with `uid` (a sandbox's), then let a later sandbox use it."""
+    _kill_uid(uid)
+    with _UID_LOCK:
+        _RUN_UIDS.discard(uid)
 
 
 def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
