@@ -86,7 +86,7 @@ VIEWPORT = {"width": 800, "height": 600}
 CHECK_TYPES = ("exists", "text", "click")
 PAGES_DIR = "/pages"
 """Where the page files appear inside the sandbox (bound read-only)."""
-WATCHDOG_GRACE_S = 10.0
+WATCHDOG_GRACE_S = 5.0
 """A render still running this long after its page's time limit kills the browser's sandbox."""
 
 
@@ -261,10 +261,11 @@ class Browser:
         path = self._pages / name
         path.write_text(html, encoding="utf-8")
         path.chmod(0o644)
-        context = self._new_context()
         watchdog = threading.Timer(timeout_s + WATCHDOG_GRACE_S, self._kill_sandbox)
         watchdog.start()
+        context = None
         try:
+            context = self._new_context()
             page = context.new_page()
             page.on("console", lambda m: result.console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: result.page_errors.append(str(e)))
@@ -282,7 +283,8 @@ class Browser:
             result.error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
         finally:
             try:
-                context.close()  # also ends a renderer stuck in a script loop
+                if context is not None:
+                    context.close()  # also ends a renderer stuck in a script loop
             except PlaywrightError:
                 self._shutdown_browser()  # it died with the page: the next page gets a new one
             watchdog.cancel()

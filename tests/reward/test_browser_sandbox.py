@@ -230,6 +230,19 @@ def test_a_killed_browser_is_relaunched() -> None:
     assert _still_usable()  # the next page is rendered by a new browser
 
 
+def test_a_hung_browser_is_killed_by_the_watchdog_and_relaunched() -> None:
+    assert _still_usable()
+    procs = _chromium_descendants(os.getpid())
+    for pid in procs:
+        os.kill(pid, signal.SIGSTOP)  # the whole browser stops answering
+    start = time.monotonic()
+    result = get_browser().render("<p>x</p>", [{"type": "text", "expect": "x"}], timeout_s=2)
+    assert time.monotonic() - start < 30  # a safety bound: time limit + watchdog grace, not forever
+    assert not result.checks[0].passed and result.error
+    assert _wait_gone(list(procs), 10) == []
+    assert _still_usable()
+
+
 def test_no_chromium_outlives_close_or_a_killed_worker() -> None:
     assert _still_usable()
     procs = list(_chromium_descendants(os.getpid()))
