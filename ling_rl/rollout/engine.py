@@ -33,8 +33,10 @@ class Generation:
 
     token_ids: list[int]
     logprobs: list[float]
-    """Per generated token, the log-prob of the sampled token under the engine's model (raw
-    log-softmax of the logits: no temperature/top-p/top-k applied)."""
+    """Per generated token, the log-prob of the sampled token under the distribution it was
+    sampled from: the model's logits / temperature, truncated by top-k and top-p, renormalised
+    (vLLM's processed log-probs; the learner computes the same, ling_rl/learner/logprobs.py). At
+    temperature 1, top-p 1, top-k -1 (and for greedy decoding) that is the model's log-softmax."""
     text: str
     finish_reason: str
     """`stop` (EOS or a stop token) or `length` (hit `max_tokens`)."""
@@ -50,10 +52,10 @@ class RolloutEngine:
             model_dir, dtype=dtype, seed=rollout["seed"], max_model_len=max_model_len,
             kv_cache_gib=rollout["kv_cache_gib"], gpu_memory_utilization=rollout["gpu_memory_utilization"],
             tensor_parallel_size=rollout["tensor_parallel_size"], worker_extension_cls=EXTENSION_CLS,
-            # Raw log-softmax of the model's logits, explicitly: the learner's log-probs are those
-            # of the model itself, so these are comparable to them at any temperature/top-p
-            # (and identical to the sampling distribution's at temperature 1, top-p 1, top-k -1).
-            logprobs_mode="raw_logprobs",
+            # The behaviour policy's log-probs (after temperature, top-k, top-p), not the raw
+            # model's: the PPO ratio and the mismatch weights compare them with the learner's
+            # log-probs of the same processed distribution.
+            logprobs_mode="processed_logprobs",
         )
         self._version = 0
         self.start_seconds = time.perf_counter() - started

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import torch
 
+from ling_rl.learner.logprobs import token_logprobs
 from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.rollout.engine import Generation
 
 
-def policy_logprobs(model: LingForCausalLM, prompt: list[int], response: list[int]) -> torch.Tensor:
-    """The project model's log-prob of each response token (float64)."""
+def policy_logprobs(model: LingForCausalLM, prompt: list[int], response: list[int], **sampling: float) -> torch.Tensor:
+    """The learner's log-prob of each response token: the project model's logits through the
+    learner's behaviour-policy transform (`sampling`: temperature, top_p, top_k)."""
     with torch.no_grad():
-        logits = model(torch.tensor([prompt + response])).logits[0].double()
-    logp = torch.log_softmax(logits, -1)[len(prompt) - 1 : -1]
-    return logp.gather(1, torch.tensor(response)[:, None])[:, 0]
+        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+    return token_logprobs(logits, torch.tensor(response), **sampling).double()
 
 
-def max_logprob_gap(model: LingForCausalLM, prompts: list[list[int]], outputs: list[list[Generation]]) -> float:
-    """Largest |engine log-prob - project log-prob| over every generated token."""
+def max_logprob_gap(model: LingForCausalLM, prompts: list[list[int]], outputs: list[list[Generation]],
+                    **sampling: float) -> float:
+    """Largest |engine log-prob - learner log-prob| over every generated token."""
     worst = 0.0
     for prompt, gens in zip(prompts, outputs, strict=True):
         for g in gens:
-            ours = policy_logprobs(model, prompt, g.token_ids)
+            ours = policy_logprobs(model, prompt, g.token_ids, **sampling)
             worst = max(worst, (ours - torch.tensor(g.logprobs, dtype=torch.float64)).abs().max().item())
     return worst
 

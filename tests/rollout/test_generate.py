@@ -29,16 +29,26 @@ def test_n_samples_with_per_token_logprobs_and_length_finish(group, tiny_dir: Pa
             assert all(math.isfinite(lp) and lp <= 0 for lp in g.logprobs)
             assert isinstance(g.text, str)
         assert len({tuple(g.token_ids) for g in gens}) == 3, "the n samples of a prompt should differ"
-    # Raw model log-probs: equal to the project's policy at temperature 1, top-p 1.
+    # At temperature 1, top-p 1 the sampling distribution is the model's own.
     assert max_logprob_gap(load_model(tiny_dir), ps, out) < 1e-3
 
 
-def test_logprobs_are_the_models_not_the_tempered_distribution(group, tiny_dir: Path) -> None:
-    """logprobs_mode=raw_logprobs: at temperature 0.5 the recorded log-probs are still the model's."""
-    ps = prompts(2, seed=2)
-    reqs = [GenerationRequest(prompt_ids=p, n=2, seed=10 * i, max_tokens=5) for i, p in enumerate(ps)]
-    out = group.generate(reqs, temperature=0.5, top_p=1.0, top_k=-1)
-    assert max_logprob_gap(load_model(tiny_dir), ps, out) < 1e-3
+@pytest.mark.parametrize("sampling", [dict(temperature=0.7, top_p=1.0, top_k=-1),
+                                      dict(temperature=0.7, top_p=0.9, top_k=-1),
+                                      dict(temperature=1.0, top_p=0.8, top_k=20)])
+def test_logprobs_are_the_sampling_distributions_and_the_learner_computes_the_same(group, tiny_dir: Path,
+                                                                                   sampling: dict) -> None:
+    """The engine reports the log-probs of the processed distribution it sampled from (temperature,
+    top-k, top-p), and the learner's transform of the project model's logits gives the same."""
+    ps = prompts(3, seed=2)
+    reqs = [GenerationRequest(prompt_ids=p, n=2, seed=10 * i, max_tokens=8) for i, p in enumerate(ps)]
+    out = group.generate(reqs, **sampling)
+    model = load_model(tiny_dir)
+    gap = max_logprob_gap(model, ps, out, **sampling)
+    print(f"{sampling}: max |engine - learner| log-prob = {gap:.2e}")
+    assert gap < 1e-5
+    # Not the raw model's: the check above would fail with raw log-probs on either side.
+    assert max_logprob_gap(model, ps, out) > 1e-2
 
 
 def test_same_seeds_same_tokens_different_seeds_differ(group) -> None:
