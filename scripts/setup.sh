@@ -3,7 +3,8 @@
 # vLLM's CPU build, Ray and the test tools. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The `code` reward runs model code in bubblewrap with the system python3 (rewards/sandbox.py).
+# The `code` reward runs model code in bubblewrap with the system python3 (rewards/sandbox.py);
+# the front-end rewards run Chromium in bubblewrap too (rewards/browser.py).
 SANDBOX_PKGS=()
 command -v bwrap >/dev/null || SANDBOX_PKGS+=(bubblewrap)
 [ -x /usr/bin/python3 ] || SANDBOX_PKGS+=(python3)
@@ -12,7 +13,7 @@ if [ ${#SANDBOX_PKGS[@]} -gt 0 ]; then
     # A fresh image may have no package lists yet: update once if the first try fails.
     apt-get install -y -q "${SANDBOX_PKGS[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${SANDBOX_PKGS[@]}" >/dev/null; }
   else
-    echo "setup: not root (or no apt-get): install ${SANDBOX_PKGS[*]} yourself for the code reward's sandbox" >&2
+    echo "setup: not root (or no apt-get): install ${SANDBOX_PKGS[*]} yourself for the sandbox of the code and front-end rewards" >&2
   fi
 fi
 PY=${PYTHON:-python3}
