@@ -12,18 +12,16 @@ import torch
 from ling_rl.algorithms import AlgorithmConfig, Segmenter, compute_advantages
 from ling_rl.types import ScoredRollout, TrainBatch
 
-# Estimators whose baseline needs two responses of the same prompt.
-_NEEDS_PAIRS = {"group_norm", "rloo"}
-
 
 def build_train_batch(scored: list[ScoredRollout], algo: AlgorithmConfig, segmenter: Segmenter | None,
                       pad_id: int) -> tuple[TrainBatch, dict[str, float]]:
     """Right-padded prompt+response rows with per-token advantages, unit ids and inference
     log-probs. Skipped samples, and samples left alone in their group by skips when the estimator
-    needs pairs, stay in the batch with an empty response mask (nothing is trained on them)."""
+    needs pairs (its registered `needs_pairs`), stay in the batch with an empty response mask
+    (nothing is trained on them)."""
     groups = Counter(s.rollout.group for s in scored if not s.skipped)
-    trainable = [not s.skipped and (algo.advantage.type not in _NEEDS_PAIRS or groups[s.rollout.group] >= 2)
-                 for s in scored]
+    needs_pairs = algo.advantage.needs_pairs
+    trainable = [not s.skipped and (not needs_pairs or groups[s.rollout.group] >= 2) for s in scored]
     advantages = torch.zeros(len(scored))
     flat = torch.zeros(len(scored), dtype=torch.bool)
     idx = torch.tensor([i for i, ok in enumerate(trainable) if ok], dtype=torch.long)

@@ -66,12 +66,11 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        group_relative = {"group_norm": "group normalization", "rloo": "leave-one-out baselines"}
-        if self.rollout.group_size < 2 and self.algorithm.advantage.type in group_relative:
+        if self.rollout.group_size < 2 and self.algorithm.advantage.needs_pairs:
             raise _CrossField(
                 "rollout.group_size",
                 f"is {self.rollout.group_size}, but algorithm.advantage.type={self.algorithm.advantage.type} "
-                f"({group_relative[self.algorithm.advantage.type]}) needs at least 2 responses per prompt",
+                "needs at least 2 responses per prompt (its baseline compares a prompt's responses)",
             )
         if self.learner.num_ranks > self.rollout.prompts_per_step * self.rollout.group_size:
             raise _CrossField("learner.num_ranks", f"is {self.learner.num_ranks}, more than the "

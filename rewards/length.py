@@ -11,9 +11,10 @@ answer is never paid for being short. Correctness comes from the `math` verifier
 (arg `correctness`) against the `answer` column.
 
 alpha: with a `pass_rate` column (the prompt's rolling pass rate, which the Evo-CoT curriculum
-supplies), the bucket table `alpha_buckets`: rows `[threshold, alpha]`, highest threshold first; the
-first row whose threshold the pass rate exceeds gives alpha, and the last row also takes every lower
-pass rate. The default is ALGORITHMS.md's: > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1, so easy
+supplies), the bucket table `alpha_buckets`: rows `[threshold, alpha]`, thresholds distinct and
+highest first; the row of the largest threshold the pass rate exceeds gives alpha, and the last row
+also takes every lower pass rate (the curriculum's rule: `ling_rl.curriculum.buckets.bucket_index`).
+The default is ALGORITHMS.md's: > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1, so easy
 prompts pay for brevity and hard ones leave room to reason. Without `pass_rate` (or where it is
 null), the constant arg `alpha` (default 1.0).
 """
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ling_rl.curriculum.buckets import DEFAULT_ALPHA, bucket_index
 from ling_rl.reward.contract import RewardOutput
 from ling_rl.reward.registry import reward
 from rewards.answers import answers_match, extract_answer
 from rewards.math import verify_answer
 
-DEFAULT_ALPHA_BUCKETS: list[list[float]] = [[0.8, 1.0], [0.5, 0.5], [0.2, 0.2], [0.0, 0.1]]
-"""ALGORITHMS.md's default alpha per pass-rate bucket, as `[threshold, alpha]` rows."""
+DEFAULT_ALPHA_BUCKETS: list[list[float]] = [[float(edge), alpha] for edge, alpha in DEFAULT_ALPHA.items()]
+"""ALGORITHMS.md's default alpha per pass-rate bucket (the curriculum's table), as `[threshold, alpha]` rows."""
 
 CORRECTNESS = ("math", "exact_answer")
 
@@ -44,18 +46,6 @@ def length_scores(lengths: list[int], correct: list[bool]) -> list[float]:
     low, high = min(lengths), max(lengths)
     p = [0.5 - (n - low) / (high - low + 1e-9) for n in lengths]
     return [round(v, 6) if ok else round(min(v, 0.0), 6) for v, ok in zip(p, correct)]
-
-
-def bucket_alpha(pass_rate: float, buckets: list[list[float]]) -> float:
-    """alpha of the first `[threshold, alpha]` row with pass_rate > threshold, else the last row's.
-
-    >>> [bucket_alpha(r, DEFAULT_ALPHA_BUCKETS) for r in (0.9, 0.8, 0.6, 0.3, 0.1, 0.0)]
-    [1.0, 0.5, 0.5, 0.2, 0.1, 0.1]
-    """
-    for threshold, alpha in buckets:
-        if pass_rate > threshold:
-            return float(alpha)
-    return float(buckets[-1][1])
 
 
 @reward("length", group_level=True)
@@ -79,11 +69,13 @@ class Length:
         buckets = DEFAULT_ALPHA_BUCKETS if alpha_buckets is None else alpha_buckets
         if not buckets or any(len(row) != 2 for row in buckets):
             raise ValueError(f"length reward: alpha_buckets must be [threshold, alpha] rows, got {buckets!r}")
-        thresholds = [row[0] for row in buckets]
-        if thresholds != sorted(thresholds, reverse=True):
-            raise ValueError(f"length reward: alpha_buckets thresholds must be in decreasing order, got {thresholds}")
+        thresholds = [float(row[0]) for row in buckets]
+        if thresholds != sorted(set(thresholds), reverse=True):
+            raise ValueError("length reward: alpha_buckets thresholds must be distinct and in decreasing order, "
+                             f"got {thresholds}")
         self.alpha = float(alpha)
-        self.buckets = [[float(t), float(a)] for t, a in buckets]
+        self.thresholds = thresholds
+        self.bucket_alphas = [float(a) for _, a in buckets]
         self.correctness = correctness
 
     def __call__(
@@ -106,12 +98,20 @@ class Length:
         # it wins over this plugin's own table so that the stage schedule is what applies.
         stage_alpha = length_alpha if length_alpha is not None else [None] * len(completions)
         alphas = [float(stage_alpha[i]) if stage_alpha[i] is not None
-                  else self.alpha if rates[i] is None else bucket_alpha(float(rates[i]), self.buckets) for i in scored]
+                  else self.alpha if rates[i] is None else self.bucket_alpha(float(rates[i])) for i in scored]
         for i, alpha, r in zip(scored, alphas, length_scores(lengths, correct)):
             scores[i] = alpha * r
         n = len(scored)
         metrics = {"alpha": sum(alphas) / n, "correct": sum(correct) / n, "length_mean": sum(lengths) / n}
         return RewardOutput(scores=scores, metrics=metrics)
+
+    def bucket_alpha(self, pass_rate: float) -> float:
+        """alpha of `pass_rate`'s `alpha_buckets` row.
+
+        >>> [Length().bucket_alpha(r) for r in (0.9, 0.8, 0.6, 0.3, 0.1, 0.0)]
+        [1.0, 0.5, 0.5, 0.2, 0.1, 0.1]
+        """
+        return self.bucket_alphas[bucket_index(pass_rate, self.thresholds)]
 
     def _correct(self, completion: str, gold: Any) -> bool:
         if self.correctness == "math":

@@ -19,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ling_rl.algorithms.advantages import AdvantageResult, compute_advantages
+    from ling_rl.algorithms.advantages import AdvantageEstimator, AdvantageResult, compute_advantages
     from ling_rl.algorithms.config import (
         AdvantageConfig,
         AlgorithmConfig,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ling_rl.algorithms.segmentation import Segmenter, token_bytes_from_tokenizer
 
 _EXPORTS: dict[str, str] = {
+    "AdvantageEstimator": "advantages",
     "AdvantageResult": "advantages",
     "compute_advantages": "advantages",
     "AdvantageConfig": "config",

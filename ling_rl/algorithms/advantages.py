@@ -7,6 +7,7 @@ groups.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
@@ -20,6 +21,24 @@ class AdvantageFn(Protocol):
     """rewards [N] float, group_index [N] in 0..num_groups-1, sizes [num_groups] -> advantages [N]."""
 
     def __call__(self, rewards: Tensor, group_index: Tensor, sizes: Tensor, cfg: AdvantageConfig) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered advantage estimator: the function, and what it needs of a group.
+
+        ADVANTAGE_ESTIMATORS.add("my_adv", AdvantageEstimator(my_adv, needs_pairs=False))
+    """
+
+    fn: AdvantageFn
+
+    needs_pairs: bool
+    """Whether its baseline needs two responses of the same prompt (group_norm, rloo). Then a
+    response left alone in its group by skips is not trained on (`build_train_batch`), a
+    singleton group is an error here, and a recipe needs `rollout.group_size >= 2`."""
+
+    def __call__(self, rewards: Tensor, group_index: Tensor, sizes: Tensor, cfg: AdvantageConfig) -> Tensor:
+        return self.fn(rewards, group_index, sizes, cfg)
 
 
 class AdvantageResult(NamedTuple):
@@ -43,10 +62,8 @@ def _require_pairs(name: str, sizes: Tensor) -> None:
         )
 
 
-@ADVANTAGE_ESTIMATORS.register("group_norm")
 def group_norm(rewards: Tensor, group_index: Tensor, sizes: Tensor, cfg: AdvantageConfig) -> Tensor:
     """GRPO: (R_i - mean) / (std + eps), std with Bessel's correction as in TRL and verl."""
-    _require_pairs("group_norm", sizes)
     n = sizes.to(rewards.dtype)
     mean = _group_sum(rewards, group_index, len(sizes)) / n
     centered = rewards - mean[group_index]
@@ -54,20 +71,22 @@ def group_norm(rewards: Tensor, group_index: Tensor, sizes: Tensor, cfg: Advanta
     return centered / (var.sqrt()[group_index] + cfg.eps)
 
 
-@ADVANTAGE_ESTIMATORS.register("group_mean")
 def group_mean(rewards: Tensor, group_index: Tensor, sizes: Tensor, cfg: AdvantageConfig) -> Tensor:
     """Dr.GRPO: R_i - mean (no std division, so no difficulty re-weighting)."""
     mean = _group_sum(rewards, group_index, len(sizes)) / sizes.to(rewards.dtype)
     return rewards - mean[group_index]
 
 
-@ADVANTAGE_ESTIMATORS.register("rloo")
 def rloo(rewards: Tensor, group_index: Tensor, sizes: Tensor, cfg: AdvantageConfig) -> Tensor:
     """REINFORCE leave-one-out: R_i - mean_{j != i} R_j."""
-    _require_pairs("rloo", sizes)
     total = _group_sum(rewards, group_index, len(sizes))[group_index]
     others = (total - rewards) / (sizes.to(rewards.dtype)[group_index] - 1)
     return rewards - others
+
+
+ADVANTAGE_ESTIMATORS.add("group_norm", AdvantageEstimator(group_norm, needs_pairs=True))
+ADVANTAGE_ESTIMATORS.add("group_mean", AdvantageEstimator(group_mean, needs_pairs=False))
+ADVANTAGE_ESTIMATORS.add("rloo", AdvantageEstimator(rloo, needs_pairs=True))
 
 
 def compute_advantages(rewards: Tensor, group_ids: Tensor | None, cfg: AdvantageConfig) -> AdvantageResult:
@@ -97,7 +116,9 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor | None, cfg: Advantage
     if not bool(torch.isfinite(flat_rewards).all()):
         raise ValueError("rewards must be finite (map failed or skipped samples to a value, or drop them)")
     _, group_index, sizes = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    estimator: AdvantageFn = ADVANTAGE_ESTIMATORS.get(cfg.type)
+    estimator: AdvantageEstimator = ADVANTAGE_ESTIMATORS.get(cfg.type)
+    if estimator.needs_pairs:
+        _require_pairs(cfg.type, sizes)
     advantages = estimator(flat_rewards, group_index, sizes, cfg)
 
     num_groups = len(sizes)

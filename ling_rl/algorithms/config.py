@@ -46,7 +46,17 @@ class AdvantageConfig(Section):
     @field_validator("type")
     @classmethod
     def _known(cls, value: str) -> str:
-        return _check_registered(ADVANTAGE_ESTIMATORS, value)
+        name = _check_registered(ADVANTAGE_ESTIMATORS, value)
+        if not hasattr(ADVANTAGE_ESTIMATORS.get(name), "needs_pairs"):
+            raise ValueError(f"advantage estimator {name!r} is registered without `needs_pairs`; register it as "
+                             "ling_rl.algorithms.advantages.AdvantageEstimator(fn, needs_pairs=...)")
+        return name
+
+    @property
+    def needs_pairs(self) -> bool:
+        """Whether the estimator needs two responses per group: its registered `needs_pairs`."""
+        load_builtins()
+        return bool(ADVANTAGE_ESTIMATORS.get(self.type).needs_pairs)
 
 
 class LossConfig(Section):

@@ -6,10 +6,11 @@ which `load_builtins()` does.
 
 Extending, e.g. a new advantage estimator usable as `algorithm.advantage.type: my_adv`:
 
+    from ling_rl.algorithms.advantages import AdvantageEstimator
     from ling_rl.algorithms.registries import ADVANTAGE_ESTIMATORS
 
-    @ADVANTAGE_ESTIMATORS.register("my_adv")
     def my_adv(rewards, group_index, sizes, cfg): ...
+    ADVANTAGE_ESTIMATORS.add("my_adv", AdvantageEstimator(my_adv, needs_pairs=False))
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from ling_rl.registry import Registry
 
 # Values are typed `Any` here to keep this module free of torch; each implementing module
-# documents the callable's signature (see `advantages.AdvantageFn`, `losses.PolicyLoss`,
+# documents the entry's type (see `advantages.AdvantageEstimator`, `losses.PolicyLoss`,
 # `mismatch.MismatchFn`, `kl.KLFn`).
 ADVANTAGE_ESTIMATORS: Registry[Any] = Registry("advantage estimator")
 POLICY_LOSSES: Registry[Any] = Registry("policy loss")

@@ -7,6 +7,7 @@ import math
 
 from pydantic import Field, field_validator
 
+from ling_rl.curriculum.buckets import DEFAULT_ALPHA
 from ling_rl.schema import Section
 
 
@@ -33,10 +34,6 @@ class DataConfig(Section):
 
     seed: int = 0
     """Shuffle seed."""
-
-
-DEFAULT_ALPHA: dict[str, float] = {"0.8": 1.0, "0.5": 0.5, "0.2": 0.2, "0.0": 0.1}
-"""ALGORITHMS.md section 5: pass rate > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1."""
 
 
 class StageConfig(Section):

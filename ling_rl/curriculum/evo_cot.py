@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from ling_rl.curriculum.buckets import bucket_index
 from ling_rl.curriculum.config import CurriculumConfig, StageConfig
 
 if TYPE_CHECKING:  # ling_rl.types imports torch; this module stays pure Python
@@ -62,11 +63,9 @@ class PassRateTracker:
 
 
 def bucket_edge(rate: float, alpha_table: dict[str, float]) -> str:
-    """The alpha-table key of `rate`'s bucket: the largest edge strictly below `rate`, else `0.0`."""
-    above = [edge for edge in alpha_table if rate > float(edge)]
-    if not above:
-        return min(alpha_table, key=float)
-    return max(above, key=float)
+    """The alpha-table key of `rate`'s bucket (`bucket_index`: the largest edge strictly below `rate`, else `0.0`)."""
+    keys = list(alpha_table)
+    return keys[bucket_index(rate, [float(key) for key in keys])]
 
 
 def alpha_for(rate: float, stage: StageConfig) -> float:

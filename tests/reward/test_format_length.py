@@ -14,7 +14,7 @@ from ling_rl.reward.loading import RewardResolutionError, resolve_rewards
 from ling_rl.reward.pool import RewardPool, RewardWorkerError
 from ling_rl.types import Rollout, Sample
 from rewards.format import Format
-from rewards.length import DEFAULT_ALPHA_BUCKETS, Length, bucket_alpha, length_scores
+from rewards.length import Length, length_scores
 
 # mode, require, completion, expected violations
 FORMAT_CASES: list[tuple[str, str, str, list[str]]] = [
@@ -85,7 +85,8 @@ def test_length_uses_the_verifier_and_token_lengths() -> None:
 
 
 def test_length_alpha_from_pass_rate_buckets_or_arg() -> None:
-    assert [bucket_alpha(r, DEFAULT_ALPHA_BUCKETS) for r in (1.0, 0.81, 0.8, 0.51, 0.21, 0.2, 0.0)] == [1.0, 1.0, 0.5, 0.5, 0.2, 0.1, 0.1]
+    # The bucket rule itself is tested once, in tests/curriculum/test_buckets.py.
+    assert [Length().bucket_alpha(r) for r in (1.0, 0.8, 0.51, 0.2)] == [1.0, 0.5, 0.5, 0.1]
     call = {"completions": ["12", "it is 12"], "completion_ids": [[1], [1, 1, 1]], "answer": ["12", "12"]}
     assert Length(alpha=0.3, correctness="exact_answer")(**call).scores == pytest.approx([0.15, -0.15])
     with_rates = Length(alpha=0.3, correctness="exact_answer")(**call, pass_rate=[0.9, 0.9])
@@ -103,7 +104,8 @@ def test_length_skips_rows_without_answer() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [{"correctness": "judge"}, {"alpha_buckets": [[0.2, 1.0], [0.8, 0.5]]}, {"alpha_buckets": [[0.5]]}, {"alpha_buckets": []}]
+    "args", [{"correctness": "judge"}, {"alpha_buckets": [[0.2, 1.0], [0.8, 0.5]]}, {"alpha_buckets": [[0.5]]}, {"alpha_buckets": []},
+             {"alpha_buckets": [[0.5, 1.0], [0.5, 2.0], [0.0, 0.1]]}]
 )
 def test_length_rejects_bad_args(args: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
