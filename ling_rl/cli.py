@@ -121,6 +121,7 @@ def train(
     except RecipeError as e:
         _fail(str(e))
     from ling_rl.errors import USER_ERRORS
+    from ling_rl.interrupt import Interrupted
     from ling_rl.loop import train as run_training
 
     folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
@@ -128,6 +129,12 @@ def train(
         final = run_training(parsed, folder)
     except USER_ERRORS as e:
         _fail(str(e), code=1)
+    except Interrupted as e:
+        console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _fail("interrupted before a step completed (or by a second Ctrl-C): nothing saved since the last "
+              "checkpoint", code=130)
     console.print(f"[green]done[/]: run folder [bold]{folder}[/]" + (f", model [bold]{final}[/]" if final.exists() else ""))
 
 

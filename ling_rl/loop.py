@@ -31,6 +31,7 @@ from ling_rl.batching import build_train_batch
 from ling_rl.config import Recipe
 from ling_rl.curriculum.dynamic_sampling import collect_groups
 from ling_rl.evaluation import evaluate
+from ling_rl.interrupt import StopRequest
 from ling_rl.rollout.requests import make_requests, to_rollouts
 from ling_rl.tracking import PhaseTimer
 from ling_rl.types import ScoredRollout
@@ -40,12 +41,15 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
     """Run (or resume) `recipe` in `run_dir`; returns the final Hugging Face export folder."""
     s = sessions.start(recipe, run_dir)
     last = recipe.run.steps - 1
+    stop = StopRequest.install()  # Ctrl-C / SIGTERM: finish the step, save it, exit 130 / 143
     try:
         if recipe.dft.enabled and s.start_step == 0:
             warm_start(s)
         # The starting point (after DFT, before any RL update) is logged with step 0.
         pending_eval = evaluate(s, -1) if recipe.eval.every and s.start_step == 0 else {}
         for step in range(s.start_step, recipe.run.steps):
+            if stop.requested:
+                raise stop.interrupted(step, _save_done(s, step))
             timer = PhaseTimer()
             first = score(s, timer, s.next_prompts(recipe.rollout.prompts_per_step, step), step)
             kept, dyn_metrics, seen = first, {}, first
@@ -75,7 +79,16 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             s.learner.export_hf(str(final), str(s.model_dir))
         return final
     finally:
+        stop.restore()
         s.close()
+
+
+def _save_done(s: sessions.Session, step: int) -> Path | None:
+    """The checkpoint of the steps done before `step`: the latest one if it holds them, else a new one."""
+    done = s.checkpointer.complete()
+    if done and s.checkpointer.step_of(done[-1]) == step:
+        return done[-1]
+    return s.save(step - 1) if step > s.start_step else (done[-1] if done else None)
 
 
 def score(s: sessions.Session, timer: PhaseTimer, samples: list, step: int) -> list[ScoredRollout]:

@@ -29,6 +29,12 @@ class ClusterConfig(Section):
     object_store_gib: float = Field(default=1.0, gt=0)
     """Object store size of the local Ray."""
 
+    dashboard: bool = False
+    """Start the Ray dashboard (web UI on port 8265, metrics export) with the local Ray. False
+    starts Ray 2.60's minimum: its API server process with the usage-stats module only, no metrics
+    collection. Ray's DashboardAgent and RuntimeEnvAgent processes run either way (the raylet
+    requires both). Ignored with `address` (the cluster's own settings apply)."""
+
     rollout: RoleResources = Field(default_factory=RoleResources)
     """Per rollout engine."""
 
