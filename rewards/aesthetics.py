@@ -62,6 +62,11 @@ class AestheticsScorer:
         # requests of a call run on this loop of our own, kept for the client's connections.
         self._loop = asyncio.new_event_loop() if self.judge else None
 
+    def startup_check(self) -> None:
+        """The vision judge, if any, must answer (`JudgeClient.check_endpoint`); the layout proxy needs nothing."""
+        if self.judge is not None:
+            self.judge.client.check_endpoint()
+
     def score(self, results: list[RenderResult | None]) -> tuple[list[float | None], dict[str, float]]:
         if self.judge is None:
             return self._layout(results)
@@ -112,6 +117,10 @@ class Aesthetics:
                  prompt: str = RUBRIC_PROMPT, timeout_s: float = 10.0) -> None:
         self.scorer = AestheticsScorer(judge, layout_weights, prompt)
         self.timeout_s = timeout_s
+
+    def startup_check(self) -> None:
+        """Called once when the reward workers start: a configured vision judge must answer."""
+        self.scorer.startup_check()
 
     def __call__(self, completions: list[str], checks: list[Any] | None = None, **columns: Any) -> RewardOutput:
         per_row = checks or [None] * len(completions)

@@ -56,6 +56,10 @@ class GroupArena:
         self.much_better, self.better = much_better, better
         self.max_chars, self.system_prompt = max_chars, system_prompt
 
+    def startup_check(self) -> None:
+        """Called once when the reward workers start: the judge must answer (`JudgeClient.check_endpoint`)."""
+        self.client.check_endpoint()
+
     async def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> RewardOutput:
         n = len(completions)
         stats = JudgeStats()

@@ -26,6 +26,11 @@ Judge settings come from a recipe's `args.judge` mapping:
       temperature: 0.0
 
 Requests go to `POST {base_url}/chat/completions` (the judge's chat template formats them).
+
+When the reward workers start, the judge plugins call `JudgeClient.check_endpoint()` (their
+`startup_check`): `GET {base_url}/models` must answer within `CHECK_TIMEOUT_S` (and list `model`
+when one is set), else the run stops at once with one line naming the endpoint and how to start a
+judge, instead of training on error values.
 """
 
 from __future__ import annotations
@@ -70,7 +75,15 @@ class JudgeConfig:
 
 
 class JudgeUnavailable(RuntimeError):
-    """Every judge request of a plugin call failed: the call fails (the pool scores `error_value`)."""
+    """Every judge request of a plugin call failed (the pool scores `error_value`), or the endpoint
+    did not answer the start-up check."""
+
+
+CHECK_TIMEOUT_S = 10.0
+"""Time limit of the start-up `GET {base_url}/models` (a local server answers in milliseconds)."""
+
+START_A_JUDGE = "python -m vllm.entrypoints.openai.api_server --model DIR --trust-remote-code --host 127.0.0.1 --port N"
+"""How to start a judge (an OpenAI-compatible server on http://127.0.0.1:N/v1), for error messages."""
 
 
 @dataclass
@@ -113,13 +126,30 @@ class JudgeClient:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._http is None or self._semaphore is None:
             self._loop = loop
-            headers = {}
-            if self.config.api_key_env:
-                headers["Authorization"] = f"Bearer {os.environ.get(self.config.api_key_env, '')}"
-            self._http = httpx.AsyncClient(base_url=self.config.base_url.rstrip("/") + "/", headers=headers,
+            self._http = httpx.AsyncClient(base_url=self.config.base_url.rstrip("/") + "/", headers=self._headers(),
                                            timeout=self.config.timeout_s)
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
         return self._http, self._semaphore
+
+    def check_endpoint(self) -> None:
+        """Raise `JudgeUnavailable` (one line) unless `GET {base_url}/models` answers, listing `model` if set."""
+        url = self.config.base_url.rstrip("/") + "/models"
+        try:
+            response = httpx.get(url, headers=self._headers(), timeout=CHECK_TIMEOUT_S)
+            response.raise_for_status()
+            served = [m["id"] for m in response.json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise JudgeUnavailable(f"no judge answers GET {url} ({reason}); start one with `{START_A_JUDGE}` "
+                                   "and point args.judge.base_url at http://127.0.0.1:N/v1") from None
+        if self.config.model is not None and self.config.model not in served:
+            raise JudgeUnavailable(f"the judge at {url} serves {served}, not args.judge.model={self.config.model!r} "
+                                   "(vLLM: --served-model-name sets the name)")
+
+    def _headers(self) -> dict[str, str]:
+        if not self.config.api_key_env:
+            return {}
+        return {"Authorization": f"Bearer {os.environ.get(self.config.api_key_env, '')}"}
 
     async def model(self) -> str:
         """The configured model, else the first one the server lists (looked up once)."""

@@ -71,6 +71,10 @@ class Rubric:
         self.default = validate_rubric(rubric) if rubric is not None else None
         self.max_score, self.max_chars, self.system_prompt = max_score, max_chars, system_prompt
 
+    def startup_check(self) -> None:
+        """Called once when the reward workers start: the judge must answer (`JudgeClient.check_endpoint`)."""
+        self.client.check_endpoint()
+
     async def __call__(self, prompts: list[str], completions: list[str], rubric: list[Any] | None = None,
                        **columns: Any) -> RewardOutput:
         stats = JudgeStats()

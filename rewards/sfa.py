@@ -47,6 +47,10 @@ class SyntaxFunctionAesthetics:
         self.partial_credit, self.timeout_s = partial_credit, timeout_s
         self.aesthetics = AestheticsScorer(judge, layout_weights, prompt)
 
+    def startup_check(self) -> None:
+        """Called once when the reward workers start: a configured vision judge must answer."""
+        self.aesthetics.startup_check()
+
     def __call__(self, completions: list[str], checks: list[Any] | None = None, **columns: Any) -> RewardOutput:
         per_row = checks or [None] * len(completions)
         gated = [syntax_ok(check_blocks([b for b in extract_blocks(c) if b.language in LANGUAGES])) for c in completions]

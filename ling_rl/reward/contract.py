@@ -23,7 +23,10 @@ to the total; a sample no plugin scored is skipped. It may instead return
 `RewardOutput(scores, metrics)` to report its own metrics (averaged over its calls of a step).
 
 Variants: an `async def` function (calls run concurrently inside a worker), a class (instantiated
-once per worker with `args`, then called like a function; `__call__` may be async), and
+once per worker with `args`, then called like a function; `__call__` may be async; an optional
+`startup_check(self) -> None` method is called once after `__init__` in each worker, and an
+exception from `__init__` or from it stops the run before the first step with one line naming the
+plugin, e.g. a judge plugin whose endpoint does not answer), and
 group-level plugins (registered with `group_level=True`: called once per prompt with all of its
 responses, e.g. for group-aware rewards). See `ling_rl.reward.registry.reward`.
 
@@ -63,6 +66,9 @@ class PluginInfo:
 
 
 PLUGIN_INFO_ATTR = "__ling_reward__"
+
+STARTUP_CHECK = "startup_check"
+"""Name of a class plugin's optional check method, called once per worker after `__init__`."""
 
 
 def plugin_info(obj: object) -> PluginInfo:

@@ -83,10 +83,14 @@ class RewardPool:
         self._starting: dict[int, Any] = {}
         """Worker index -> ready ref of a replacement that is still starting."""
         try:
-            ray.get([w.ready.remote() for w in self._workers], timeout=start_timeout_s)
+            start_errors = ray.get([w.ready.remote() for w in self._workers], timeout=start_timeout_s)
         except Exception as e:
             self.shutdown()
             raise RewardWorkerError(f"reward workers failed to start: {e}") from e
+        start_error = next((e for e in start_errors if e is not None), None)
+        if start_error is not None:
+            self.shutdown()
+            raise RewardWorkerError(start_error)
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -175,9 +179,11 @@ class RewardPool:
                 if ref in starting:
                     w, _ = starting.pop(ref)
                     try:
-                        ray.get(ref)
+                        start_error = ray.get(ref)
                     except Exception as e:
                         raise RewardWorkerError(f"a replacement reward worker failed to start: {e}") from e
+                    if start_error is not None:
+                        raise RewardWorkerError(f"a replacement reward worker failed to start: {start_error}")
                     idle.append(w)
                     continue
                 j, w, dispatched, _ = running.pop(ref)

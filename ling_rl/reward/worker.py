@@ -16,13 +16,12 @@ import asyncio
 import threading
 import inspect
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ling_rl.reward.contract import RewardOutput, accepted_keywords
+from ling_rl.reward.contract import STARTUP_CHECK, RewardOutput, accepted_keywords
 
 
 @dataclass
@@ -57,7 +56,18 @@ class RewardWorker:
         from ray import cloudpickle  # ray is imported in any actor process anyway
 
         self.plugins = cloudpickle.loads(payload)
-        self._callables = [p.target(**p.args) if p.is_class else p.target for p in self.plugins]
+        self.start_error: str | None = None
+        """Why a plugin could not start (one line), reported by `ready()`; None when all started."""
+        self._callables: list[Any] = []
+        for plugin in self.plugins:
+            try:
+                self._callables.append(_start(plugin))
+            except Exception as e:
+                # Reported as data, not raised: an exception in an actor's __init__ reaches the
+                # driver as a multi-line Ray traceback, and the user needs one line.
+                reason = " ".join(f"{type(e).__name__}: {e}".split())
+                self.start_error = f"reward plugin {plugin.key!r} could not start: {reason}"
+                return
         self._accepts = [accepted_keywords(fn) for fn in self._callables]
         # Async plugins run on a loop of their own thread: a sync plugin may leave an event loop
         # running on the main thread (playwright's sync API does), and run_until_complete there
@@ -65,9 +75,9 @@ class RewardWorker:
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="reward-async", daemon=True).start()
 
-    def ready(self) -> int:
-        """The worker's pid; returns once the plugins are instantiated."""
-        return os.getpid()
+    def ready(self) -> str | None:
+        """Returns once the plugins are instantiated and checked: None, or why one could not start."""
+        return self.start_error
 
     def run(self, plugin_index: int, calls: list[CallInput]) -> list[CallResult]:
         plugin = self.plugins[plugin_index]
@@ -105,6 +115,18 @@ class RewardWorker:
             kwargs.update(plugin.args)
         accepted = self._accepts[index]
         return kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
+
+
+def _start(plugin: Any) -> Any:
+    """The plugin's callable: a class plugin is built with its `args` and, if it defines
+    `startup_check()`, checked (e.g. that its judge endpoint answers)."""
+    if not plugin.is_class:
+        return plugin.target
+    instance = plugin.target(**plugin.args)
+    check = getattr(instance, STARTUP_CHECK, None)
+    if callable(check):
+        check()
+    return instance
 
 
 # The coroutines below are module functions on purpose: a single `async def` method would make

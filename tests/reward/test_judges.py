@@ -239,6 +239,14 @@ def test_retry_after_503_then_deterministic_verdicts() -> None:
         server.close()
 
 
+def test_startup_check_against_the_server(vllm_server: str) -> None:
+    """The check the reward workers run at start: the served model passes, a wrong name is named."""
+    GroupArena(judge={"base_url": vllm_server, "model": "tiny"}).startup_check()
+    Rubric(judge={"base_url": vllm_server}).startup_check()  # no model: any served one will do
+    with pytest.raises(JudgeUnavailable, match=r"serves \['tiny'\], not args.judge.model='judge'"):
+        GroupArena(judge={"base_url": vllm_server, "model": "judge"}).startup_check()
+
+
 def test_gar_and_rubric_in_the_reward_pool(vllm_server: str, ray_session: None) -> None:
     """Through Ray reward workers: group-level `gar` once per group, async `rubric` per slice."""
     judge = {"base_url": vllm_server, "model": "tiny", "max_tokens": 16, "timeout_s": 60}
