@@ -34,13 +34,15 @@ class RolloutConfig(Section):
     """Prompts longer than this are an error naming the dataset row."""
 
     temperature: float = Field(default=1.0, ge=0)
-    """Sampling temperature (1.0 keeps the sampled distribution equal to the policy)."""
+    """Sampling temperature (1.0: the model's own distribution). The engines report, and the
+    learner's ratios use, log-probs of the tempered (and top-k / top-p truncated) distribution,
+    i.e. of the policy that sampled; below 1e-5 decoding is greedy."""
 
     top_p: float = Field(default=1.0, gt=0, le=1)
-    """Nucleus sampling; < 1 biases the behaviour policy away from pi."""
+    """Nucleus sampling (applied after top-k); the learner applies the same truncation."""
 
     top_k: int = Field(default=-1, ge=-1)
-    """Top-k sampling; -1 disables it."""
+    """Top-k sampling; -1 (or 0) disables it; the learner applies the same truncation."""
 
     seed: int = 0
     """Base seed; each request gets a seed derived from it, the step and its index."""
