@@ -60,8 +60,13 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             batch, batch_metrics = build_train_batch(kept, recipe.algorithm, s.segmenter, s.pad_id)
             with timer.phase("learner"):
                 learner_metrics = s.learner.train_step(batch)
-            with timer.phase("sync"):
-                s.sync_weights(step + 1)
+            # A batch without signal is skipped by the learner (`carries_signal`): the weights did
+            # not change, so the engines keep theirs.
+            s.skipped_steps += int(learner_metrics["skipped"])
+            learner_metrics["skipped_total"] = float(s.skipped_steps)
+            if not learner_metrics["skipped"]:
+                with timer.phase("sync"):
+                    s.sync_weights(step + 1)
             eval_metrics, pending_eval = pending_eval, {}
             if recipe.eval.every and ((step + 1) % recipe.eval.every == 0 or step == last):
                 with timer.phase("eval"):

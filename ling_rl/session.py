@@ -40,6 +40,8 @@ class Session:
     last_reward_metrics: dict[str, float] = field(default_factory=dict)
     step_groups: tuple[int, int] | None = None
     """(step, groups generated so far in it): refill rounds continue the group numbering."""
+    skipped_steps: int = 0
+    """RL steps whose batch carried no signal and was not trained on (kept across resumes)."""
 
     @property
     def pad_id(self) -> int:
@@ -71,6 +73,7 @@ class Session:
             "data": {name: src.state() for name, src in self.sources.items()},
             "curriculum": self.curriculum.state_dict(),
             "model_dir": str(self.model_dir),
+            "skipped_steps": self.skipped_steps,
         })
 
     def close(self) -> None:
@@ -148,6 +151,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
                 session.source(name).load_state(cursor)
             session.curriculum.load_state_dict(state["curriculum"])
             session.start_step = int(state["step"])
+            session.skipped_steps = int(state.get("skipped_steps", 0))  # absent in older checkpoints
             session.sync_weights(session.start_step)
         session.tracker = Tracker(recipe, run_dir, resume_step=session.start_step - 1 if resume_from else None)
     except BaseException:

@@ -41,10 +41,11 @@ class LearnerConfig(Section):
     """AdamW betas."""
 
     warmup_steps: int = Field(default=0, ge=0)
-    """Linear warm-up steps."""
+    """Linear warm-up length in RL steps (rollout batches, like `run.steps`), not optimizer updates:
+    the `updates_per_batch` updates of one batch share its LR."""
 
     schedule: Literal["constant", "cosine"] = "constant"
-    """Learning-rate schedule after warm-up."""
+    """Learning-rate schedule after warm-up; cosine reaches its floor at `run.steps`."""
 
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     """Cosine floor as a fraction of `lr`."""
@@ -66,7 +67,13 @@ class LearnerConfig(Section):
     """FP8 settings, read when `precision: fp8`."""
 
     freeze_expert_bias: bool = True
-    """Keep the router expert bias fixed during RL (Ring-1T 2.3.4)."""
+    """Keep the router expert bias fixed during RL (Ring-1T 2.3.4). `false`: after each optimizer
+    update, the aux-loss-free balancing update of DeepSeek-V3, bias_e += expert_bias_update_rate *
+    sign(mean load - load_e), from the tokens (prompt and response, no padding) routed to each expert
+    of each trunk MoE layer in that update, summed over ranks."""
+
+    expert_bias_update_rate: float = Field(default=1e-3, ge=0)
+    """Step of the expert-bias update when `freeze_expert_bias: false` (DeepSeek-V3 used 1e-3)."""
 
 
 class CheckpointConfig(Section):

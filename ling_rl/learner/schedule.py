@@ -1,4 +1,8 @@
-"""Learning-rate schedule: linear warm-up, then constant or cosine decay to a floor."""
+"""Learning-rate schedule: linear warm-up, then constant or cosine decay to a floor.
+
+The unit is the RL step (one rollout batch): the learner steps the schedule once per trained
+batch, after all its `learner.updates_per_batch` optimizer updates, which share one LR. Skipped
+batches (no signal) do not advance it. `total_steps` is `run.steps`."""
 
 from __future__ import annotations
 

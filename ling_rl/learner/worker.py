@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ling_rl.algorithms import policy_loss
+from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.algorithms.losses import aggregation_count
 from ling_rl.learner.fp8 import apply_fp8
 from ling_rl.learner.logprobs import token_logprobs
@@ -77,6 +78,11 @@ class LearnerWorker:
             for layer in self.model.mtp_layers:
                 layer.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.gates = [layer.mlp.gate for layer in self.model.trunk_layers if layer.is_moe]
+        self.update_bias = not self.recipe.learner.freeze_expert_bias and bool(self.gates)
+        if self.update_bias and any(g.expert_bias is None for g in self.gates):
+            raise ValueError("learner.freeze_expert_bias: false needs a router expert bias, but the model's config "
+                             "has moe_router_enable_expert_bias: false")
         self.optimizer, self.scheduler = build_optimizer(self.params, self.recipe.learner, self.recipe.run.steps)
 
     def _build(self, model_dir: str) -> LingForCausalLM:
@@ -150,8 +156,13 @@ class LearnerWorker:
     # --- training ----------------------------------------------------------------------------------
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """One rollout batch: `updates_per_batch` optimizer steps over strided mini-batches."""
+        """One rollout batch: `updates_per_batch` optimizer steps over strided mini-batches, all at
+        the LR of this RL step, then one step of the LR schedule. A batch that `carries_signal`
+        rejects is skipped whole: no optimizer or schedule step (`skipped` = 1)."""
         cfg = self.recipe.learner
+        lr = self.scheduler.get_last_lr()[0]  # the LR this step's updates use
+        if not carries_signal(batch, self.recipe.algorithm):
+            return {"skipped": 1.0, "lr": lr}
         updates = min(cfg.updates_per_batch, len(batch))
         replay_mode = self.recipe.rollout.routing_replay
         if updates > 1 or replay_mode == "r2":
@@ -161,7 +172,8 @@ class LearnerWorker:
         for u in range(updates):
             mini = batch.select(torch.arange(u, len(batch), updates))
             self._accumulate(sums, self._update(mini, measure_gap=u == 0))
-        return _finalize(sums, updates)
+        self.scheduler.step()
+        return {**_finalize(sums, updates), "skipped": 0.0, "lr": lr}
 
     def _update(self, batch: TrainBatch, measure_gap: bool) -> dict[str, float]:
         algo = self.recipe.algorithm
@@ -169,11 +181,16 @@ class LearnerWorker:
         denominator = max(float(aggregation_count(mask, algo.loss)), 1.0)
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
         sums: dict[str, float] = {}
+        # Tokens routed to each expert of each MoE layer in this update (for the expert-bias update).
+        loads = torch.zeros(len(self.gates), self.config.num_experts, dtype=torch.long) if self.update_bias else None
         for rows in plan:
             empty = len(rows) == 0
             # An empty micro-batch still runs (FSDP2 ranks must issue the same collectives) with zero loss.
             mb = self._trim(batch.select(rows if not empty else torch.tensor([0])))
-            logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, with_mtp=self.train_mtp)
+            logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, with_mtp=self.train_mtp,
+                                             record=loads is not None)
+            if loads is not None and not empty:
+                _count_routed(loads, mb, out.routed_experts)
             old = mb.old_logprobs if mb.old_logprobs is not None else logp.detach()
             ref = None
             if self.ref_model is not None:
@@ -196,11 +213,21 @@ class LearnerWorker:
                 values["sync/gap_max"] = float(gap.max()) if gap.numel() else 0.0
             self._accumulate(sums, {k: v * scale for k, v in values.items()}, weight=tokens)
         grad_norm = self._optimizer_step(self.optimizer)
-        self.scheduler.step()
+        if loads is not None:
+            self._update_expert_bias(loads)
         reduced = _all_reduce(sums)
         reduced["grad_norm"] = grad_norm
-        reduced["lr"] = self.scheduler.get_last_lr()[0]
         return reduced
+
+    @torch.no_grad()
+    def _update_expert_bias(self, loads: torch.Tensor) -> None:
+        """Aux-loss-free balancing (DeepSeek-V3): raise the bias of under-loaded experts and lower
+        that of over-loaded ones by a fixed step. `loads` [layers, experts] is summed over ranks
+        first, so every rank applies the same update to its (unsharded) bias buffers."""
+        dist.all_reduce(loads)
+        rate = self.recipe.learner.expert_bias_update_rate
+        for gate, load in zip(self.gates, loads.float(), strict=True):
+            gate.expert_bias.add_(rate * torch.sign(load.mean() - load))
 
     def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
         """One supervised step (DFT): mean cross-entropy of the response tokens of the whole batch,
@@ -252,7 +279,7 @@ class LearnerWorker:
     @staticmethod
     def _accumulate(sums: dict[str, float], values: dict[str, float], weight: float = 1.0) -> None:
         for key, value in values.items():
-            if key in _SUMMED or key in ("grad_norm", "lr"):
+            if key in _SUMMED or key == "grad_norm":
                 sums[key] = sums.get(key, 0.0) + value
             elif key.endswith("_max"):
                 sums[key] = max(sums.get(key, float("-inf")), value) if weight else sums.get(key, float("-inf"))
@@ -306,6 +333,28 @@ class LearnerWorker:
             # aborts the peer's process.
             dist.barrier()
             dist.destroy_process_group()
+
+
+def carries_signal(batch: TrainBatch, algo: AlgorithmConfig) -> bool:
+    """Whether training on `batch` can change the policy: it has a response token to train on, and
+    either a non-zero advantage on one, or a KL term (whose gradient does not depend on the
+    advantages). The MTP loss alone does not count: it is an auxiliary of the policy update.
+
+    A batch without signal (e.g. dynamic sampling's fallback, where every group is flat) would
+    still move the weights through AdamW's momentum and weight decay and advance the LR schedule;
+    the learner skips it instead. Every rank gets the whole batch, so all ranks decide alike."""
+    mask = batch.response_mask.bool()
+    if not mask.any():
+        return False
+    return algo.kl.coef > 0 or bool((batch.advantages[mask] != 0).any())
+
+
+def _count_routed(loads: torch.Tensor, mb: TrainBatch, routed: list[torch.Tensor]) -> None:
+    """Add to `loads` [layers, experts] the experts each real (non-padding) token of `mb` was routed to."""
+    b, t = mb.input_ids.shape
+    valid = torch.arange(t)[None, :] < _lengths(mb)[:, None]
+    for layer, ids in enumerate(routed):
+        loads[layer] += torch.bincount(ids.view(b, t, -1)[valid].reshape(-1), minlength=loads.shape[1])
 
 
 def _lengths(batch: TrainBatch) -> torch.Tensor:
