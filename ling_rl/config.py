@@ -82,9 +82,11 @@ class Recipe(Section):
         if self.eval.every > 0 and self.eval.data is None:
             raise _CrossField("eval.data", f"is missing but eval.every={self.eval.every}: name the held-out prompts")
         labels = [r.key for r in self.rewards]
-        if (self.curriculum.stages or self.eval.every) and self.curriculum.correctness not in labels:
+        filters_on_correctness = self.curriculum.dynamic_sampling and self.curriculum.filter_on == "correctness"
+        if (self.curriculum.stages or self.eval.every or filters_on_correctness) and self.curriculum.correctness not in labels:
             raise _CrossField("curriculum.correctness", f"is {self.curriculum.correctness!r}, which is not one of the "
-                              f"rewards ({', '.join(labels)}); stages and evaluation judge correctness by it")
+                              f"rewards ({', '.join(labels)}); stages, evaluation and dynamic sampling "
+                              "(curriculum.filter_on: correctness) judge correctness by it")
         fp8 = self.learner.fp8
         if self.learner.precision == "fp8" and fp8.fsdp_float8_all_gather and fp8.scaling != "tensorwise":
             raise _CrossField("learner.fp8.fsdp_float8_all_gather", f"is true, but torchao's float8 all-gather "

@@ -55,7 +55,8 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             kept, dyn_metrics, seen = first, {}, first
             if recipe.curriculum.dynamic_sampling:
                 kept, dyn_metrics, seen = collect_groups(first, lambda n: score(s, timer, s.next_prompts(n, step), step),
-                                                         recipe.rollout.prompts_per_step, recipe.curriculum.max_refill_rounds)
+                                                         recipe.rollout.prompts_per_step, recipe.curriculum.max_refill_rounds,
+                                                         s.curriculum.filter_value)
             cur_metrics = s.curriculum.update(step, seen)
             batch, batch_metrics = build_train_batch(kept, recipe.algorithm, s.segmenter, s.pad_id)
             with timer.phase("learner"):

@@ -4,6 +4,7 @@ and the Evo-CoT stages that schedule them (ALGORITHMS.md section 5)."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -125,7 +126,15 @@ class CurriculumConfig(Section):
     """Steps in the rolling accuracy (pooled over their counted responses) that drives `advance_accuracy`."""
 
     dynamic_sampling: bool = False
-    """Drop groups whose trained rewards are all equal (zero advantage) and refill with new prompts."""
+    """Drop flat groups (see `filter_on`) and refill with new prompts (ALGORITHMS.md section 5)."""
+
+    filter_on: Literal["correctness", "reward"] = "correctness"
+    """What makes a group flat for dynamic sampling. `correctness` (ALGORITHMS.md section 5): its
+    trained responses are all correct or all wrong, judged as for pass rates (`correctness` score
+    >= `correct_threshold`); a response whose correctness score is None is left out of the
+    comparison, and a group with fewer than two verdicts is flat. `reward`: its trained responses'
+    total rewards are all equal (within 1e-9); with a length term in the total such groups are
+    almost never flat, and group normalization turns small length differences into +-1 advantages."""
 
     max_refill_rounds: int = Field(default=2, ge=0)
     """Extra generation rounds per step when dynamic sampling refills; 0 only drops flat groups."""

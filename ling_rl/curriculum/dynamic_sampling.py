@@ -1,8 +1,11 @@
 """Dynamic sampling (DAPO; ALGORITHMS.md section 5): drop flat groups and refill, within a bound.
 
-A group whose trained responses all got the same reward has zero group-relative advantage: it
-costs learner time and contributes no gradient. `collect_groups` drops such groups and asks the
-driver for that many new prompts, at most `max_rounds` extra generation rounds per step:
+A group is flat when the value compared inside it is the same for all of its trained responses:
+by default the curriculum's correctness verdict (all correct or all wrong, the Evo-CoT rule), or
+the total reward (`curriculum.filter_on`; `Curriculum.filter_value` gives the value). Such a group
+teaches nothing about being right, only (through a length term in the total) about being short.
+`collect_groups` drops flat groups and asks the driver for that many new prompts, at most
+`max_rounds` extra generation rounds per step:
 
     first (scored groups) --keep non-flat--> kept < target? --more(missing)--> keep non-flat ...
                                                                  (at most max_rounds calls)
@@ -23,7 +26,10 @@ if TYPE_CHECKING:  # ling_rl.types imports torch; this module stays pure Python
     from ling_rl.types import ScoredRollout
 
 FLAT_TOLERANCE = 1e-9
-"""Rewards within this of each other count as equal (weighted sums of equal scores may differ in the last bit)."""
+"""Values within this of each other count as equal (weighted sums of equal scores may differ in the last bit)."""
+
+GroupValue = Callable[["ScoredRollout"], "float | None"]
+"""A response's value compared inside its group; None leaves the response out of the comparison."""
 
 
 class Collected(NamedTuple):
@@ -31,7 +37,8 @@ class Collected(NamedTuple):
 
     kept: list[ScoredRollout]
     """Responses to train on: at most `target_groups` non-flat groups, `rollout.group` renumbered
-    0..k-1 (copies; the originals in `seen` keep their numbers). On fallback, `first` unchanged."""
+    0..k-1 (copies; the originals in `seen` keep their numbers). On fallback, copies of `first`,
+    all marked `skipped` (nothing to train on)."""
     metrics: dict[str, float]
     """`dynamic/*` metrics of the step."""
     seen: list[ScoredRollout]
@@ -39,13 +46,19 @@ class Collected(NamedTuple):
     `Curriculum.update` so flat groups still update pass rates."""
 
 
-def is_flat(group: list[ScoredRollout]) -> bool:
-    """True when the group's trained (not skipped) responses all have the same reward.
+def total_reward(scored: ScoredRollout) -> float:
+    """The `GroupValue` of `curriculum.filter_on: reward`."""
+    return scored.reward
 
-    A group with fewer than two trained responses is flat too: it has nothing to compare.
+
+def is_flat(group: list[ScoredRollout], value: GroupValue) -> bool:
+    """True when the `value`s of the group's trained (not skipped) responses are all equal.
+
+    Responses whose value is None are left out; a group with fewer than two values left is flat
+    too: it has nothing to compare.
     """
-    rewards = [s.reward for s in group if not s.skipped]
-    return len(rewards) < 2 or max(rewards) - min(rewards) <= FLAT_TOLERANCE
+    values = [v for v in (value(s) for s in group if not s.skipped) if v is not None]
+    return len(values) < 2 or max(values) - min(values) <= FLAT_TOLERANCE
 
 
 def collect_groups(
@@ -53,17 +66,20 @@ def collect_groups(
     more: Callable[[int], list[ScoredRollout]],
     target_groups: int,
     max_rounds: int,
+    value: GroupValue,
 ) -> Collected:
     """Keep the non-flat groups of `first`, refilling with `more(missing_groups)` up to `max_rounds` times.
 
     `more(n)` samples, generates and scores n new prompts (group numbers continuing after the
     ones already used this step) and returns their scored responses. Groups are told apart by
-    (rollout.group, sample id). The result holds at most `target_groups` groups, the earliest kept.
+    (rollout.group, sample id), and a group is flat by `is_flat(group, value)`. The result holds
+    at most `target_groups` groups, the earliest kept.
 
-    Fallback: if no group is kept after the last round, `kept` is `first` unchanged and
-    `dynamic/fallback` is 1. Its advantages are all zero, so the step changes nothing through the
-    policy loss, but the step still runs with a non-empty batch: the learner, the metrics and the
-    checkpoint cadence see a regular step instead of an empty batch they cannot build.
+    Fallback: if no group is kept after the last round, `kept` is a copy of `first` with every
+    response marked `skipped`, and `dynamic/fallback` is 1. The batch keeps its regular shape (the
+    metrics and the checkpoint cadence see a regular step), but nothing in it is trained on, so the
+    learner skips the update (`carries_signal`). Its flat groups may still differ in total reward
+    (a length term), and training on those differences is what filtering prevents.
     """
     if target_groups < 1:
         raise ValueError(f"target_groups must be >= 1, got {target_groups}")
@@ -77,7 +93,7 @@ def collect_groups(
         nonlocal generated, flat
         for group in split_groups(batch):
             generated += 1
-            if is_flat(group):
+            if is_flat(group, value):
                 flat += 1
             else:
                 kept.append(group)
@@ -98,7 +114,7 @@ def collect_groups(
         "dynamic/fallback": float(not kept),
     }
     if not kept:
-        return Collected(list(first), metrics, seen)
+        return Collected([dataclasses.replace(s, skipped=True) for s in first], metrics, seen)
     renumbered = [
         dataclasses.replace(s, rollout=dataclasses.replace(s.rollout, group=index))
         for index, group in enumerate(kept[:target_groups])

@@ -17,6 +17,7 @@ r = 0.8 is in bucket `0.5`, r = 0.81 in bucket `0.8`, r = 0.2 in bucket `0.0`.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ling_rl.curriculum.buckets import bucket_index
@@ -86,6 +87,18 @@ def split_groups(scored: list[ScoredRollout]) -> list[list[ScoredRollout]]:
     return list(groups.values())
 
 
+def _correctness_value(curriculum: Curriculum, scored: ScoredRollout) -> float | None:
+    verdict = curriculum.is_correct(scored)
+    return None if verdict is None else float(verdict)
+
+
+_FILTER_VALUES: dict[str, Callable[[Curriculum, ScoredRollout], float | None]] = {
+    "correctness": _correctness_value,
+    "reward": lambda curriculum, scored: scored.reward,
+}
+"""`curriculum.filter_on` -> the value of a response that dynamic sampling compares within its group."""
+
+
 class Curriculum:
     """The stage schedule and pass-rate state of an Evo-CoT run.
 
@@ -130,6 +143,10 @@ class Curriculum:
         """Whether a response is correct; None when the correctness reward skipped or is absent."""
         score = scored.breakdown.get(self.cfg.correctness)
         return None if score is None else score >= self.cfg.correct_threshold
+
+    def filter_value(self, scored: ScoredRollout) -> float | None:
+        """What dynamic sampling compares inside a group (`curriculum.filter_on`); None: left out."""
+        return _FILTER_VALUES[self.cfg.filter_on](self, scored)
 
     def update(self, step: int, scored: list[ScoredRollout]) -> dict[str, float]:
         """Record one step's scored responses (every group generated, flat ones included).

@@ -8,6 +8,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from ling_rl.config import RecipeError, parse_recipe
 from ling_rl.curriculum.config import CurriculumConfig, StageConfig
 
 
@@ -53,3 +54,19 @@ def test_curriculum_modules_import_without_torch() -> None:
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("curriculum", "ok"), [
+    ({"dynamic_sampling": True}, False),  # filter_on: correctness by default
+    ({"dynamic_sampling": True, "filter_on": "reward"}, True),
+    ({"dynamic_sampling": False}, True),
+])
+def test_filtering_on_correctness_needs_the_correctness_reward(curriculum: dict, ok: bool) -> None:
+    data = {"model": {"tiny": "tiny"}, "data": {"train": "data/arith/train.jsonl"},
+            "rewards": [{"name": "numeric_response"}], "curriculum": curriculum}
+    if ok:
+        parse_recipe(data)
+        return
+    with pytest.raises(RecipeError, match="curriculum.correctness: is 'exact_answer', which is not one of the rewards "
+                                          r"\(numeric_response\).*dynamic sampling"):
+        parse_recipe(data)
