@@ -51,6 +51,17 @@ def test_logprobs_are_the_sampling_distributions_and_the_learner_computes_the_sa
     assert max_logprob_gap(model, ps, out) > 1e-2
 
 
+def test_greedy_generation_reports_the_models_logprobs(group, tiny_dir: Path) -> None:
+    """Temperature 0 (greedy evaluation): vLLM applies no temperature or truncation, and neither
+    does the learner's transform (no division by zero)."""
+    ps = prompts(2, seed=4)
+    out = group.generate([GenerationRequest(prompt_ids=p, n=1, seed=10 * i, max_tokens=6) for i, p in enumerate(ps)],
+                         temperature=0.0, top_p=0.9, top_k=20)
+    model = load_model(tiny_dir)
+    assert max_logprob_gap(model, ps, out, temperature=0.0, top_p=0.9, top_k=20) < 1e-5
+    assert max_logprob_gap(model, ps, out) < 1e-5
+
+
 def test_same_seeds_same_tokens_different_seeds_differ(group) -> None:
     ps = prompts(4, seed=3)
     reqs = [GenerationRequest(prompt_ids=p, n=2, seed=1000 + 10 * i, max_tokens=8) for i, p in enumerate(ps)]
