@@ -210,7 +210,10 @@ class Browser:
         """SIGKILL the browser's sandbox (bwrap takes its pid namespace with it) and, as root,
         every process left with its uid. Safe from another thread (the watchdog)."""
         try:
-            os.kill(int((self._dir / "pid").read_text()), signal.SIGKILL)
+            pid = int((self._dir / "pid").read_text())
+            # Only while that pid is still our bwrap: a pid left from a dead browser may be reused.
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"bwrap":
+                os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass  # gone already
         if os.geteuid() == 0 and self.uid is not None:
