@@ -63,6 +63,11 @@ class Checkpointer:
         return path
 
     @staticmethod
+    def step_of(ckpt: Path) -> int:
+        """The number of RL steps a complete checkpoint holds (its driver state only; no RNG is set)."""
+        return int(json.loads((ckpt / DRIVER_STATE).read_text())["step"])
+
+    @staticmethod
     def driver_state(ckpt: Path) -> dict[str, Any]:
         state = json.loads((ckpt / DRIVER_STATE).read_text())
         random.setstate(_decode_rng(state.pop("python_rng")))

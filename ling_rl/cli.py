@@ -45,8 +45,10 @@ def init_tiny(
 def check(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learner.lr=1e-6.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Also check this run folder (resume checkpoint, run complete).")] = None,
 ) -> None:
-    """Validate a recipe (schema, cross-field rules, files it names) and print the resolved tree."""
+    """Validate a recipe without starting anything: schema, cross-field rules, reward plugins, W&B
+    credentials, the model folder, every dataset's rows and prompt lengths. Prints the resolved tree."""
     import yaml
 
     from ling_rl.config import RecipeError, load_recipe
@@ -55,29 +57,22 @@ def check(
         parsed = load_recipe(recipe, overrides or [])
     except RecipeError as e:
         _fail(str(e))
-    from ling_rl.reward.loading import RewardResolutionError, resolve_rewards
+    from ling_rl.preflight import PreflightError, preflight
 
     try:
-        resolve_rewards(parsed.rewards)
-    except RewardResolutionError as e:
-        _fail(f"{recipe}: {e}")
-    problems = []
-    for key, value in (("data.train", parsed.data.train), ("model.path", parsed.model.path)):
-        if value and _looks_local(value) and not Path(value).exists():
-            problems.append(f"{recipe}: {key}: {value} does not exist")
-    if problems:
-        _fail("\n".join(problems))
+        result = preflight(parsed, run_dir)
+    except PreflightError as e:
+        _fail("\n".join(f"{recipe}: {line}" for line in str(e).splitlines()))
     console.print(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False), highlight=False, end="")
+    for note in result.notes:
+        console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
+    if result.complete_step is not None:
+        console.print(f"[yellow]note[/]: {_complete_line(result.complete_step)}", highlight=False, soft_wrap=True)
     console.print(f"[green]ok[/]: {recipe}")
 
 
-def _looks_local(value: str) -> bool:
-    # A hub name is `org/name` (which may contain dots, e.g. Ling-mini-2.0); data files and explicit
-    # paths are local.
-    return value.startswith((".", "/", "~")) or Path(value).suffix in _DATA_SUFFIXES or value.count("/") != 1
-
-
-_DATA_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
+def _complete_line(step: int) -> str:
+    return f"run already complete at step {step}; raise run.steps to continue"
 
 
 @app.command()
@@ -120,11 +115,20 @@ def train(
         parsed = load_recipe(recipe, overrides or [])
     except RecipeError as e:
         _fail(str(e))
+    from ling_rl.preflight import PreflightError, preflight
+
+    folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
+    try:
+        ready = preflight(parsed, folder)  # before Ray and the roles start (~45 s on CPU)
+    except PreflightError as e:
+        _fail(str(e))
+    if ready.complete_step is not None:
+        console.print(_complete_line(ready.complete_step), highlight=False, soft_wrap=True)
+        raise typer.Exit(0)
     from ling_rl.errors import USER_ERRORS
     from ling_rl.interrupt import Interrupted
     from ling_rl.loop import train as run_training
 
-    folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
     try:
         final = run_training(parsed, folder)
     except USER_ERRORS as e:

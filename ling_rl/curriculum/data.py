@@ -18,8 +18,12 @@ class DatasetError(ValueError):
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_rows(source: str, max_rows: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a local JSONL/JSON/parquet/CSV file or of a Hugging Face hub dataset (`org/name`)."""
+def load_rows(source: str, max_rows: int | None = None, local_only: bool = False) -> list[dict[str, Any]]:
+    """Rows of a local JSONL/JSON/parquet/CSV file or of a Hugging Face hub dataset (`org/name`).
+
+    `local_only` (`ling-rl check`): a hub dataset is read from the local Hugging Face cache, never
+    downloaded, and only its first `max_rows` (default `CHECK_HUB_ROWS`) rows are streamed;
+    `NotCachedError` when it is not cached."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -31,11 +35,33 @@ def load_rows(source: str, max_rows: int | None = None) -> list[dict[str, Any]]:
             ds = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as e:  # datasets wraps parse errors in several exception types
             raise DatasetError(f"{source}: cannot be read as {path.suffix[1:]}: {e}") from None
+    elif local_only and not path.exists():
+        stream = datasets.load_dataset(str(cached_hub_dataset(source)), split="train", streaming=True)
+        return list(stream.take(max_rows or CHECK_HUB_ROWS))
     else:
         ds = datasets.load_dataset(source, split="train")
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return ds.to_list()
+
+
+CHECK_HUB_ROWS = 1000
+"""Rows of a cached hub dataset that `ling-rl check` reads (a local file is read whole, as in training)."""
+
+
+class NotCachedError(DatasetError):
+    """A hub dataset that is not in the local Hugging Face cache (check never downloads)."""
+
+
+def cached_hub_dataset(name: str) -> Path:
+    """The local snapshot folder of hub dataset `name`; `NotCachedError` when it was never downloaded."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, repo_type="dataset", local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError):  # ValueError: not a valid repo id
+        raise NotCachedError(f"{name}: not a local file and not in the Hugging Face cache") from None
 
 
 @dataclass
@@ -49,16 +75,19 @@ class Cursor:
 class PromptSource:
     """Yields batches of `Sample`s in a seeded order that is reproducible from a `Cursor`."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Any, max_prompt_tokens: int) -> None:
+    def __init__(self, cfg: DataConfig, tokenizer: Any | None, max_prompt_tokens: int,
+                 rows: list[dict[str, Any]] | None = None) -> None:
+        """Validates every row. `rows` replaces reading `cfg.train` (check reads cached hub data
+        itself); without a `tokenizer` (check, model not available yet) prompt lengths are not checked."""
         self.cfg = cfg
-        rows = load_rows(cfg.train, cfg.max_rows)
+        rows = load_rows(cfg.train, cfg.max_rows) if rows is None else rows
         if not rows:
             raise DatasetError(f"{cfg.train}: the dataset is empty")
         self.samples = [self._sample(i, row, tokenizer, max_prompt_tokens) for i, row in enumerate(rows)]
         self.cursor = Cursor()
         self._order = self._permutation(0)
 
-    def _sample(self, i: int, row: dict[str, Any], tokenizer: Any, max_prompt_tokens: int) -> Sample:
+    def _sample(self, i: int, row: dict[str, Any], tokenizer: Any | None, max_prompt_tokens: int) -> Sample:
         where = f"{self.cfg.train}: row {i}"
         if self.cfg.prompt_key not in row or not isinstance(row[self.cfg.prompt_key], str):
             raise DatasetError(f"{where}: no text column {self.cfg.prompt_key!r} (data.prompt_key); columns: {sorted(row)}")
@@ -66,7 +95,7 @@ class PromptSource:
             text = self.cfg.prompt_template.format(prompt=row[self.cfg.prompt_key])
         except (KeyError, IndexError) as e:
             raise DatasetError(f"data.prompt_template: unknown placeholder {e}; only {{prompt}} is available") from None
-        ids = tokenizer.encode(text, add_special_tokens=False)
+        ids = tokenizer.encode(text, add_special_tokens=False) if tokenizer is not None else []
         if len(ids) > max_prompt_tokens:
             raise DatasetError(f"{where}: prompt has {len(ids)} tokens, above rollout.max_prompt_tokens={max_prompt_tokens}")
         columns = {k: v for k, v in row.items() if k != self.cfg.prompt_key}

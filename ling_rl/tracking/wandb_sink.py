@@ -25,6 +25,27 @@ def wandb_mode(cfg: WandbConfig) -> str:
     return os.environ.get("WANDB_MODE") or cfg.mode
 
 
+def credentials_problem(cfg: WandbConfig) -> str | None:
+    """Why an online W&B run could not start, or None: the API key is looked up the way
+    `wandb.init` does (WANDB_API_KEY, ~/.netrc, `wandb login` settings), without prompting,
+    contacting the server or starting W&B's service."""
+    if wandb_mode(cfg) != "online":
+        return None
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib.wbauth.authenticate import authenticate_session
+
+    host = wandb_setup.singleton().settings.base_url
+    hint = "run `wandb login` or set WANDB_API_KEY, or set tracking.wandb.mode=offline (or WANDB_MODE=offline)"
+    try:
+        found = authenticate_session(host=host, source="ling-rl", prompt=False, update_session=False)
+    except AuthenticationError as e:
+        return f"tracking.wandb.mode=online: {e}; {hint}"
+    if found is None:
+        return f"tracking.wandb.mode=online but no W&B API key is configured for {host}; {hint}"
+    return None
+
+
 class WandbSink:
     """Logs each step's metrics to a W&B run named after the recipe, with the recipe as config.
 

@@ -1,0 +1,166 @@
+"""Preflight (ling_rl/preflight.py): what `ling-rl check` and the start of `ling-rl train` find
+before Ray, the engines and the learners start: data rows, prompt lengths, W&B credentials, the
+model folder, a run that is already complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ling_rl.config import parse_recipe
+from ling_rl.curriculum.data import DatasetError, PromptSource
+from ling_rl.preflight import PreflightError, preflight
+
+ROOT = Path(__file__).resolve().parents[1]
+ARITH = str(ROOT / "data" / "arith" / "train.jsonl")
+RAY_STARTED = "Started a local Ray instance"
+
+
+def _recipe(**overrides: object) -> dict:
+    data: dict = {"model": {"tiny": "tiny"}, "data": {"train": ARITH},
+                  "rewards": [{"name": "exact_answer"}], "tracking": {"wandb": {"mode": "offline"}}}
+    for dotted, value in overrides.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return data
+
+
+def _write(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def _problems(data: dict, run_dir: Path | None = None) -> str:
+    with pytest.raises(PreflightError) as info:
+        preflight(parse_recipe(data), run_dir)
+    return str(info.value)
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ling_rl.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env or dict(os.environ), timeout=300)
+
+
+def test_shipped_data_and_tiny_tokenizer_pass() -> None:
+    result = preflight(parse_recipe(_recipe()))
+    assert result.complete_step is None and result.notes == []
+
+
+def test_check_reports_broken_json_in_one_line_without_ray(tmp_path: Path) -> None:
+    train = _write(tmp_path / "train.jsonl", ['{"prompt": "1 + 1?", "answer": "2"}', '{"prompt": "2 + 2?", "answ'])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(data__train=train)))
+    proc = _cli(["check", str(recipe)])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{recipe}: {train}: cannot be read as jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr and RAY_STARTED not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("section", ["data.train", "stage data_mix", "eval.data"])
+def test_missing_prompt_column_is_found_in_every_prompt_source(tmp_path: Path, section: str) -> None:
+    bad = _write(tmp_path / "bad.jsonl", ['{"question": "1 + 1?", "answer": "2"}'])
+    data = {
+        "data.train": _recipe(data__train=bad),
+        "stage data_mix": _recipe(curriculum__stages=[{"name": "mix", "data_mix": {ARITH: 1.0, bad: 0.5}}]),
+        "eval.data": _recipe(eval__every=5, eval__data=bad, curriculum__correctness="exact_answer"),
+    }[section]
+    expected = f"{bad}: row 0: no text column 'prompt' (data.prompt_key); columns: ['answer', 'question']"
+    assert _problems(data) == expected
+
+
+def test_dft_data_without_solution_column(tmp_path: Path) -> None:
+    bad = _write(tmp_path / "dft.jsonl", ['{"prompt": "1 + 1?", "answer": "2"}'])
+    message = _problems(_recipe(dft={"enabled": True, "data": bad}))
+    assert message == f"{bad}: row 0: DFT needs column 'solution'; columns: ['answer', 'prompt']"
+
+
+def test_prompt_length_uses_the_tokenizer_train_uses(tmp_path: Path, tiny_dir: Path) -> None:
+    """Check builds the tiny model's tokenizer without the model; it counts the same tokens as the
+    tokenizer `init-tiny` writes (what train loads), so the message is train's."""
+    import transformers
+
+    data = _recipe(rollout__max_prompt_tokens=12)
+    message = _problems(data)
+    with pytest.raises(DatasetError) as at_train:
+        PromptSource(parse_recipe(data).data, transformers.AutoTokenizer.from_pretrained(str(tiny_dir)), 12)
+    assert message == str(at_train.value)
+    assert "prompt has" in message and "above rollout.max_prompt_tokens=12" in message
+
+
+def test_several_problems_one_line_each(tmp_path: Path) -> None:
+    missing = str(tmp_path / "none.jsonl")
+    message = _problems(_recipe(data__train=missing, rewards=[{"name": "no_such_plugin"}]))
+    lines = message.splitlines()
+    assert len(lines) == 2, lines
+    assert any("no_such_plugin" in line for line in lines)
+    assert f"{missing}: dataset file not found" in lines
+
+
+def test_model_folder_is_validated(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    message = _problems(_recipe(model={"path": str(folder)}))
+    assert message.startswith(f"{folder / 'config.json'}: invalid JSON")
+    assert _problems(_recipe(model={"path": str(tmp_path / "absent")})) == f"model.path: {tmp_path / 'absent'} does not exist"
+
+
+def test_hub_dataset_is_read_from_the_cache_only(tmp_path: Path) -> None:
+    """A hub name is read from the local Hugging Face cache (first rows, same errors) and is only a
+    note when it is not cached: check never downloads."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "datasets--acme--prompts" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    _write(snapshot / "train.jsonl", ['{"question": "1 + 1?", "answer": "2"}'])
+    (cache / "datasets--acme--prompts" / "refs").mkdir()
+    (cache / "datasets--acme--prompts" / "refs" / "main").write_text("0123abcd")
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="0")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(data__train="acme/prompts")))
+    proc = _cli(["check", str(recipe)], env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "acme/prompts: row 0: no text column 'prompt' (data.prompt_key)" in proc.stderr
+    result = preflight(parse_recipe(_recipe(eval__every=5, eval__data="acme/uncached")))
+    assert result.notes == ["acme/uncached: not a local file and not in the Hugging Face cache (train downloads it); "
+                            "its rows are not checked"]
+
+
+def test_online_wandb_without_api_key_fails_before_start_up(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env["HOME"] = str(tmp_path / "home")  # no ~/.netrc, no ~/.config/wandb settings
+    proc = _cli(["train", "recipes/tiny_cpu.yaml", "tracking.wandb.mode=online", f"run.output_dir={tmp_path}"], env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "tracking.wandb.mode=online but no W&B API key is configured" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and RAY_STARTED not in proc.stdout + proc.stderr
+
+
+def _finished_run(run_dir: Path, step: int) -> None:
+    """A run folder whose last complete checkpoint holds `step` steps, as the Checkpointer names it."""
+    ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "driver_state.json").write_text(json.dumps({"step": step, "data": {}, "curriculum": {}}))
+
+
+def test_finished_run_is_reported_without_starting_roles(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _finished_run(run_dir, 3)
+    assert preflight(parse_recipe(_recipe(run__steps=3)), run_dir).complete_step == 3
+    assert preflight(parse_recipe(_recipe(run__steps=4)), run_dir).complete_step is None
+    never = _recipe(run__steps=3, checkpoint={"resume": "never"})
+    assert preflight(parse_recipe(never), run_dir).complete_step is None
+
+    proc = _cli(["train", "recipes/tiny_cpu.yaml", "run.steps=3", "--run-dir", str(run_dir)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "run already complete at step 3; raise run.steps to continue" in proc.stdout
+    assert RAY_STARTED not in proc.stdout + proc.stderr
+    assert not (run_dir / "model_init").exists() and not (run_dir / "hf_final").exists()
