@@ -7,10 +7,12 @@ Every case renders a real page in a real Chromium; one browser is shared across 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,8 +47,8 @@ def _proc_table() -> dict[int, tuple[int, int, str]]:
     return table
 
 
-def _chromium_descendants(root_pid: int) -> dict[int, int]:
-    """pid -> uid of the Chromium processes below `root_pid`."""
+def _descendants(root_pid: int) -> dict[int, tuple[int, str]]:
+    """pid -> (uid, executable) of the processes below `root_pid`."""
     table = _proc_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
@@ -55,9 +57,13 @@ def _chromium_descendants(root_pid: int) -> dict[int, int]:
     while stack:
         for child in children.get(stack.pop(), []):
             stack.append(child)
-            if table[child][2].startswith("/usr/lib/chromium/"):
-                found[child] = table[child][1]
+            found[child] = table[child][1:]
     return found
+
+
+def _chromium_descendants(root_pid: int) -> dict[int, int]:
+    """pid -> uid of the Chromium processes below `root_pid`."""
+    return {pid: uid for pid, (uid, exe) in _descendants(root_pid).items() if exe.startswith("/usr/lib/chromium/")}
 
 
 def _alive_chromium(pids: list[int]) -> list[int]:
@@ -257,12 +263,21 @@ def test_no_chromium_outlives_close_or_a_killed_worker() -> None:
         [sys.executable, "-c", "from rewards.browser import get_browser; import time, sys;"
          "assert get_browser().render('<p>x</p>').loaded; print('ready', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    below: dict[int, tuple[int, str]] = {}
     try:
         assert worker.stdout.readline().strip() == "ready"
-        procs = list(_chromium_descendants(worker.pid))
+        below = _descendants(worker.pid)
+        procs = [pid for pid, (_, exe) in below.items() if exe.startswith("/usr/lib/chromium/")]
         assert procs
         worker.kill()
         worker.wait()
         assert _wait_gone(procs, 30) == []
     finally:
         worker.kill()
+        # The killed worker could not remove its render folder (the pid file names its sandbox).
+        for folder in Path(tempfile.gettempdir()).glob("ling-render-*"):
+            try:
+                if int((folder / "pid").read_text()) in below:
+                    shutil.rmtree(folder)
+            except (OSError, ValueError):
+                pass
