@@ -21,7 +21,7 @@ from ling_rl.evaluation import EvalConfig
 from ling_rl.curriculum.config import CurriculumConfig, DataConfig
 from ling_rl.learner.config import CheckpointConfig, LearnerConfig
 from ling_rl.models.config import ModelConfig
-from ling_rl.reward.config import RewardSpec
+from ling_rl.reward.config import RewardSignalConfig, RewardSpec
 from ling_rl.rollout.config import RolloutConfig
 from ling_rl.schema import Section
 from ling_rl.tracking.config import TrackingConfig
@@ -57,6 +57,7 @@ class Recipe(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     rewards: list[RewardSpec] = Field(min_length=1)
+    reward_signal: RewardSignalConfig = Field(default_factory=RewardSignalConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

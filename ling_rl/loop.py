@@ -32,6 +32,7 @@ from ling_rl.config import Recipe
 from ling_rl.curriculum.dynamic_sampling import collect_groups
 from ling_rl.evaluation import evaluate
 from ling_rl.interrupt import StopRequest
+from ling_rl.reward.signal import NoRewardSignal, SignalMonitor
 from ling_rl.rollout.requests import make_requests, to_rollouts
 from ling_rl.tracking import PhaseTimer
 from ling_rl.types import ScoredRollout
@@ -42,6 +43,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
     s = sessions.start(recipe, run_dir)
     last = recipe.run.steps - 1
     stop = StopRequest.install()  # Ctrl-C / SIGTERM: finish the step, save it, exit 130 / 143
+    monitor = SignalMonitor(recipe.reward_signal.max_failed_steps, recipe.rewards)  # no reward signal: stop
     try:
         if recipe.dft.enabled and s.start_step == 0:
             warm_start(s)
@@ -78,8 +80,11 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                                  **dyn_metrics, **eval_metrics,
                                  **{f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()},
                                  **timer.as_metrics()})
-            if s.checkpointer.due(step, last):
+            stalled = monitor.observe(step, s.last_reward_metrics, seen)  # why the signal is gone, or None
+            if s.checkpointer.due(step, last) or stalled:
                 s.save(step)
+            if stalled:
+                raise NoRewardSignal(f"{stalled}; saved checkpoint {s.checkpointer.complete()[-1]}")
         final = run_dir / "hf_final"
         if recipe.checkpoint.export_hf:
             s.learner.export_hf(str(final), str(s.model_dir))

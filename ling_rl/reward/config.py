@@ -48,3 +48,13 @@ class RewardSpec(Section):
     def key(self) -> str:
         """The plugin's key in breakdowns and metrics."""
         return self.label or self.name
+
+
+class RewardSignalConfig(Section):
+    """The `reward_signal:` section: when a run with no reward signal stops (`ling_rl.reward.signal`)."""
+
+    max_failed_steps: int = Field(default=3, ge=0)
+    """Stop the run, after saving a checkpoint, when this many consecutive steps had no reward
+    signal: every call of a weighted plugin (`weight != 0`) failed or timed out, or every group of
+    the step was flat (its responses that were not skipped all got the same total reward). The
+    count starts again when a run resumes. 0: never stop for this."""
