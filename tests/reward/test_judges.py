@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from ling_rl.reward.config import RewardSpec
@@ -29,50 +22,10 @@ from rewards.aesthetics import image_message
 from rewards.gar import SYSTEM_PROMPT as GAR_SYSTEM, GroupArena
 from rewards.judge import JudgeClient, JudgeStats, JudgeUnavailable, parse_score, parse_verdict
 from rewards.rubric import Rubric
+from tests.conftest import free_port  # the `vllm_server` fixture is in tests/conftest.py
 from tests.reward.conftest import make_rollouts
 
 pytestmark = pytest.mark.vllm
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m vllm.entrypoints.openai.api_server` on the tiny folder; yields the /v1 base URL."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_dir),
-           "--served-model-name", "tiny", "--trust-remote-code", "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--max-model-len", "1024", "--seed", "0", "--enforce-eager"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 240  # ~60 s on an idle 2-core box
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm server not ready in 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class LoopbackServer:
@@ -84,7 +37,7 @@ class LoopbackServer:
         self.connections = 0
         self.requests = 0
         self.loop = asyncio.new_event_loop()
-        self.port = _free_port()
+        self.port = free_port()
         ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
         self.thread.start()

@@ -1,0 +1,103 @@
+"""Every shipped recipe starts: CPU recipes train 2 steps, GPU recipes pass `check`.
+
+Cheap by design (the suite has a 30-minute budget): the runs are in-process through
+`ling_rl.loop.train` on the session's Ray (`ray_session`) and the session's tiny model folder
+(`tiny_dir`, the folder `model.tiny: tiny` builds), with 2 steps of 2 prompts x 2 responses, no
+export. Only the sizes, CPU shares and (for judges.yaml) the judge address, model name and answer length are overridden: the
+data, template, prompt/response budgets, rewards, algorithm and learner ranks are the recipe's.
+
+Recipes already run end to end elsewhere are not run again (COVERED_ELSEWHERE). GPU recipes
+(a role with `num_gpus` > 0, e.g. recipes/evo_cot.yaml) get `check` only: the same preflight as
+`ling-rl check` (schema, rewards, data that is local or cached). A `plan` command (placement and
+memory of the roles on the GPUs) does not exist yet; it belongs to a later GPU issue.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ling_rl.config import Recipe, load_recipe
+from ling_rl.preflight import preflight
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {p.name: p for p in sorted((ROOT / "recipes").glob("*.yaml"))}
+COVERED_ELSEWHERE = {
+    "tiny_cpu.yaml": "tests/test_train_e2e.py (20-step runs per loss, SIGKILL + resume)",
+    "quickstart.yaml": "tests/test_quickstart.py (shortened quickstart: DFT, stages, eval, report)",
+}
+
+
+def _is_gpu(recipe: Recipe) -> bool:
+    c = recipe.cluster
+    return any(role.num_gpus > 0 for role in (c.rollout, c.learner, c.reward))
+
+
+GPU = sorted(name for name, path in RECIPES.items() if _is_gpu(load_recipe(path)))
+SMOKE = sorted(set(RECIPES) - set(GPU) - set(COVERED_ELSEWHERE))
+
+
+def test_every_recipe_is_covered() -> None:
+    assert set(COVERED_ELSEWHERE) <= set(RECIPES) - set(GPU), "a covered recipe was renamed or removed"
+    assert "evo_cot.yaml" in GPU and {"frontend.yaml", "judges.yaml", "math_code.yaml"} <= set(SMOKE)
+
+
+@pytest.mark.parametrize("name", GPU)
+def test_gpu_recipe_passes_check(name: str) -> None:
+    preflight(load_recipe(RECIPES[name]))
+
+
+def _judge_overrides(recipe_path: Path, base_url: str) -> list[str]:
+    recipe = load_recipe(recipe_path)
+    return [f"rewards.{i}.args.judge.{k}={v}" for i, spec in enumerate(recipe.rewards) if "judge" in spec.args
+            for k, v in (("base_url", base_url), ("model", "tiny"), ("max_tokens", 16))]
+
+
+KNOWN_FAILURES = {
+    # A step whose prompts all come from data/python/tasks.jsonl has no `answer` column at all, so
+    # the pool passes no `answer` keyword and `math`/`length` (which require it) fail with a
+    # TypeError, instead of getting [None, ...] ("a row without the column gives None",
+    # ling_rl/reward/contract.py). Strict: remove this entry when the reward pool is fixed.
+    "math_code.yaml": "reward pool omits a column no row of the step has; math/length raise TypeError",
+}
+
+
+def _marked(name: str) -> object:
+    if name in KNOWN_FAILURES:
+        return pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True, raises=AssertionError))
+    return name
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("name", [_marked(n) for n in SMOKE])
+def test_cpu_recipe_trains_two_steps(name: str, tmp_path: Path, tiny_dir: Path, ray_session: None,
+                                     request: pytest.FixtureRequest) -> None:
+    from ling_rl.loop import train
+
+    path = RECIPES[name]
+    overrides = [
+        "run.steps=2", f"run.output_dir={tmp_path}", "run.name=smoke", f"model.path={tiny_dir}", "model.tiny=null",
+        "rollout.prompts_per_step=2", "rollout.group_size=2", "checkpoint.every=0", "checkpoint.export_hf=false",
+        "tracking.progress_bar=false", "cluster.reward_workers=1",
+        # The session's Ray has 2 CPUs: the recipe's roles (learner ranks included) fit in fractions.
+        "cluster.rollout.num_cpus=0.25", "cluster.learner.num_cpus=0.25", "cluster.reward.num_cpus=0.25",
+    ]
+    if name == "judges.yaml":
+        overrides += _judge_overrides(path, request.getfixturevalue("vllm_server"))
+    recipe = load_recipe(path, overrides)
+    run_dir = tmp_path / "smoke"
+    preflight(recipe, run_dir)
+    train(recipe, run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    # Every plugin was called and none failed or timed out; a judge answered every request (`failed`
+    # counts requests that got no answer). The tiny judge's verdicts rarely parse, so judges.yaml's
+    # samples are mostly skipped: the smoke run checks that the recipe runs, not what it learns.
+    for spec in recipe.rewards:
+        p = f"reward/{spec.key}"
+        calls = sum(r[f"{p}/calls"] for r in rows)
+        failed = sum(r[f"{p}/failures"] + r[f"{p}/timeouts"] + r.get(f"{p}/failed", 0) for r in rows)
+        assert calls > 0 and failed == 0, (spec.key, calls, failed)
+    assert (run_dir / "checkpoints" / "step-000002").is_dir()
