@@ -55,23 +55,8 @@ def _judge_overrides(recipe_path: Path, base_url: str) -> list[str]:
             for k, v in (("base_url", base_url), ("model", "tiny"), ("max_tokens", 16))]
 
 
-KNOWN_FAILURES = {
-    # A step whose prompts all come from data/python/tasks.jsonl has no `answer` column at all, so
-    # the pool passes no `answer` keyword and `math`/`length` (which require it) fail with a
-    # TypeError, instead of getting [None, ...] ("a row without the column gives None",
-    # ling_rl/reward/contract.py). Strict: remove this entry when the reward pool is fixed.
-    "math_code.yaml": "reward pool omits a column no row of the step has; math/length raise TypeError",
-}
-
-
-def _marked(name: str) -> object:
-    if name in KNOWN_FAILURES:
-        return pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True, raises=AssertionError))
-    return name
-
-
 @pytest.mark.vllm
-@pytest.mark.parametrize("name", [_marked(n) for n in SMOKE])
+@pytest.mark.parametrize("name", SMOKE)
 def test_cpu_recipe_trains_two_steps(name: str, tmp_path: Path, tiny_dir: Path, ray_session: None,
                                      request: pytest.FixtureRequest) -> None:
     from ling_rl.loop import train

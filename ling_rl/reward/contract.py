@@ -9,7 +9,8 @@ It is called with keyword arguments only:
 - `prompts`, `completions`: aligned lists, one entry per scored response;
 - `completion_ids`: the response token ids (list of lists), as TRL passes them;
 - every dataset column of the samples (e.g. `answer`), as a list aligned with `prompts`
-  (a row without the column gives None);
+  (a row without the column gives None; a plugin that names a column without a default gets a
+  list of None even when no row of the call has it);
 - for function plugins, the recipe's `args` (class plugins receive `args` in `__init__` instead).
 
 Keywords the plugin's signature does not accept are not passed (unless it takes `**kwargs`), so
@@ -84,6 +85,18 @@ def accepted_keywords(fn: Callable[..., Any]) -> frozenset[str] | None:
         return None
     return frozenset(
         p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
+
+
+def required_keywords(fn: Callable[..., Any]) -> frozenset[str]:
+    """Keyword names `fn` needs (no default). A dataset column that no row of a batch has is still
+    passed to a plugin that names it, as a list of None ("a row without the column gives None"),
+    so a plugin such as `def f(completions, answer)` never fails on a batch drawn from one source
+    that lacks the column."""
+    return frozenset(
+        p.name for p in inspect.signature(fn).parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.default is inspect.Parameter.empty
     )
 
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ling_rl.reward.contract import STARTUP_CHECK, RewardOutput, accepted_keywords
+from ling_rl.reward.contract import STARTUP_CHECK, RewardOutput, accepted_keywords, required_keywords
 
 
 @dataclass
@@ -69,6 +69,7 @@ class RewardWorker:
                 self.start_error = f"reward plugin {plugin.key!r} could not start: {reason}"
                 return
         self._accepts = [accepted_keywords(fn) for fn in self._callables]
+        self._requires = [required_keywords(fn) for fn in self._callables]
         # Async plugins run on a loop of their own thread: a sync plugin may leave an event loop
         # running on the main thread (playwright's sync API does), and run_until_complete there
         # would then fail. Sync plugins stay on the main thread (signal.alarm, as math-verify uses).
@@ -113,6 +114,8 @@ class RewardWorker:
         plugin = self.plugins[index]
         if not plugin.is_class:
             kwargs.update(plugin.args)
+        for name in self._requires[index] - kwargs.keys():  # a column no row of this call has
+            kwargs[name] = [None] * len(call.completions)
         accepted = self._accepts[index]
         return kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
 

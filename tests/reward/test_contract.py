@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,19 @@ def test_none_from_a_required_plugin_skips_the_sample(
     for key, count in skipped_samples.items():
         assert metrics.plugins[key].skipped_samples == count
         assert flat[f"reward/{key}/skipped_samples"] == count
+
+
+def test_a_column_no_row_has_reaches_a_plugin_that_names_it_as_none(ray_session: None, sample_plugins: Any) -> None:
+    # A batch drawn only from a source without `solution` (e.g. code tasks beside math ones):
+    # the TRL-style plugin that names `solution` gets [None, ...] instead of a TypeError.
+    rollouts = [dataclasses.replace(r, sample=dataclasses.replace(r.sample, columns={}))
+                for r in make_rollouts(SKIP_BATCH)]
+    with RewardPool([RewardSpec(name="trl_style:solution_match"), RewardSpec(name="t_length")],
+                    worker_cpus=0.25) as pool:
+        scored, metrics = pool.score(rollouts)
+    assert metrics.plugins["trl_style:solution_match"].failures == 0
+    assert [s.breakdown["trl_style:solution_match"] for s in scored] == [None] * 4
+    assert all(s.skipped for s in scored)  # solution_match is weighted, so required
 
 
 def test_async_calls_overlap_inside_one_worker(ray_session: None, sample_plugins: Any) -> None:
