@@ -66,6 +66,10 @@ def test_cpu_recipe_trains_two_steps(name: str, tmp_path: Path, tiny_dir: Path, 
         "run.steps=2", f"run.output_dir={tmp_path}", "run.name=smoke", f"model.path={tiny_dir}", "model.tiny=null",
         "rollout.prompts_per_step=2", "rollout.group_size=2", "checkpoint.every=0", "checkpoint.export_hf=false",
         "tracking.progress_bar=false", "cluster.reward_workers=1",
+        # In-process W&B would export WANDB_SERVICE into pytest's environment, and CLI runs started
+        # later by other tests would share this process's W&B service (a resumed run's id is then
+        # "in use"). Tracking is not what this test checks. (`enabled`, not `mode`: WANDB_MODE wins.)
+        "tracking.wandb.enabled=false",
         # The session's Ray has 2 CPUs: the recipe's roles (learner ranks included) fit in fractions.
         "cluster.rollout.num_cpus=0.25", "cluster.learner.num_cpus=0.25", "cluster.reward.num_cpus=0.25",
     ]

@@ -47,7 +47,7 @@ class LearnerWorker:
         """Cheap construction; `setup` joins the process group and builds the model."""
         torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
-        self.recipe = sections  # the learner's part of the recipe (same section names)
+        self.cfg = sections  # the learner's sections of the recipe (learner, algorithm, model, run, rollout)
         self.model_dir = model_dir
 
     def rendezvous_address(self) -> str:
@@ -67,30 +67,30 @@ class LearnerWorker:
             dist.init_process_group("gloo", init_method=init_method, rank=self.rank, world_size=self.world_size,
                                     timeout=timedelta(seconds=collective_timeout_s))
         model_dir = self.model_dir
-        torch.manual_seed(self.recipe.run.seed)
+        torch.manual_seed(self.cfg.run.seed)
         self.model = self._build(model_dir)
-        self.ref_model = self._build(model_dir) if self.recipe.algorithm.kl.needs_reference else None
+        self.ref_model = self._build(model_dir) if self.cfg.algorithm.kl.needs_reference else None
         if self.ref_model is not None:
             self.ref_model.requires_grad_(False)
         self.config = self.model.config
-        self.train_mtp = self.recipe.model.mtp.enabled and self.config.num_nextn_predict_layers > 0
+        self.train_mtp = self.cfg.model.mtp.enabled and self.config.num_nextn_predict_layers > 0
         if not self.train_mtp:
             for layer in self.model.mtp_layers:
                 layer.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.gates = [layer.mlp.gate for layer in self.model.trunk_layers if layer.is_moe]
-        self.update_bias = not self.recipe.learner.freeze_expert_bias and bool(self.gates)
+        self.update_bias = not self.cfg.learner.freeze_expert_bias and bool(self.gates)
         if self.update_bias and any(g.expert_bias is None for g in self.gates):
             raise ValueError("learner.freeze_expert_bias: false needs a router expert bias, but the model's config "
                              "has moe_router_enable_expert_bias: false")
-        self.optimizer, self.scheduler = build_optimizer(self.params, self.recipe.learner, self.recipe.run.steps)
+        self.optimizer, self.scheduler = build_optimizer(self.params, self.cfg.learner, self.cfg.run.steps)
 
     def _build(self, model_dir: str) -> LingForCausalLM:
         model = load_model(model_dir, dtype=torch.float32)
-        if self.recipe.learner.precision == "fp8":  # before fully_shard: FSDP2 must see the Float8Linears
-            self.fp8_modules = apply_fp8(model, self.recipe.learner.fp8)
+        if self.cfg.learner.precision == "fp8":  # before fully_shard: FSDP2 must see the Float8Linears
+            self.fp8_modules = apply_fp8(model, self.cfg.learner.fp8)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if self.recipe.learner.precision in ("bf16", "fp8") else MixedPrecisionPolicy()
+            if self.cfg.learner.precision in ("bf16", "fp8") else MixedPrecisionPolicy()
         for layer in model.model.layers:
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
@@ -106,7 +106,7 @@ class LearnerWorker:
         top-k and top-p, as vLLM applies them): the policy of the RL ratios, comparable to the
         engines' log-probs. Off: the model's own log-softmax (supervised DFT steps)."""
         out = model(input_ids, routed_experts=replay, return_routed_experts=record, with_mtp=with_mtp)
-        sampling = self.recipe.rollout
+        sampling = self.cfg.rollout
         if behaviour:
             logp = token_logprobs(out.logits[:, :-1], input_ids[:, 1:], sampling.temperature, sampling.top_p, sampling.top_k)
         else:
@@ -137,7 +137,7 @@ class LearnerWorker:
         n_moe = sum(1 for layer in self.model.trunk_layers if layer.is_moe)
         k = self.config.num_experts_per_tok
         routing = torch.zeros(n_moe, b, t, k, dtype=torch.long) if record_routing else None
-        plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
+        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         for rows in plan:
             mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])))
             logp, out = self._token_logprobs(self.model, mb.input_ids, record=record_routing)
@@ -159,12 +159,12 @@ class LearnerWorker:
         """One rollout batch: `updates_per_batch` optimizer steps over strided mini-batches, all at
         the LR of this RL step, then one step of the LR schedule. A batch that `carries_signal`
         rejects is skipped whole: no optimizer or schedule step (`skipped` = 1)."""
-        cfg = self.recipe.learner
+        cfg = self.cfg.learner
         lr = self.scheduler.get_last_lr()[0]  # the LR this step's updates use
-        if not carries_signal(batch, self.recipe.algorithm):
+        if not carries_signal(batch, self.cfg.algorithm):
             return {"skipped": 1.0, "lr": lr}
         updates = min(cfg.updates_per_batch, len(batch))
-        replay_mode = self.recipe.rollout.routing_replay
+        replay_mode = self.cfg.rollout.routing_replay
         if updates > 1 or replay_mode == "r2":
             batch.old_logprobs, replay = self.old_logprobs(batch, record_routing=replay_mode == "r2")
             batch.routed_experts = replay
@@ -176,10 +176,10 @@ class LearnerWorker:
         return {**_finalize(sums, updates), "skipped": 0.0, "lr": lr}
 
     def _update(self, batch: TrainBatch, measure_gap: bool) -> dict[str, float]:
-        algo = self.recipe.algorithm
+        algo = self.cfg.algorithm
         mask = batch.response_mask.bool()
         denominator = max(float(aggregation_count(mask, algo.loss)), 1.0)
-        plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
+        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         sums: dict[str, float] = {}
         # Tokens routed to each expert of each MoE layer in this update (for the expert-bias update).
         loads = torch.zeros(len(self.gates), self.config.num_experts, dtype=torch.long) if self.update_bias else None
@@ -201,7 +201,7 @@ class LearnerWorker:
             values = metrics.as_dict()
             if self.train_mtp:
                 mtp = self._mtp_loss(mb, out.mtp_logits) * (float(mb.response_mask.sum()) / denominator)
-                loss = loss + self.recipe.model.mtp.loss_weight * mtp
+                loss = loss + self.cfg.model.mtp.loss_weight * mtp
                 values["mtp_loss"] = float(mtp)
             scale = 0.0 if empty else 1.0
             # FSDP2 averages gradients over ranks; each rank's loss is its share of the batch mean.
@@ -225,7 +225,7 @@ class LearnerWorker:
         that of over-loaded ones by a fixed step. `loads` [layers, experts] is summed over ranks
         first, so every rank applies the same update to its (unsharded) bias buffers."""
         dist.all_reduce(loads)
-        rate = self.recipe.learner.expert_bias_update_rate
+        rate = self.cfg.learner.expert_bias_update_rate
         for gate, load in zip(self.gates, loads.float(), strict=True):
             gate.expert_bias.add_(rate * torch.sign(load.mean() - load))
 
@@ -233,9 +233,9 @@ class LearnerWorker:
         """One supervised step (DFT): mean cross-entropy of the response tokens of the whole batch,
         with its own AdamW so the RL optimizer's state starts clean after the warm start."""
         if not hasattr(self, "sft_optimizer"):
-            self.sft_optimizer = torch.optim.AdamW(self.params, lr=lr, betas=self.recipe.learner.betas, foreach=False)
+            self.sft_optimizer = torch.optim.AdamW(self.params, lr=lr, betas=self.cfg.learner.betas, foreach=False)
         denominator = max(float(batch.response_mask.sum()), 1.0)
-        plan = plan_micro_batches(_lengths(batch), self.world_size, self.recipe.learner.micro_batch_tokens)[self.rank]
+        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         sums: dict[str, float] = {}
         for rows in plan:
             empty = len(rows) == 0
@@ -260,7 +260,7 @@ class LearnerWorker:
             # present (and checkpointable) from the first step on.
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.learner.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.learner.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
