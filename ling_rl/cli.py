@@ -119,7 +119,9 @@ def train(
 
     folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
     try:
-        ready = preflight(parsed, folder)  # before Ray and the roles start (~45 s on CPU)
+        # Before Ray and the roles start (~45 s on CPU); the data are read once, by session.start,
+        # also before Ray.
+        ready = preflight(parsed, folder, data=False)
     except PreflightError as e:
         _fail(str(e))
     if ready.complete_step is not None:

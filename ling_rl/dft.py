@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
+from ling_rl.curriculum.data import DatasetError
 from ling_rl.schema import Section
 from ling_rl.types import TrainBatch
 
@@ -78,7 +79,7 @@ class DFTData:
         for i, row in enumerate(rows):
             for key in (prompt_key, answer_key, cfg.solution_key):
                 if row.get(key) is None:
-                    raise ValueError(f"{source}: row {i}: DFT needs column {key!r}; columns: {sorted(row)}")
+                    raise DatasetError(f"{source}: row {i}: DFT needs column {key!r}; columns: {sorted(row)}")
             think = self.rng.random() < cfg.think_on_fraction
             template = cfg.think_on_template if think else cfg.think_off_template
             prompt = tokenizer.encode(template.format(prompt=row[prompt_key]), add_special_tokens=False)

@@ -121,12 +121,7 @@ def score(s: sessions.Session, timer: PhaseTimer, samples: list, step: int) -> l
 
 def warm_start(s: sessions.Session) -> None:
     """DFT: SFT steps on the learner, logged to dft_metrics.jsonl, then the engines get the weights."""
-    from ling_rl.curriculum.data import load_rows
-    from ling_rl.dft import DFTData
-
-    cfg, data_cfg = s.recipe.dft, s.recipe.data
-    source = cfg.data or data_cfg.train
-    data = DFTData(load_rows(source), cfg, s.tokenizer, data_cfg.prompt_key, data_cfg.answer_key, source)
+    cfg, data = s.recipe.dft, s.dft_data
     with open(s.run_dir / "dft_metrics.jsonl", "w") as log:
         for i in range(cfg.steps):
             metrics = s.learner.sft_step(data.batch(s.pad_id), cfg.lr)

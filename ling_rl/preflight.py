@@ -37,14 +37,21 @@ class Preflight:
     """What was not checked, and why (e.g. a hub dataset that is not cached)."""
 
 
-def preflight(recipe: Recipe, run_dir: Path | None = None) -> Preflight:
-    """Check `recipe` (and `run_dir`, when given) without starting any role; raise `PreflightError`."""
+def preflight(recipe: Recipe, run_dir: Path | None = None, data: bool = True) -> Preflight:
+    """Check `recipe` (and `run_dir`, when given) without starting any role; raise `PreflightError`.
+
+    `data=False` (`ling-rl train`): skip the model folder and every data source; `session.start`
+    reads them itself before Ray starts, with the same code, so they are not read twice."""
     result = Preflight()
     problems: list[str] = []
     _collect(problems, _rewards, recipe)
     _collect(problems, _wandb, recipe)
     if run_dir is not None:
         result.complete_step = _collect(problems, _complete_step, recipe, run_dir)
+    if not data:
+        if problems:
+            raise PreflightError("\n".join(problems))
+        return result
     tokenizer = _collect(problems, _tokenizer, recipe, run_dir, result.notes)
     if tokenizer is None and not problems:
         result.notes.append(f"prompt lengths not checked against rollout.max_prompt_tokens: no tokenizer ({_model_name(recipe)} is not available locally)")
@@ -202,7 +209,4 @@ def _dft(recipe: Recipe, tokenizer: Any | None, notes: list[str]) -> None:
     if tokenizer is None:
         notes.append(f"dft.data: {source} not checked: no tokenizer")
         return
-    try:
-        DFTData(rows, recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source)
-    except ValueError as e:  # DFTData reports a missing column as a ValueError naming the row
-        raise _Problem(str(e)) from None
+    DFTData(rows, recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source)  # DatasetError

@@ -37,6 +37,8 @@ class Session:
     checkpointer: Checkpointer
     start_step: int
     sync_path: Path
+    dft_data: Any = None
+    """The DFT warm start's examples (`DFTData`), read at start when the run begins with DFT."""
     last_reward_metrics: dict[str, float] = field(default_factory=dict)
     step_groups: tuple[int, int] | None = None
     """(step, groups generated so far in it): refill rounds continue the group numbering."""
@@ -131,12 +133,19 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     segmenter = None
     if needs_segmentation(recipe.algorithm.loss):
         segmenter = Segmenter(token_bytes_from_tokenizer(tokenizer), recipe.algorithm.segmentation)
-    init_ray(recipe.cluster)
     sync_path = Path(recipe.rollout.weight_sync_dir) / f"ling-rl-{os.getpid()}-{recipe.run.name}.safetensors"
     session = Session(recipe=recipe, run_dir=run_dir, model_dir=model_dir, tokenizer=tokenizer, data=data,
                       sources={recipe.data.train: data}, curriculum=curriculum, eval_data=eval_data,
                       segmenter=segmenter, rollout=None, learner=None, rewards=None, tracker=None,
                       checkpointer=checkpointer, start_step=0, sync_path=sync_path)
+    # Every data source is read (and its rows checked) here, before Ray and the roles start: a bad
+    # row fails in seconds, and `ling-rl train` needs no second reading in its preflight.
+    for stage in recipe.curriculum.stages:
+        for name in stage.data_mix or {}:
+            session.source(name)
+    if recipe.dft.enabled and resume_from is None:
+        session.dft_data = _dft_data(recipe, tokenizer)
+    init_ray(recipe.cluster)
     try:
         _check_resources(recipe)
         session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
@@ -158,6 +167,14 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
         session.close()
         raise
     return session
+
+
+def _dft_data(recipe: Recipe, tokenizer: Any) -> Any:
+    from ling_rl.curriculum.data import load_rows
+    from ling_rl.dft import DFTData
+
+    source = recipe.dft.data or recipe.data.train
+    return DFTData(load_rows(source), recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source)
 
 
 def cpu_demand(recipe: Recipe) -> float:

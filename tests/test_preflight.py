@@ -144,6 +144,16 @@ def test_online_wandb_without_api_key_fails_before_start_up(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr and RAY_STARTED not in proc.stdout + proc.stderr
 
 
+def test_train_reads_every_data_source_before_ray(tmp_path: Path) -> None:
+    """`train` leaves data to `session.start`, which reads the DFT and stage sources (not only
+    data.train) before Ray starts: a broken DFT file fails in one line, with Ray never started."""
+    bad = _write(tmp_path / "dft.jsonl", ['{"prompt": "1 + 1?", "answer": "2"}'])
+    proc = _cli(["train", "recipes/quickstart.yaml", f"dft.data={bad}", f"run.output_dir={tmp_path}"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{bad}: row 0: DFT needs column 'solution'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and RAY_STARTED not in proc.stdout + proc.stderr
+
+
 def _finished_run(run_dir: Path, step: int) -> None:
     """A run folder whose last complete checkpoint holds `step` steps, as the Checkpointer names it."""
     ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
