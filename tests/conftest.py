@@ -23,14 +23,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True)
-def _no_shared_wandb_service() -> None:
-    """An in-process W&B run exports WANDB_SERVICE into this process's environment; CLI runs that
-    tests start later would inherit it and share that service, which still holds the id of a run
-    SIGKILLed by a test when its resumed run asks for it ("run ID ... is in use")."""
-    os.environ.pop("WANDB_SERVICE", None)
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Ling MoE + tokenizer folder written by the project (with an MTP layer)."""

@@ -62,6 +62,10 @@ class WandbSink:
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         self._every = every
         self._last = recipe.run.steps - 1
+        # This run owns its W&B service. One inherited through WANDB_SERVICE from the process that
+        # started the driver (a notebook, a test runner that used W&B) outlives a killed driver
+        # and still holds its run id when the resumed run asks for it ("run ID ... is in use").
+        os.environ.pop("WANDB_SERVICE", None)
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,

@@ -111,3 +111,22 @@ def test_disabled_wandb_writes_nothing(tmp_path: Path, make_recipe: Callable[...
         assert tracker.wandb is None
     monkeypatch.delenv("WANDB_MODE")
     assert wandb_mode(online.tracking.wandb) == "online"
+
+
+def test_a_run_never_uses_a_wandb_service_it_inherited(tmp_path: Path, make_recipe: Callable[..., Recipe]) -> None:
+    """A driver started by a process that used W&B inherits its WANDB_SERVICE; the run must start
+    its own service (the inherited one would still hold a killed run's id on resume). Here the
+    inherited value names no live service: W&B fails to start if the sink uses it."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = _recipe(make_recipe)
+    code = ("import sys; from pathlib import Path; from ling_rl.config import Recipe; "
+            "from ling_rl.tracking.wandb_sink import WandbSink; "
+            "sink = WandbSink(Recipe.model_validate_json(sys.argv[1]), Path(sys.argv[2]), 'offline', resume=False); "
+            "sink.run.finish(); print('started')")
+    env = dict(os.environ, WANDB_SERVICE="2-99999-unix-/tmp/no-such-wandb-service.sock")
+    proc = subprocess.run([sys.executable, "-c", code, recipe.model_dump_json(), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "started" in proc.stdout, proc.stderr[-2000:]
