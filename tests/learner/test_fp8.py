@@ -96,3 +96,91 @@ def test_fp8_nll_tracks_fp32_over_50_steps(runs: dict) -> None:
     assert float(diff.max()) < TOLERANCE, diff.tolist()
     # Training really moved the model: otherwise agreement would be trivial.
     assert float(a[0] - a[-1]) > 10 * TOLERANCE and float(b[0] - b[-1]) > 10 * TOLERANCE
+
+
+# --- routed experts (float8 grouped GEMM: CUDA only; here, the selection and the wiring) ----------
+
+
+def test_routed_experts_key_is_strict() -> None:
+    from pydantic import ValidationError
+
+    from ling_rl.learner.config import FP8Config
+
+    assert FP8Config().routed_experts == "auto"
+    with pytest.raises(ValidationError, match="routed_experts"):
+        FP8Config(routed_experts="always")
+
+
+def test_routed_experts_fp8_is_selected_only_where_supported() -> None:
+    from ling_rl.learner.config import FP8Config
+    from ling_rl.learner.fp8 import routed_experts_fp8_unsupported, use_routed_experts_fp8
+
+    cpu = torch.device("cpu")
+    assert "CUDA" in routed_experts_fp8_unsupported(cpu)
+    assert use_routed_experts_fp8(FP8Config(routed_experts="auto"), cpu) is False
+    assert use_routed_experts_fp8(FP8Config(routed_experts=False), cpu) is False
+    with pytest.raises(ValueError, match=r"learner\.fp8\.routed_experts: true.*CUDA"):
+        use_routed_experts_fp8(FP8Config(routed_experts=True), cpu)
+
+
+def test_apply_fp8_on_cpu_keeps_routed_experts_high_precision() -> None:
+    from ling_rl.learner.config import FP8Config
+    from ling_rl.learner.fp8 import apply_fp8
+    from ling_rl.models.ling_moe import Experts, LingForCausalLM
+    from ling_rl.models.tiny import PRESETS
+
+    model = LingForCausalLM(PRESETS["tiny"])
+    converted = apply_fp8(model, FP8Config(), torch.device("cpu"))
+    experts = [m for m in model.modules() if isinstance(m, Experts)]
+    assert experts and all(type(m.gate_proj.data) is torch.Tensor and m.group_align == 1 for m in experts)
+    assert not any(n.endswith("mlp.experts") for n in converted)
+    with pytest.raises(ValueError, match=r"learner\.fp8\.routed_experts"):
+        apply_fp8(LingForCausalLM(PRESETS["tiny"]), FP8Config(routed_experts=True), torch.device("cpu"))
+
+
+def test_convert_routed_experts_wraps_weights_pads_groups_and_exports_plain_tensors() -> None:
+    """The conversion itself is device-agnostic: torchao's wrapper only changes `_grouped_mm`, so
+    on CPU (padded bmm kernel) the converted model computes what the original does, and its state
+    dict holds plain tensors (weight sync, checkpoints)."""
+    from ling_rl.learner.fp8 import FP8_GROUP_ALIGN, _plain_weights, convert_routed_experts
+    from ling_rl.models.ling_moe import Experts, LingForCausalLM
+    from ling_rl.models.tiny import PRESETS
+
+    torch.manual_seed(0)
+    model = LingForCausalLM(PRESETS["tiny"])
+    model.init_weights()
+    ids = torch.randint(0, PRESETS["tiny"].vocab_size, (2, 24))
+    with torch.no_grad():
+        before = model(ids).logits
+    names = convert_routed_experts(model)
+    model.register_state_dict_post_hook(_plain_weights)
+    assert names == [n for n, m in model.named_modules() if isinstance(m, Experts)] and names
+    for name in names:
+        experts = model.get_submodule(name)
+        assert experts.group_align == FP8_GROUP_ALIGN
+        assert "moe_training" in type(experts.gate_proj.data).__module__
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+    state = model.state_dict()
+    assert {type(t) for t in state.values()} == {torch.Tensor}
+
+
+@pytest.mark.parametrize("align", [1, 16])
+def test_grouped_ffn_with_aligned_groups_equals_padded_reference(align: int) -> None:
+    """`torch._grouped_mm` runs on CPU too, so the group padding the float8 GEMM needs is checked
+    here (values and gradients), including empty groups and a group larger than `align`."""
+    from ling_rl.models.ling_moe import grouped_ffn, padded_ffn
+
+    torch.manual_seed(0)
+    e, h, i = 8, 32, 48
+    counts = torch.tensor([0, 5, 17, 1, 0, 33, 2, 6])
+    xs = torch.randn(int(counts.sum()), h, requires_grad=True)
+    w = [(0.2 * torch.randn(e, i, h)).requires_grad_() for _ in range(2)]
+    down = (0.2 * torch.randn(e, h, i)).requires_grad_()
+    got = grouped_ffn(xs, counts, w[0], w[1], down, align)
+    want = padded_ffn(xs, counts, w[0], w[1], down)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), (xs, w[0], w[1], down))
+    ref = torch.autograd.grad(want.square().sum(), (xs, w[0], w[1], down))
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
