@@ -24,6 +24,11 @@ class FP8Config(Section):
     emulate: Literal["auto"] | bool = "auto"
     """Emulate the float8 GEMMs in high precision (`auto`: when no CUDA device is present, e.g. CPU CI)."""
 
+    routed_experts: Literal["auto"] | bool = "auto"
+    """Routed experts through torchao's float8 grouped GEMM (CUDA sm90+, a torchao with MoE float8
+    training; never emulated). `auto`: where supported (the learner logs which), `true`: required
+    (an error where unsupported), `false`: the experts stay bf16."""
+
 
 class LearnerConfig(Section):
     """Optimisation on the FSDP2 learner ranks."""

@@ -151,6 +151,9 @@ class Experts(nn.Module):
     host sync) where it is fast, i.e. CUDA in bf16, and otherwise one padded `bmm` per projection
     (each expert's tokens padded to the largest count). On CPU `_grouped_mm` is correct (also in
     backward) but measured 2-6x slower than the padded bmm at the tiny/small shapes, so CPU pads.
+
+    `group_align`: the grouped GEMM gets each expert's rows padded (with zero rows) to a multiple
+    of this; 1 = no padding. The float8 grouped GEMM (`ling_rl.learner.fp8`) needs 16.
     """
 
     def __init__(self, cfg: LingConfig) -> None:
@@ -159,6 +162,7 @@ class Experts(nn.Module):
         self.gate_proj = nn.Parameter(torch.empty(e, i, h))
         self.up_proj = nn.Parameter(torch.empty(e, i, h))
         self.down_proj = nn.Parameter(torch.empty(e, h, i))
+        self.group_align = 1
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         n, k = expert_ids.shape
@@ -167,8 +171,10 @@ class Experts(nn.Module):
         token_of = order // k
         counts = torch.bincount(flat_ids, minlength=self.gate_proj.shape[0])
         xs = x[token_of]
-        kernel = grouped_ffn if use_grouped_mm(x) else padded_ffn
-        ys = kernel(xs, counts, self.gate_proj, self.up_proj, self.down_proj)
+        if use_grouped_mm(x):
+            ys = grouped_ffn(xs, counts, self.gate_proj, self.up_proj, self.down_proj, self.group_align)
+        else:
+            ys = padded_ffn(xs, counts, self.gate_proj, self.up_proj, self.down_proj)
         ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, ys.to(x.dtype))
 
@@ -179,11 +185,37 @@ def use_grouped_mm(x: torch.Tensor) -> bool:
 
 
 def grouped_ffn(xs: torch.Tensor, counts: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
-                down: torch.Tensor) -> torch.Tensor:
-    """SwiGLU of expert-sorted tokens `xs` [N, H] (`counts[e]` rows per expert) by grouped GEMM."""
-    offs = counts.cumsum(0).to(torch.int32)
+                down: torch.Tensor, align: int = 1) -> torch.Tensor:
+    """SwiGLU of expert-sorted tokens `xs` [N, H] (`counts[e]` rows per expert) by grouped GEMM,
+    each group padded to a multiple of `align` rows when `align > 1`."""
+    rows = None
+    if align > 1:
+        xs, rows, offs = _align_groups(xs, counts, align)
+    else:
+        offs = counts.cumsum(0).to(torch.int32)
     h = F.silu(torch._grouped_mm(xs, gate.transpose(1, 2), offs=offs)) * torch._grouped_mm(xs, up.transpose(1, 2), offs=offs)
-    return torch._grouped_mm(h, down.transpose(1, 2), offs=offs)
+    out = torch._grouped_mm(h, down.transpose(1, 2), offs=offs)
+    return out if rows is None else out[rows]
+
+
+def _align_groups(xs: torch.Tensor, counts: torch.Tensor, align: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`xs` copied into zero rows so that every group starts at a multiple of `align`; returns the
+    padded rows, where each row of `xs` went, and the group end offsets (int32).
+
+    The padded size is a bound known without reading `counts` on the host (no device sync):
+    round_up(N, align) + E * align. The slack goes to the last group, so every row belongs to a
+    group (zero rows give zero outputs) and every group size is a multiple of `align`."""
+    n, e = xs.shape[0], counts.shape[0]
+    size = -(-n // align) * align + e * align
+    padded = (counts + align - 1) // align * align
+    starts = padded.cumsum(0) - padded
+    firsts = counts.cumsum(0) - counts
+    expert = torch.repeat_interleave(torch.arange(e, device=xs.device), counts, output_size=n)
+    rows = starts[expert] + torch.arange(n, device=xs.device) - firsts[expert]
+    out = xs.new_zeros(size, xs.shape[1]).index_copy(0, rows, xs)
+    offs = padded.cumsum(0)
+    offs[-1] = size
+    return out, rows, offs.to(torch.int32)
 
 
 def padded_ffn(xs: torch.Tensor, counts: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
