@@ -119,11 +119,16 @@ def train(
 
     folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
     try:
-        # Before Ray and the roles start (~45 s on CPU); the data are read once, by session.start,
-        # also before Ray.
-        ready = preflight(parsed, folder, data=False)
+        # Before Ray and the roles start (~45 s on CPU), before any download: GPUs, the model,
+        # rewards, W&B; the data are read once, by session.start, also before Ray.
+        ready = preflight(parsed, folder, data=False, resources=True)
     except PreflightError as e:
         _fail(str(e))
+    from ling_rl.preflight import memory_problems
+
+    too_big = memory_problems(parsed, recipe)
+    if too_big:  # the same verdict and exit code as `ling-rl plan`
+        _fail("\n".join(too_big) + f"\n(see `ling-rl plan {recipe}`)", code=3)
     if ready.complete_step is not None:
         console.print(_complete_line(ready.complete_step), highlight=False, soft_wrap=True)
         raise typer.Exit(0)
@@ -142,6 +147,33 @@ def train(
         _fail("interrupted before a step completed (or by a second Ctrl-C): nothing saved since the last "
               "checkpoint", code=130)
     console.print(f"[green]done[/]: run folder [bold]{folder}[/]" + (f", model [bold]{final}[/]" if final.exists() else ""))
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learner.micro_batch_tokens=16384.")] = None,
+    gpu_memory_gib: Annotated[float, typer.Option(help="Memory of one GPU (GiB).")] = 80.0,
+    host_memory_gib: Annotated[float | None, typer.Option(help="Host memory of one node (GiB; default: this machine's).")] = None,
+    model_config: Annotated[Path | None, typer.Option(help="A config.json to plan with instead of the recipe model's.")] = None,
+) -> None:
+    """Estimate each role's memory (learner per rank, engine per GPU, host) and whether it fits.
+    Exit code 3 names the role that does not fit and the recipe key to change."""
+    from ling_rl.config import RecipeError, load_recipe
+    from ling_rl.plan import PlanError, model_config as read_model_config, plan_memory
+
+    try:
+        parsed = load_recipe(recipe, overrides or [])
+        roles = plan_memory(parsed, read_model_config(parsed, recipe, model_config), gpu_memory_gib, host_memory_gib)
+    except (RecipeError, PlanError) as e:
+        _fail(str(e))
+    from ling_rl.plan import plan_table
+
+    console.print(plan_table(roles))
+    problems = [r.problem() for r in roles if not r.fits]
+    if problems:
+        _fail("\n".join(problems), code=3)
+    console.print(f"[green]fits[/]: {recipe}")
 
 
 @app.command()

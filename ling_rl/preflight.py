@@ -37,13 +37,19 @@ class Preflight:
     """What was not checked, and why (e.g. a hub dataset that is not cached)."""
 
 
-def preflight(recipe: Recipe, run_dir: Path | None = None, data: bool = True) -> Preflight:
+def preflight(recipe: Recipe, run_dir: Path | None = None, data: bool = True, resources: bool = False) -> Preflight:
     """Check `recipe` (and `run_dir`, when given) without starting any role; raise `PreflightError`.
 
     `data=False` (`ling-rl train`): skip the model folder and every data source; `session.start`
-    reads them itself before Ray starts, with the same code, so they are not read twice."""
+    reads them itself before Ray starts, with the same code, so they are not read twice.
+    `resources=True` (`ling-rl train`): the cluster has the GPUs the roles ask for, and the model
+    can be had (a local folder, a cached hub model, or the Hub reachable); with `cluster.address`
+    this connects to that Ray cluster (train goes on with the connection)."""
     result = Preflight()
     problems: list[str] = []
+    if resources:
+        _collect(problems, _gpus, recipe)
+        _collect(problems, _model_reachable, recipe)
     _collect(problems, _rewards, recipe)
     _collect(problems, _wandb, recipe)
     if run_dir is not None:
@@ -108,6 +114,95 @@ def _complete_step(recipe: Recipe, run_dir: Path) -> int | None:
         return None
     step = Checkpointer.step_of(ckpt)
     return step if step >= recipe.run.steps else None
+
+
+# --- resources: GPUs, the model, memory ---------------------------------------------------------------
+
+
+def _gpus(recipe: Recipe) -> None:
+    """The GPUs of the roles (actors x cluster.<role>.num_gpus) against what the cluster has: this
+    machine's CUDA devices for a local Ray, the cluster's GPU resources with `cluster.address`."""
+    c = recipe.cluster
+    asks = {"rollout.num_engines x cluster.rollout.num_gpus": recipe.rollout.num_engines * c.rollout.num_gpus,
+            "learner.num_ranks x cluster.learner.num_gpus": recipe.learner.num_ranks * c.learner.num_gpus,
+            "cluster.reward_workers x cluster.reward.num_gpus": c.reward_workers * c.reward.num_gpus}
+    need = sum(asks.values())
+    if need == 0:
+        return
+    if c.address is None:
+        import torch
+
+        have, where = float(torch.cuda.device_count()), "this machine has (a local Ray)"
+    else:
+        have, where = _cluster_gpus(c.address), f"the Ray cluster at cluster.address={c.address} has"
+    if have < need:
+        parts = ", ".join(f"{k} = {v:g}" for k, v in asks.items() if v)
+        raise _Problem(f"cluster: the roles ask for {need:g} GPUs ({parts}) but {where} {have:g}; "
+                       "lower those keys (num_gpus: 0 runs a role on CPU) or run on a node with the GPUs")
+
+
+def _cluster_gpus(address: str) -> float:
+    """GPUs of the running Ray cluster at `address` (connects the way `train` does)."""
+    from ling_rl.cluster.config import ClusterConfig
+    from ling_rl.cluster.ray_init import init_ray
+
+    try:
+        init_ray(ClusterConfig(address=address))
+    except ConnectionError as e:
+        raise _Problem(f"cluster.address={address}: no running Ray cluster to join ({str(e).splitlines()[0]}); "
+                       "start one (`ray start --head`) or remove cluster.address to start a local Ray") from None
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def _model_reachable(recipe: Recipe) -> None:
+    """A local folder, a hub model in the local cache, or the Hub reachable (a HEAD of its
+    config.json, 5 s at most): what `session.prepare_model` needs to load or download it."""
+    if recipe.model.tiny:
+        return
+    path = str(recipe.model.path)
+    if Path(path).exists():
+        return
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise _Problem(f"model.path: {path} does not exist")
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot_download(path, local_files_only=True)
+        return
+    except LocalEntryNotFoundError:
+        pass
+    fix = f"download it where there is network (`hf download {path}`) or set model.path to a local folder"
+    if constants.HF_HUB_OFFLINE:
+        raise _Problem(f"model.path: {path} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {fix}")
+    try:
+        get_hf_file_metadata(hf_hub_url(path, "config.json"), timeout=5)
+    except Exception as e:  # noqa: BLE001 - no network, DNS, 401/404: all mean train cannot download it
+        raise _Problem(f"model.path: {path} is not in the Hugging Face cache and the Hub cannot serve it "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); {fix}") from None
+
+
+def memory_problems(recipe: Recipe, recipe_path: Path | None = None) -> list[str]:
+    """`ling-rl plan`'s verdict for `train`: one line per role that does not fit (role, need, key),
+    planned for this machine's GPU memory (80 GiB when it has none: a remote cluster) and host
+    memory. Empty when the model's config.json is not available here (nothing to plan with)."""
+    from ling_rl.plan import PlanError, model_config, plan_memory
+
+    try:
+        cfg = model_config(recipe, recipe_path)
+    except PlanError:
+        return []
+    return [r.problem() for r in plan_memory(recipe, cfg, _local_gpu_gib()) if not r.fits]
+
+
+def _local_gpu_gib() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 2**30
+    return 80.0
 
 
 # --- model and tokenizer ---------------------------------------------------------------------------

@@ -1,0 +1,405 @@
+"""Memory planner: what a recipe needs, per role, before anything starts.
+
+    config = model_config(recipe, recipe_path)             # LingConfig from config.json (no weights)
+    plan = plan_memory(recipe, config, gpu_memory_gib=80)  # list[RolePlan]
+    [role.problem() for role in plan if not role.fits]     # "learner: ... set learner.X"
+
+`ling-rl plan` prints it; `ling-rl train` runs it as a preflight. Pure arithmetic on the model's
+config.json and the recipe: no torch, no weights, no GPU (it plans for the cluster the recipe
+describes, not for this machine). Which device a role plans for: the learner is on CUDA when
+`learner.device` is `cuda`, or `auto` with `cluster.learner.num_gpus` > 0; the engines are on GPU
+when `cluster.rollout.num_gpus` > 0. Roles on CPU count against host memory.
+
+Learner, per rank (FSDP2 over `learner.num_ranks`; fp32 master parameters, as
+`ling_rl.learner.loading` keeps them; bf16 compute for `precision: bf16 | fp8`):
+  parameters  4 B x params / ranks          (fp32 shards)
+  gradients   4 B x trainable / ranks       (fp32 shards; MTP layers are frozen unless model.mtp.enabled)
+  optimizer   8 B x trainable / ranks       (AdamW m and v, fp32)
+  unsharded   c x (root + 2 x largest layer) + 4 B x (root + largest layer)
+              (FSDP2 all-gathers a layer and prefetches the next one, in the compute dtype, c bytes;
+              the root unit - embeddings, final norm, lm_head - stays gathered through the step;
+              gradients are unsharded in fp32 before their reduce-scatter)
+  activations tokens x bytes saved for backward per token (see `activation_bytes_per_token`),
+              one row with and one without `learner.activation_checkpointing`
+  logits      chunk x vocab x (3 x 4 B + c): the fp32 log-softmax input saved for backward, its
+              gradient and the softmax temporary, plus the compute-dtype logits; chunk =
+              `learner.logprob_chunk_tokens` (the whole micro-batch when unchunked); doubled when
+              the MTP loss is trained (its logits are a second [tokens, vocab] tensor)
+  reference   4 B x params / ranks when the KL term is on (a frozen fp32 sharded copy)
+  runtime     CUDA context, NCCL and allocator slack (a constant)
+Rollout, per GPU of an engine (vLLM, `tensor_parallel_size` GPUs per engine):
+  weights     engine dtype bytes x inference params / tp (no MTP layers)
+  KV cache    max_num_seqs x (max_prompt_tokens + max_response_tokens) x KV bytes per token / tp,
+              KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x dtype bytes
+  runtime     activations, sampler and CUDA graphs (a constant); budget = gpu_memory_utilization x GPU
+Host (one node): a runtime per process (learner ranks, engines, reward workers), the largest
+checkpoint part rank 0 reads while loading, and the memory of the roles that run on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ling_rl.config import Recipe
+from ling_rl.models.ling_config import LingConfig, ModelFolderError
+
+GIB = 2**30
+
+PROCESS_RUNTIME_BYTES = int(0.5 * GIB)
+"""Host memory of a process that imported torch and built nothing (measured ~0.4 GiB RSS here;
+bench/plan_validate.py measures it again as its baseline)."""
+
+CUDA_RUNTIME_BYTES = 1 * GIB
+"""Per GPU: CUDA context, NCCL buffers, caching-allocator slack (a constant, not measured here)."""
+
+VLLM_RUNTIME_BYTES = 2 * GIB
+"""Per engine GPU beside weights and KV cache: vLLM's profiled activations, sampler and CUDA graphs
+(a rough constant, not measured here)."""
+
+VLLM_DEFAULT_MAX_NUM_SEQS = 256
+"""vLLM's `max_num_seqs` when `rollout.max_num_seqs` is unset."""
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class PlanError(ValueError):
+    """The model's config cannot be found or read; the message names the key or flag to set."""
+
+
+# --- the model's config ------------------------------------------------------------------------------
+
+
+def model_config(recipe: Recipe, recipe_path: Path | None = None, override: Path | None = None) -> LingConfig:
+    """The architecture of the recipe's model, from a config.json only (never the weights).
+
+    `override` (`--model-config`) wins; then `model.tiny`'s preset; a local folder; a hub name in
+    the local Hugging Face cache (config.json only, no download); and last a config shipped next
+    to the recipe, `configs/<hub name lower-cased>.json` (recipes/configs/ling-mini-2.0.json)."""
+    if override is not None:
+        return _read_config(override, "--model-config")
+    if recipe.model.tiny is not None:
+        from ling_rl.models.tiny import PRESETS  # torch is imported by that module; tiny recipes are small
+
+        return PRESETS[recipe.model.tiny]
+    path = str(recipe.model.path)
+    if Path(path).is_dir():
+        return _read_config(Path(path) / "config.json", "model.path")
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise PlanError(f"model.path: {path} does not exist")
+    cached = _cached_hub_config(path)
+    if cached is not None:
+        return _read_config(cached, "model.path")
+    shipped = (recipe_path.parent if recipe_path else Path("recipes")) / "configs" / f"{path.split('/')[1].lower()}.json"
+    if shipped.is_file():
+        return _read_config(shipped, "model.path")
+    raise PlanError(f"model.path: {path} is not in the Hugging Face cache and no config ships for it ({shipped}); "
+                    "pass --model-config PATH/config.json")
+
+
+def _cached_hub_config(repo: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json")
+    return Path(found) if isinstance(found, str) else None
+
+
+def _read_config(path: Path, key: str) -> LingConfig:
+    if not path.is_file():
+        raise PlanError(f"{key}: {path} not found")
+    try:
+        return LingConfig.from_hf_dict(json.loads(path.read_text()), source=str(path))
+    except json.JSONDecodeError as e:
+        raise PlanError(f"{key}: {path}: invalid JSON ({e})") from None
+    except ModelFolderError as e:
+        raise PlanError(f"{key}: {e}") from None
+
+
+# --- parameters --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts of `LingForCausalLM(cfg)` (buffers such as the expert bias excluded)."""
+
+    total: int
+    """Every parameter: trunk, MTP layers, embeddings, final norm, lm_head."""
+    trainable: int
+    """Those with gradients and optimizer state (MTP layers only when trained)."""
+    inference: int
+    """What the engines load: everything but the MTP layers."""
+    largest_layer: int
+    """The biggest decoder (or MTP) layer: one FSDP2 unit."""
+    root: int
+    """Embeddings + final norm + lm_head: the root FSDP2 unit."""
+
+
+def _norm(d: int) -> int:
+    return d
+
+
+def _swiglu(cfg: LingConfig, inner: int) -> int:
+    h = cfg.hidden_size
+    return 3 * h * inner + ((2 * inner + h) if cfg.use_bias else 0)
+
+
+def layer_parameters(cfg: LingConfig, layer_idx: int) -> int:
+    """Parameters of decoder layer `layer_idx` (layers >= num_hidden_layers are MTP layers)."""
+    h, hd = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    attn = h * (q + 2 * kv) + ((q + 2 * kv) if (cfg.use_bias or cfg.use_qkv_bias) else 0)
+    attn += q * h + (h if cfg.use_bias else 0)
+    attn += 2 * _norm(hd) if cfg.use_qk_norm else 0
+    if cfg.is_moe_layer(layer_idx):
+        mlp = cfg.num_experts * h  # router
+        mlp += 3 * cfg.num_experts * cfg.moe_intermediate_size * h
+        mlp += _swiglu(cfg, cfg.shared_intermediate_size) if cfg.num_shared_experts else 0
+    else:
+        mlp = _swiglu(cfg, cfg.intermediate_size)
+    total = 2 * _norm(h) + attn + mlp
+    if layer_idx >= cfg.num_hidden_layers:  # MTP: enorm, hnorm, eh_proj, final_layernorm
+        total += 3 * _norm(h) + 2 * h * h
+    return total
+
+
+def count_parameters(cfg: LingConfig, train_mtp: bool) -> ParamCounts:
+    trunk = [layer_parameters(cfg, i) for i in range(cfg.num_hidden_layers)]
+    mtp = [layer_parameters(cfg, cfg.num_hidden_layers + d) for d in range(cfg.num_nextn_predict_layers)]
+    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
+    root = cfg.vocab_size * cfg.hidden_size + _norm(cfg.hidden_size) + head
+    total = root + sum(trunk) + sum(mtp)
+    return ParamCounts(total=total, trainable=total - (0 if train_mtp else sum(mtp)), inference=root + sum(trunk),
+                       largest_layer=max(trunk + mtp), root=root)
+
+
+# --- activations -------------------------------------------------------------------------------------
+
+
+def activation_bytes_per_token(cfg: LingConfig, layer_idx: int, c: int) -> int:
+    """Bytes autograd keeps per token for the backward of one layer (`ling_rl.models.ling_moe`),
+    with compute dtype of `c` bytes (2: bf16, 4: fp32). Counted op by op:
+
+    RMSNorm(d): its fp32 input (4d), the normalised input (c d), its output kept by the next linear (c d).
+    Attention: input norm; QK-norms on q and k (4 + c per channel); q and k after RoPE and v, kept
+      by SDPA (c (q + 2 kv)); SDPA's output and its log-sum-exp (c q + 4 heads); the re-laid-out
+      output kept by the dense projection (c q).
+    Dense SwiGLU(I): gate and up outputs, silu(gate), their product (4 c I).
+    MoE: fp32 router input (4 H when c < 4: in fp32 it is the norm output itself) and sigmoid scores
+      (4 E); per routed copy (top-k): the expert-sorted input, gate/up/silu/product (4 c I_moe) and
+      the output before weighting (c H); the shared expert's SwiGLU. Routing imbalance (the padded
+      kernel pads every expert to the busiest one on CPU) is not counted.
+    MTP layer: a MoE layer plus three norms and the concatenated input of eh_proj (2 c H).
+    """
+    h, hd = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+
+    def norm(d: int) -> int:
+        return 4 * d + 2 * c * d
+
+    attn = norm(h) + c * (q + 2 * kv) + c * q + 4 * cfg.num_attention_heads + c * q
+    if cfg.use_qk_norm:
+        attn += (4 + c) * (q + kv)
+    if cfg.is_moe_layer(layer_idx):
+        k = cfg.num_experts_per_tok
+        mlp = norm(h) + (4 * h if c < 4 else 0) + 4 * cfg.num_experts
+        mlp += k * (c * h + 4 * c * cfg.moe_intermediate_size + c * h)
+        mlp += 4 * c * cfg.shared_intermediate_size if cfg.num_shared_experts else 0
+    else:
+        mlp = norm(h) + 4 * c * cfg.intermediate_size
+    total = attn + mlp
+    if layer_idx >= cfg.num_hidden_layers:
+        total += 3 * norm(h) + 2 * c * h
+    return total
+
+
+def activation_bytes(cfg: LingConfig, tokens: int, c: int, checkpointing: bool, train_mtp: bool) -> int:
+    """Activations of one micro-batch of `tokens` at the start of backward (logits excluded).
+
+    Without checkpointing: every layer's saved tensors, the final norm, and one layer's worth of
+    gradient buffers in backward. With per-layer checkpointing: each layer's input (c H), plus one
+    layer recomputed in backward and its gradients (2 x the largest layer)."""
+    layers = list(range(cfg.num_hidden_layers)) + (
+        [cfg.num_hidden_layers + d for d in range(cfg.num_nextn_predict_layers)] if train_mtp else [])
+    per_layer = [activation_bytes_per_token(cfg, i, c) for i in layers]
+    final_norm = 4 * cfg.hidden_size + 2 * c * cfg.hidden_size
+    if checkpointing:
+        return tokens * (len(layers) * c * cfg.hidden_size + 2 * max(per_layer) + final_norm)
+    return tokens * (sum(per_layer) + max(per_layer) + final_norm)
+
+
+def logits_bytes(cfg: LingConfig, chunk_tokens: int, c: int, train_mtp: bool) -> int:
+    """The [tokens, vocab] tensors of one log-prob chunk at their peak (see the module docstring)."""
+    one = chunk_tokens * cfg.vocab_size * (3 * 4 + c)
+    return one * (2 if train_mtp and cfg.num_nextn_predict_layers else 1)
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    bytes: int
+    key: str | None = None
+    """The recipe key that makes this row smaller (named when the role does not fit)."""
+    counted: bool = True
+    """False: shown for comparison only (e.g. activations with the other checkpointing setting)."""
+
+
+@dataclass
+class RolePlan:
+    role: str
+    where: str
+    """What `budget` is: e.g. "per GPU (80 GiB x 0.85)" or "host"."""
+    budget: int
+    rows: list[Row] = field(default_factory=list)
+    scale: int = 1
+    """How many copies of the rows share the budget (learner ranks on one CPU host)."""
+
+    @property
+    def total(self) -> int:
+        return self.scale * sum(r.bytes for r in self.rows if r.counted)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+    def problem(self) -> str:
+        """One line: what does not fit, and the key to change."""
+        keyed = [r for r in self.rows if r.counted and r.key]
+        biggest = max(keyed, key=lambda r: r.bytes) if keyed else None
+        fix = f"; largest part: {biggest.name} ({gib(biggest.bytes * self.scale)}), change {biggest.key}" if biggest else ""
+        return f"{self.role}: needs {gib(self.total)} {self.where}, {gib(self.budget)} available{fix}"
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def compute_bytes(precision: str) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def learner_on_gpu(recipe: Recipe) -> bool:
+    device = recipe.learner.device
+    return device == "cuda" or (device == "auto" and recipe.cluster.learner.num_gpus > 0)
+
+
+def rollout_on_gpu(recipe: Recipe) -> bool:
+    return recipe.cluster.rollout.num_gpus > 0
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def plan_memory(recipe: Recipe, cfg: LingConfig, gpu_memory_gib: float = 80.0,
+                host_memory_gib: float | None = None) -> list[RolePlan]:
+    """Per role, the estimated memory of `recipe` with model `cfg` (see the module docstring)."""
+    gpu = int(gpu_memory_gib * GIB)
+    host = int(host_memory_gib * GIB) if host_memory_gib is not None else host_memory_bytes()
+    learner = _learner(recipe, cfg, gpu, host)
+    rollout = _rollout(recipe, cfg, gpu, host)
+    roles = [learner, rollout]
+    roles.append(_host(recipe, cfg, host, [r for r in roles if r.where == "host"]))
+    return roles
+
+
+def _learner(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
+    lc = recipe.learner
+    ranks, c = lc.num_ranks, compute_bytes(lc.precision)
+    train_mtp = recipe.model.mtp.enabled and cfg.num_nextn_predict_layers > 0
+    p = count_parameters(cfg, train_mtp)
+    tokens = lc.micro_batch_tokens
+    checkpointing = bool(getattr(lc, "activation_checkpointing", False))
+    chunk = getattr(lc, "logprob_chunk_tokens", None)
+    chunk = min(chunk, tokens) if chunk else tokens
+    on_gpu = learner_on_gpu(recipe)
+    rows = [
+        Row("parameters (fp32 shards)", 4 * p.total // ranks, "learner.num_ranks"),
+        Row("gradients (fp32 shards)", 4 * p.trainable // ranks, "learner.num_ranks"),
+        Row("optimizer (AdamW m, v fp32)", 8 * p.trainable // ranks, "learner.num_ranks"),
+        Row("unsharded layers (FSDP2)", c * (p.root + 2 * p.largest_layer) + 4 * (p.root + p.largest_layer)),
+    ]
+    for on in (False, True):
+        rows.append(Row(f"activations, checkpointing {'on' if on else 'off'} ({tokens} tokens)",
+                        activation_bytes(cfg, tokens, c, on, train_mtp),
+                        "learner.micro_batch_tokens" if on else "learner.activation_checkpointing",
+                        counted=on == checkpointing))
+    rows.append(Row(f"logits ({chunk} x {cfg.vocab_size}{', + MTP' if train_mtp else ''})",
+                    logits_bytes(cfg, chunk, c, train_mtp), "learner.logprob_chunk_tokens"))
+    if recipe.algorithm.kl.needs_reference:
+        rows.append(Row("reference model (fp32 shards)", 4 * p.total // ranks, "algorithm.kl.coef"))
+    if on_gpu:
+        rows.append(Row("CUDA context, NCCL, allocator", CUDA_RUNTIME_BYTES))
+        return RolePlan("learner", f"per GPU ({ranks} ranks)", gpu, rows)
+    rows.append(Row("process runtime", PROCESS_RUNTIME_BYTES))
+    return RolePlan("learner", "host", host, rows, scale=ranks)
+
+
+def _rollout(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
+    rc = recipe.rollout
+    dtype = rc.engine_dtype(recipe.model.dtype)
+    b = _DTYPE_BYTES[dtype]
+    tp = rc.tensor_parallel_size
+    p = count_parameters(cfg, train_mtp=False)
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * b
+    rows = [Row(f"weights ({dtype}, / tp {tp})", b * p.inference // tp, "rollout.tensor_parallel_size")]
+    if rollout_on_gpu(recipe):
+        seqs = rc.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
+        length = rc.max_prompt_tokens + rc.max_response_tokens
+        rows.append(Row(f"KV cache ({seqs} seqs x {length} tokens)", seqs * length * kv_per_token // tp, "rollout.max_num_seqs"))
+        rows.append(Row("activations, sampler, CUDA graphs", VLLM_RUNTIME_BYTES))
+        budget = int(rc.gpu_memory_utilization * gpu)
+        return RolePlan("rollout", f"per GPU ({rc.gpu_memory_utilization:g} x {gib(gpu)})", budget, rows,
+                        )
+    rows.append(Row(f"KV cache (rollout.kv_cache_gib)", rc.kv_cache_gib * GIB, "rollout.kv_cache_gib"))
+    rows.append(Row("process runtime", PROCESS_RUNTIME_BYTES))
+    return RolePlan("rollout", "host", host, rows, scale=rc.num_engines)
+
+
+def _host(recipe: Recipe, cfg: LingConfig, host: int, on_host: list[RolePlan]) -> RolePlan:
+    """Everything on one node's host memory: the CPU roles whole, and for GPU roles their processes
+    and what rank 0 reads while loading (one checkpoint part, fp32)."""
+    rows = [Row(f"{r.role} on CPU (x {r.scale})", r.total, _host_key(r)) for r in on_host]
+    if learner_on_gpu(recipe):
+        ranks = recipe.learner.num_ranks
+        p = count_parameters(cfg, train_mtp=False)
+        rows.append(Row(f"learner processes (x {ranks})", ranks * PROCESS_RUNTIME_BYTES, "learner.num_ranks"))
+        rows.append(Row("checkpoint part read by rank 0 (fp32)", 4 * max(p.largest_layer, p.root)))
+    if rollout_on_gpu(recipe):
+        rows.append(Row(f"engine processes (x {recipe.rollout.num_engines})",
+                        recipe.rollout.num_engines * PROCESS_RUNTIME_BYTES, "rollout.num_engines"))
+    workers = recipe.cluster.reward_workers
+    rows.append(Row(f"reward workers (x {workers})", workers * PROCESS_RUNTIME_BYTES, "cluster.reward_workers"))
+    return RolePlan("host", "host", host, rows)
+
+
+def _host_key(role: RolePlan) -> str | None:
+    keyed = [r for r in role.rows if r.counted and r.key]
+    return max(keyed, key=lambda r: r.bytes).key if keyed else None
+
+
+def plan_table(roles: list[RolePlan]):
+    """A rich table of `roles`: one line per row, a total line per role."""
+    from rich.table import Table
+
+    table = Table(title="Estimated memory (GiB)", show_lines=False)
+    table.add_column("role")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    table.add_column("shrink with")
+    for role in roles:
+        for i, row in enumerate(role.rows):
+            size = f"{row.bytes / GIB:.2f}" if row.counted else f"({row.bytes / GIB:.2f})"
+            note = row.key or ""
+            if not row.counted:
+                note = "not used" + (f": {row.key}" if row.key else "")
+            table.add_row(role.role if i == 0 else "", row.name, size, note)
+        times = f" x {role.scale}" if role.scale > 1 else ""
+        verdict = "[green]fits[/]" if role.fits else "[bold red]does not fit[/]"
+        table.add_row("", f"[bold]total{times}[/], {role.where}", f"[bold]{role.total / GIB:.2f}[/]",
+                      f"{verdict} in {role.budget / GIB:.1f}", end_section=True)
+    return table
