@@ -93,6 +93,9 @@ class Recipe(Section):
             raise _CrossField("learner.fp8.fsdp_float8_all_gather", f"is true, but torchao's float8 all-gather "
                               f"needs learner.fp8.scaling=tensorwise (got {fp8.scaling}); set it to false for rowwise")
         c = self.cluster
+        if self.learner.device == "cuda" and c.learner.num_gpus < 1:
+            raise _CrossField("learner.device", f"is 'cuda', but cluster.learner.num_gpus is {c.learner.num_gpus:g}: "
+                              "each learner rank needs a GPU of its own (set it to 1, or learner.device: cpu/auto)")
         need = (self.rollout.num_engines * c.rollout.num_cpus + self.learner.num_ranks * c.learner.num_cpus
                 + c.reward_workers * c.reward.num_cpus)
         if c.address is None and c.num_cpus is not None and need > c.num_cpus:

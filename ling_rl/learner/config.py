@@ -36,6 +36,10 @@ class LearnerConfig(Section):
     num_ranks: int = Field(default=1, ge=1)
     """Data-parallel FSDP2 ranks."""
 
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where each rank computes: `cuda` (one GPU per rank, NCCL collectives; needs
+    `cluster.learner.num_gpus` >= 1), `cpu` (gloo), or `auto` (CUDA when the rank sees a GPU)."""
+
     lr: float = Field(default=1e-6, gt=0)
     """Peak learning rate of AdamW."""
 
@@ -60,6 +64,18 @@ class LearnerConfig(Section):
 
     micro_batch_tokens: int = Field(default=8192, ge=1)
     """Token budget of one forward/backward micro-batch."""
+
+    logprob_chunk_tokens: int = Field(default=1024, ge=1)
+    """Log-probs (and entropy) are computed from the final hidden states this many tokens at a time,
+    in forward and (recomputed) in backward, so a micro-batch's [tokens, vocab] logits never exist
+    at once: one 1024-token chunk of a 157k vocabulary is 0.64 GB in fp32, 8192 tokens would be 5 GB
+    (and top-p's sort and masks several times that). Larger chunks: fewer, bigger lm_head GEMMs."""
+
+    activation_checkpointing: bool = False
+    """Keep only each trunk decoder layer's input during the forward and recompute the layer in
+    backward (the routing of the first pass is replayed): activation memory of one layer instead
+    of all, for about one more forward of compute. Off by default: it only pays for long
+    sequences on a memory-bound GPU (see `ling-rl plan`); turn it on there."""
 
     updates_per_batch: int = Field(default=1, ge=1)
     """Optimizer steps per rollout batch (> 1 needs an old-policy forward)."""

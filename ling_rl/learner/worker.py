@@ -23,17 +23,19 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from ling_rl.algorithms import policy_loss
 from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.algorithms.losses import aggregation_count
+from ling_rl.learner.device import BACKENDS, batch_to, resolve_device, rng_state, set_rng_state
 from ling_rl.learner.fp8 import apply_fp8
-from ling_rl.learner.logprobs import token_logprobs
+from ling_rl.learner.loading import build_sharded
+from ling_rl.learner.logprobs import TokenLogprobs, chunked_token_logprobs
 from ling_rl.learner.microbatch import plan_micro_batches
 from ling_rl.learner.schedule import build_optimizer
 from ling_rl.learner.sections import LearnerSections
-from ling_rl.models.hf_io import inference_weights, load_model, save_model, write_safetensors_atomic
+from ling_rl.models.hf_io import inference_weights, save_model, write_safetensors_atomic
 from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.types import TrainBatch
 
@@ -63,9 +65,14 @@ class LearnerWorker:
         return f"tcp://{host}:{port}"
 
     def setup(self, init_method: str, collective_timeout_s: float = 300.0) -> None:
+        # The device is a value from here on: tensors are created on it or moved to it, and the
+        # collective backend follows from it (NCCL on CUDA, gloo on CPU).
+        self.device = resolve_device(self.cfg.learner.device, self.rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if not dist.is_initialized():
-            dist.init_process_group("gloo", init_method=init_method, rank=self.rank, world_size=self.world_size,
-                                    timeout=timedelta(seconds=collective_timeout_s))
+            dist.init_process_group(BACKENDS[self.device.type], init_method=init_method, rank=self.rank,
+                                    world_size=self.world_size, timeout=timedelta(seconds=collective_timeout_s))
         model_dir = self.model_dir
         torch.manual_seed(self.cfg.run.seed)
         self.model = self._build(model_dir)
@@ -86,32 +93,43 @@ class LearnerWorker:
         self.optimizer, self.scheduler = build_optimizer(self.params, self.cfg.learner, self.cfg.run.steps)
 
     def _build(self, model_dir: str) -> LingForCausalLM:
-        model = load_model(model_dir, dtype=torch.float32)
-        if self.cfg.learner.precision == "fp8":  # before fully_shard: FSDP2 must see the Float8Linears
+        """The model sharded from the start (built on the meta device, filled shard by shard from
+        the checkpoint: see `ling_rl.learner.loading`), fp32 parameters on this rank's device."""
+        def to_fp8(model: LingForCausalLM) -> None:  # before fully_shard: FSDP2 must see the Float8Linears
             self.fp8_modules = apply_fp8(model, self.cfg.learner.fp8)
+
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if self.cfg.learner.precision in ("bf16", "fp8") else MixedPrecisionPolicy()
-        for layer in model.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-        return model
+        return build_sharded(model_dir, self.device, mp, convert=to_fp8 if self.cfg.learner.precision == "fp8" else None)
 
     # --- forward ---------------------------------------------------------------------------------
 
     def _token_logprobs(self, model: LingForCausalLM, input_ids: torch.Tensor, replay: list[torch.Tensor] | None = None,
-                        record: bool = False, with_mtp: bool = False, behaviour: bool = True):
+                        record: bool = False, with_mtp: bool = False, behaviour: bool = True, entropy: bool = False):
         """Per position, the log-prob of its token given the ones before (0 at position 0).
 
         `behaviour`: under the distribution the engines sample from (the rollout's temperature,
         top-k and top-p, as vLLM applies them): the policy of the RL ratios, comparable to the
-        engines' log-probs. Off: the model's own log-softmax (supervised DFT steps)."""
-        out = model(input_ids, routed_experts=replay, return_routed_experts=record, with_mtp=with_mtp)
+        engines' log-probs. Off: the model's own log-softmax (supervised DFT steps).
+
+        The model never computes full logits: its head computes the log-probs from the final hidden
+        states `learner.logprob_chunk_tokens` positions at a time (`out.head`, a `TokenLogprobs`
+        over positions 1.., with the behaviour entropy when `entropy`; `out.mtp_head`, the MTP
+        depths' plain log-probs)."""
         sampling = self.cfg.rollout
-        if behaviour:
-            logp = token_logprobs(out.logits[:, :-1], input_ids[:, 1:], sampling.temperature, sampling.top_p, sampling.top_k)
-        else:
-            logp = token_logprobs(out.logits[:, :-1], input_ids[:, 1:])
-        return F.pad(logp, (1, 0)), out
+        chunk = self.cfg.learner.logprob_chunk_tokens
+
+        def head(hidden: torch.Tensor, weight: torch.Tensor, depth: int) -> TokenLogprobs:
+            # Depth d's hidden state at t predicts token t+1+d; MTP depths use the plain softmax.
+            policy = behaviour and depth == 0
+            return chunked_token_logprobs(
+                hidden[:, :-1], weight, input_ids[:, depth + 1 :],
+                *((sampling.temperature, sampling.top_p, sampling.top_k) if policy else ()),
+                chunk_tokens=chunk, with_entropy=entropy and depth == 0)
+
+        out = model(input_ids, routed_experts=replay, return_routed_experts=record, with_mtp=with_mtp, head=head,
+                    checkpoint_layers=self.cfg.learner.activation_checkpointing)
+        return F.pad(out.head.logprobs, (1, 0)), out
 
     @staticmethod
     def _trim(mb: TrainBatch) -> TrainBatch:
@@ -132,11 +150,12 @@ class LearnerWorker:
     def old_logprobs(self, batch: TrainBatch, record_routing: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Log-probs (and optionally the routing) of the current weights on the whole batch; every
         rank computes its rows and the result is all-gathered by summation (rows are disjoint)."""
+        batch = batch_to(batch, self.device)
         b, t = batch.input_ids.shape
-        logp_all = torch.zeros(b, t)
+        logp_all = torch.zeros(b, t, device=self.device)
         n_moe = sum(1 for layer in self.model.trunk_layers if layer.is_moe)
         k = self.config.num_experts_per_tok
-        routing = torch.zeros(n_moe, b, t, k, dtype=torch.long) if record_routing else None
+        routing = torch.zeros(n_moe, b, t, k, dtype=torch.long, device=self.device) if record_routing else None
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         for rows in plan:
             mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])))
@@ -163,6 +182,7 @@ class LearnerWorker:
         lr = self.scheduler.get_last_lr()[0]  # the LR this step's updates use
         if not carries_signal(batch, self.cfg.algorithm):
             return {"skipped": 1.0, "lr": lr}
+        batch = batch_to(batch, self.device)
         updates = min(cfg.updates_per_batch, len(batch))
         replay_mode = self.cfg.rollout.routing_replay
         if updates > 1 or replay_mode == "r2":
@@ -182,13 +202,14 @@ class LearnerWorker:
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         sums: dict[str, float] = {}
         # Tokens routed to each expert of each MoE layer in this update (for the expert-bias update).
-        loads = torch.zeros(len(self.gates), self.config.num_experts, dtype=torch.long) if self.update_bias else None
+        loads = torch.zeros(len(self.gates), self.config.num_experts, dtype=torch.long, device=self.device) \
+            if self.update_bias else None
         for rows in plan:
             empty = len(rows) == 0
             # An empty micro-batch still runs (FSDP2 ranks must issue the same collectives) with zero loss.
             mb = self._trim(batch.select(rows if not empty else torch.tensor([0])))
             logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, with_mtp=self.train_mtp,
-                                             record=loads is not None)
+                                             record=loads is not None, entropy=True)
             if loads is not None and not empty:
                 _count_routed(loads, mb, out.routed_experts)
             old = mb.old_logprobs if mb.old_logprobs is not None else logp.detach()
@@ -199,8 +220,10 @@ class LearnerWorker:
             loss, metrics = policy_loss(logp, old, mb.advantages, mb.unit_ids, mb.response_mask, algo,
                                         inf_logp=mb.inf_logprobs, ref_logp=ref, denominator=denominator)
             values = metrics.as_dict()
+            response = mb.response_mask[:, 1:].bool()  # entropy is over positions 1..
+            values["entropy"] = float(out.head.entropy[response].mean()) if response.any() else 0.0
             if self.train_mtp:
-                mtp = self._mtp_loss(mb, out.mtp_logits) * (float(mb.response_mask.sum()) / denominator)
+                mtp = self._mtp_loss(mb, [h.logprobs for h in out.mtp_head]) * (float(mb.response_mask.sum()) / denominator)
                 loss = loss + self.cfg.model.mtp.loss_weight * mtp
                 values["mtp_loss"] = float(mtp)
             scale = 0.0 if empty else 1.0
@@ -215,7 +238,7 @@ class LearnerWorker:
         grad_norm = self._optimizer_step(self.optimizer)
         if loads is not None:
             self._update_expert_bias(loads)
-        reduced = _all_reduce(sums)
+        reduced = _all_reduce(sums, self.device)
         reduced["grad_norm"] = grad_norm
         return reduced
 
@@ -234,6 +257,7 @@ class LearnerWorker:
         with its own AdamW so the RL optimizer's state starts clean after the warm start."""
         if not hasattr(self, "sft_optimizer"):
             self.sft_optimizer = torch.optim.AdamW(self.params, lr=lr, betas=self.cfg.learner.betas, foreach=False)
+        batch = batch_to(batch, self.device)
         denominator = max(float(batch.response_mask.sum()), 1.0)
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         sums: dict[str, float] = {}
@@ -249,7 +273,7 @@ class LearnerWorker:
             self._accumulate(sums, {"dft/loss": float(nll.detach()) * (0.0 if empty else 1.0) * denominator / max(tokens, 1.0),
                                     "dft/token_acc": correct / max(tokens, 1.0)}, weight=tokens)
         grad_norm = self._optimizer_step(self.sft_optimizer)
-        reduced = _all_reduce(sums)
+        reduced = _all_reduce(sums, self.device)
         reduced["dft/grad_norm"] = grad_norm
         return reduced
 
@@ -266,14 +290,13 @@ class LearnerWorker:
         optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def _mtp_loss(self, mb: TrainBatch, mtp_logits: list[torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy of each MTP depth d on the response tokens it predicts (t+1+d)."""
+    def _mtp_loss(self, mb: TrainBatch, mtp_logprobs: list[torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy of each MTP depth d on the response tokens it predicts (t+1+d), from
+        the depth's log-probs of those tokens ([B, T-1-d], chunked like the policy's)."""
         losses = []
-        for d, logits in enumerate(mtp_logits, start=1):
-            target = mb.input_ids[:, d + 1 :]
+        for d, logp in enumerate(mtp_logprobs, start=1):
             mask = mb.response_mask[:, d + 1 :].bool()
-            ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-            losses.append((ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1))
+            losses.append(-(logp * mask).sum() / mask.sum().clamp(min=1))
         return torch.stack(losses).mean()
 
     @staticmethod
@@ -301,6 +324,44 @@ class LearnerWorker:
             write_safetensors_atomic(inference_weights(state, self.config), Path(path))
         dist.barrier()
 
+    # Weight sync to the rollout engines, layer by layer (ling_rl/rollout/sync.py drives these;
+    # every rank takes part: gathering FSDP2 shards is a collective; rank 0 sends).
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def write_weight_buckets(self, prefix: str, dtype: str, bucket_bytes: int) -> dict:
+        from ling_rl.rollout.sync_sender import write_buckets
+
+        return write_buckets(self.model, getattr(torch, dtype), bucket_bytes, prefix, sender=self.rank == 0)
+
+    def put_weight_buckets(self, dtype: str, bucket_bytes: int) -> dict:
+        from ling_rl.rollout.sync_sender import put_buckets
+
+        return put_buckets(self.model, getattr(torch, dtype), bucket_bytes, sender=self.rank == 0)
+
+    def weight_metadata(self, dtype: str) -> list[tuple[str, str, list[int]]]:
+        from ling_rl.rollout.weight_stream import weight_metadata
+
+        return weight_metadata(self.model, getattr(torch, dtype))
+
+    def init_weight_broadcast(self, master_address: str, master_port: int, world_size: int) -> None:
+        """Rank 0 joins the NCCL group of the engines' workers as its rank 0 (written for CUDA,
+        not run on a GPU yet); the other ranks hold no communicator."""
+        self._weight_group = None
+        if self.rank == 0:
+            from vllm.distributed.weight_transfer.nccl_common import trainer_init
+
+            self._weight_group = trainer_init({"master_address": master_address, "master_port": master_port,
+                                               "world_size": world_size})
+
+    def broadcast_weights(self, dtype: str, bucket_bytes: int) -> dict:
+        from ling_rl.rollout.sync_sender import broadcast
+
+        return broadcast(self.model, getattr(torch, dtype), bucket_bytes, getattr(self, "_weight_group", None))
+
     def export_hf(self, out_dir: str, tokenizer_dir: str) -> None:
         state = self._full_state()
         if self.rank == 0:
@@ -312,7 +373,7 @@ class LearnerWorker:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(ckpt_dir, "learner"))
         if self.rank == 0:
             torch.save({"scheduler": self.scheduler.state_dict()}, os.path.join(ckpt_dir, "learner_extra.pt"))
-        torch.save(torch.get_rng_state(), os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt"))
+        torch.save(rng_state(self.device), os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt"))
         dist.barrier()
 
     def load_checkpoint(self, ckpt_dir: str) -> None:
@@ -321,7 +382,7 @@ class LearnerWorker:
         dcp.load(state, checkpoint_id=os.path.join(ckpt_dir, "learner"))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.scheduler.load_state_dict(torch.load(os.path.join(ckpt_dir, "learner_extra.pt"))["scheduler"])
-        torch.set_rng_state(torch.load(os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt")))
+        set_rng_state(torch.load(os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt")), self.device)
         dist.barrier()
 
     def ping(self) -> int:
@@ -352,7 +413,7 @@ def carries_signal(batch: TrainBatch, algo: AlgorithmConfig) -> bool:
 def _count_routed(loads: torch.Tensor, mb: TrainBatch, routed: list[torch.Tensor]) -> None:
     """Add to `loads` [layers, experts] the experts each real (non-padding) token of `mb` was routed to."""
     b, t = mb.input_ids.shape
-    valid = torch.arange(t)[None, :] < _lengths(mb)[:, None]
+    valid = torch.arange(t, device=mb.input_ids.device)[None, :] < _lengths(mb)[:, None]
     for layer, ids in enumerate(routed):
         loads[layer] += torch.bincount(ids.view(b, t, -1)[valid].reshape(-1), minlength=loads.shape[1])
 
@@ -365,7 +426,8 @@ def _lengths(batch: TrainBatch) -> torch.Tensor:
     return torch.where(mask.any(1), last, torch.ones_like(last))
 
 
-def _all_reduce(sums: dict[str, float]) -> dict[str, float]:
+def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Reduce per-rank metric sums over ranks (tensors on `device`: NCCL reduces CUDA tensors only)."""
     keys = sorted(sums)
     groups = {
         dist.ReduceOp.MAX: [k for k in keys if k.endswith("_max")],
@@ -375,7 +437,7 @@ def _all_reduce(sums: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for op, names in groups.items():
         if names:
-            t = torch.tensor([sums[k] for k in names], dtype=torch.float64)
+            t = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=device)
             dist.all_reduce(t, op=op)
             out.update(zip(names, t.tolist()))
     result = {}

@@ -43,9 +43,12 @@ def to_hf_weights(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.T
             yield name, tensor
 
 
-def from_hf_weights(weights: Iterable[tuple[str, torch.Tensor]], model: LingForCausalLM, source: str) -> dict[str, torch.Tensor]:
+def from_hf_weights(weights: Iterable[tuple[str, torch.Tensor]], model: LingForCausalLM, source: str,
+                    partial: bool = False) -> dict[str, torch.Tensor]:
     """Hugging Face names -> the project's state dict, checked against `model` for missing,
-    unexpected and mis-shaped weights (errors name the weight and `source`)."""
+    unexpected and mis-shaped weights (errors name the weight and `source`). `partial`: `weights`
+    is one part of the checkpoint (e.g. one layer, all its experts included); weights of the model
+    it does not hold are not missing."""
     expected = model.state_dict()
     experts: dict[str, dict[int, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
@@ -70,7 +73,7 @@ def from_hf_weights(weights: Iterable[tuple[str, torch.Tensor]], model: LingForC
         out.pop("lm_head.weight", None)
         expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
     missing = sorted(set(expected) - set(out))
-    if missing:
+    if missing and not partial:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise ModelFolderError(f"{source}: missing weight(s) {shown}")
     for name, tensor in out.items():
@@ -80,7 +83,7 @@ def from_hf_weights(weights: Iterable[tuple[str, torch.Tensor]], model: LingForC
     return out
 
 
-def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def _safetensors_files(folder: Path) -> list[Path]:
     index = folder / INDEX_FILE
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -91,12 +94,64 @@ def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if (folder / MTP_FILE).is_file():
         files.append(MTP_FILE)
     for fname in files:
-        path = folder / fname
-        if not path.is_file():
+        if not (folder / fname).is_file():
             raise ModelFolderError(f"{folder}: shard {fname} named in {INDEX_FILE} does not exist")
+    return [folder / fname for fname in files]
+
+
+def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in _safetensors_files(folder):
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 yield key, f.get_tensor(key)
+
+
+def meta_model(folder: str | Path) -> LingForCausalLM:
+    """The model of `folder`'s config on the meta device: its structure, no memory. Shard it,
+    `to_empty` it, then fill it part by part (`checkpoint_parts`, `read_checkpoint_part`)."""
+    with torch.device("meta"):
+        return LingForCausalLM(LingConfig.from_folder(Path(folder)))
+
+
+def checkpoint_parts(model: LingForCausalLM) -> list[str]:
+    """The parts a checkpoint is read in, as name prefixes: each decoder (and MTP) layer, then
+    the rest (embeddings, final norm, lm_head) as "". Derived from the model, so every rank
+    computes the same list without reading the files."""
+    return [f"model.layers.{i}." for i in range(len(model.model.layers))] + [""]
+
+
+def _part_of(name: str, parts: list[str]) -> str:
+    m = re.match(r"^model\.layers\.\d+\.", name)
+    return m.group(0) if m and m.group(0) in parts else ""
+
+
+def check_checkpoint(folder: str | Path, model: LingForCausalLM) -> None:
+    """Check `folder`'s weight names and shapes against `model` from the files' headers alone
+    (no tensor data is read); raises `ModelFolderError` like `from_hf_weights`."""
+    source = str(folder)
+    headers = []
+    for path in _safetensors_files(Path(folder)):
+        with safe_open(str(path), framework="pt") as f:
+            headers += [(k, torch.empty(f.get_slice(k).get_shape(), device="meta")) for k in f.keys()]
+    from_hf_weights(headers, model, source)
+
+
+def read_checkpoint_part(folder: str | Path, model: LingForCausalLM, part: str) -> dict[str, torch.Tensor]:
+    """The project-named tensors of one part of `checkpoint_parts` (experts stacked), in the
+    checkpoint's dtype. Only that part's tensors are read: a loader that goes part by part holds
+    at most one layer of the model in memory."""
+    parts = checkpoint_parts(model)
+    weights = []
+    for path in _safetensors_files(Path(folder)):
+        with safe_open(str(path), framework="pt") as f:
+            weights += [(k, f.get_tensor(k)) for k in f.keys() if _part_of(k, parts) == part]
+    return from_hf_weights(weights, model, str(folder), partial=True)
+
+
+def init_computed_buffers(model: LingForCausalLM, device: str | torch.device) -> None:
+    """Set the buffers that are computed, not stored (RoPE frequencies), on `device`."""
+    for layer in model.model.layers:
+        layer.attention.rotary.inv_freq = _inv_freq(model.config).to(device)
 
 
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LingForCausalLM:
@@ -110,8 +165,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     model.load_state_dict(state, strict=not cfg.tie_word_embeddings)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.word_embeddings.weight
-    for layer in model.model.layers:  # RoPE frequencies are computed, not stored
-        layer.attention.rotary.inv_freq = _inv_freq(cfg).to(device)
+    init_computed_buffers(model, device)
     return model.to(dtype)
 
 

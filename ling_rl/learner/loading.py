@@ -1,0 +1,66 @@
+"""Build a learner model sharded from the start: no rank ever holds the whole model.
+
+    model = build_sharded(model_dir, device, mp_policy, convert=apply_fp8_or_none)
+
+1. the model is built on the meta device (structure only, no memory);
+2. `convert` runs (FP8: FSDP2 must see the Float8Linears, so before sharding);
+3. `fully_shard` each layer, then the root; `to_empty` gives each rank memory for its shards only;
+4. part by part (a decoder layer, then embeddings / norm / lm_head), rank 0 reads that part's
+   tensors from the safetensors and `set_model_state_dict(..., broadcast_from_rank0=True)` sends
+   every rank its shards (replicated buffers such as the router expert bias whole);
+5. the computed buffers (RoPE frequencies, not stored in checkpoints) are set on every rank.
+
+Peak per rank: its shards of the whole model, plus one part in full (rank 0 reads it; the others
+receive one tensor of it at a time). Parameters stay in fp32 (the master weights); FSDP2's mixed
+precision policy casts for compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from ling_rl.models.hf_io import (
+    check_checkpoint,
+    checkpoint_parts,
+    init_computed_buffers,
+    meta_model,
+    read_checkpoint_part,
+)
+from ling_rl.models.ling_moe import LingForCausalLM
+
+
+def build_sharded(folder: str | Path, device: torch.device, mp_policy: MixedPrecisionPolicy,
+                  convert: Callable[[LingForCausalLM], None] | None = None) -> LingForCausalLM:
+    """The model of `folder`, FSDP2-sharded over the default process group, on `device`, in fp32."""
+    model = meta_model(folder)
+    if model.config.tie_word_embeddings:
+        # Tied weights would be untied by `to_empty` on sharded parameters; no Ling release ties them.
+        raise NotImplementedError(f"{folder}: sharded loading does not support tie_word_embeddings: true")
+    if convert is not None:
+        convert(model)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp_policy)
+    fully_shard(model, mp_policy=mp_policy)
+    model.to_empty(device=device)
+    fill_from_checkpoint(model, folder)
+    init_computed_buffers(model, device)
+    return model
+
+
+def fill_from_checkpoint(model: LingForCausalLM, folder: str | Path) -> None:
+    """Fill the (sharded, materialised) `model` from `folder`, one part at a time; collective."""
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        check_checkpoint(folder, model)  # a bad folder fails here whole, before any part is sent
+    # strict=False: each call carries one part; the model's other weights keep their values.
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    for part in checkpoint_parts(model):
+        state = read_checkpoint_part(folder, model, part) if rank0 else {}
+        set_model_state_dict(model, state, options=options)
+        del state
