@@ -67,9 +67,10 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             # not change, so the engines keep theirs.
             s.skipped_steps += int(learner_metrics["skipped"])
             learner_metrics["skipped_total"] = float(s.skipped_steps)
+            sync_metrics = {}  # sync/gather_s, sync/transfer_s, sync/load_s
             if not learner_metrics["skipped"]:
                 with timer.phase("sync"):
-                    s.sync_weights(step + 1)
+                    sync_metrics = s.sync_weights(step + 1)
             eval_metrics, pending_eval = pending_eval, {}
             if recipe.eval.every and ((step + 1) % recipe.eval.every == 0 or step == last):
                 with timer.phase("eval"):
@@ -79,7 +80,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             s.tracker.log(step, {**s.last_reward_metrics, **batch_metrics, **_rollout_metrics(kept), **cur_metrics,
                                  **dyn_metrics, **eval_metrics,
                                  **{f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()},
-                                 **timer.as_metrics()})
+                                 **sync_metrics, **timer.as_metrics()})
             stalled = monitor.observe(step, s.last_reward_metrics, seen)  # why the signal is gone, or None
             if s.checkpointer.due(step, last) or stalled:
                 s.save(step)

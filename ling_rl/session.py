@@ -3,7 +3,6 @@ tracker, data and checkpoints. `loop.py` drives them."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ class Session:
     tracker: Any
     checkpointer: Checkpointer
     start_step: int
-    sync_path: Path
     dft_data: Any = None
     """The DFT warm start's examples (`DFTData`), read at start when the run begins with DFT."""
     last_reward_metrics: dict[str, float] = field(default_factory=dict)
@@ -44,16 +42,21 @@ class Session:
     """(step, groups generated so far in it): refill rounds continue the group numbering."""
     skipped_steps: int = 0
     """RL steps whose batch carried no signal and was not trained on (kept across resumes)."""
+    weight_sync: Any = None
+    """The `WeightSync` method moving the learner's weights into the engines (ling_rl/rollout/sync.py)."""
+    last_sync_metrics: dict[str, float] = field(default_factory=dict)
+    """`sync/gather_s`, `sync/transfer_s`, `sync/load_s` of the latest sync (logged with its step)."""
 
     @property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
-    def sync_weights(self, version: int) -> None:
-        """Learner -> rollout engines (safetensors file in shared memory, reloaded by each engine)."""
-        self.learner.export_inference_weights(str(self.sync_path))
-        self.rollout.load_weights(str(self.sync_path), version)
+    def sync_weights(self, version: int) -> dict[str, float]:
+        """Learner -> rollout engines, by the method `rollout.weight_sync.method` chose; returns
+        (and keeps in `last_sync_metrics`) the time of its gather / transfer / load phases."""
+        self.last_sync_metrics = self.weight_sync.sync(version)
+        return self.last_sync_metrics
 
     def source(self, name: str) -> PromptSource:
         if name not in self.sources:
@@ -84,7 +87,8 @@ class Session:
                 role.shutdown()
         if self.tracker is not None:
             self.tracker.close()
-        self.sync_path.unlink(missing_ok=True)
+        if self.weight_sync is not None:
+            self.weight_sync.close()
 
 
 def prepare_model(recipe: Recipe, run_dir: Path) -> Path:
@@ -116,6 +120,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     from ling_rl.learner.sections import LearnerSections
     from ling_rl.reward.pool import RewardPool
     from ling_rl.rollout.group import RolloutGroup
+    from ling_rl.rollout.sync import SYNC_METHODS, choose_method, sync_tag
     from ling_rl.tracking import Tracker
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,11 +138,10 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     segmenter = None
     if needs_segmentation(recipe.algorithm.loss):
         segmenter = Segmenter(token_bytes_from_tokenizer(tokenizer), recipe.algorithm.segmentation)
-    sync_path = Path(recipe.rollout.weight_sync_dir) / f"ling-rl-{os.getpid()}-{recipe.run.name}.safetensors"
     session = Session(recipe=recipe, run_dir=run_dir, model_dir=model_dir, tokenizer=tokenizer, data=data,
                       sources={recipe.data.train: data}, curriculum=curriculum, eval_data=eval_data,
                       segmenter=segmenter, rollout=None, learner=None, rewards=None, tracker=None,
-                      checkpointer=checkpointer, start_step=0, sync_path=sync_path)
+                      checkpointer=checkpointer, start_step=0)
     # Every data source is read (and its rows checked) here, before Ray and the roles start: a bad
     # row fails in seconds, and `ling-rl train` needs no second reading in its preflight.
     for stage in recipe.curriculum.stages:
@@ -152,7 +156,19 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
                                      worker_cpus=recipe.cluster.reward.num_cpus)
         session.learner = LearnerGroup(LearnerSections.of(recipe), str(model_dir), recipe.cluster)
         max_len = recipe.rollout.max_prompt_tokens + recipe.rollout.max_response_tokens
-        session.rollout = RolloutGroup(str(model_dir), recipe.rollout, recipe.cluster, recipe.model.dtype, max_len)
+        # Whether the engines need vLLM's NCCL weight-transfer engine is known before they start;
+        # where they landed (same node as learner rank 0 or not) only after.
+        engines_on_cuda = recipe.cluster.rollout.num_gpus > 0
+        nccl = SYNC_METHODS[choose_method(recipe.rollout.weight_sync.method, engines_on_cuda)].needs_nccl_engines
+        dtype = recipe.rollout.engine_dtype(recipe.model.dtype)
+        session.rollout = RolloutGroup(str(model_dir), recipe.rollout, recipe.cluster, dtype, max_len,
+                                       nccl_weight_transfer=nccl)
+        method = choose_method(recipe.rollout.weight_sync.method, engines_on_cuda,
+                               session.learner.wait(session.learner.submit("node_id"), "node id")[0],
+                               session.rollout.node_ids())
+        session.weight_sync = SYNC_METHODS[method](session.learner, session.rollout, recipe.rollout, dtype,
+                                                   sync_tag(recipe.run.name))
+        session.weight_sync.setup()
         if resume_from is not None:
             state = checkpointer.driver_state(resume_from)
             session.learner.load_checkpoint(str(resume_from))

@@ -46,6 +46,15 @@ class LearnerGroup:
     def export_inference_weights(self, path: str) -> None:
         self._gather([w.export_inference_weights.remote(path) for w in self.workers], "weight export")
 
+    def submit(self, method: str, *args: Any) -> list[Any]:
+        """Start `method(*args)` on every rank without waiting (weight sync: the learner's
+        broadcast must run while the engines receive); `wait` collects it."""
+        return [getattr(w, method).remote(*args) for w in self.workers]
+
+    def wait(self, refs: list[Any], what: str) -> list[Any]:
+        """Per rank, the results of `submit`'s calls (bounded wait, as every call)."""
+        return self._gather(refs, what)
+
     def export_hf(self, out_dir: str, tokenizer_dir: str) -> None:
         self._gather([w.export_hf.remote(out_dir, tokenizer_dir) for w in self.workers], "HF export")
 

@@ -45,17 +45,26 @@ class Generation:
 class RolloutEngine:
     """A `vllm.LLM` with the weight-reload extension, and the policy version it holds."""
 
-    def __init__(self, model_dir: str, rollout: dict[str, Any], dtype: str, max_model_len: int) -> None:
-        """`rollout` is `RolloutConfig.model_dump()` (a dict: it crosses into a Ray actor)."""
+    def __init__(self, model_dir: str, rollout: dict[str, Any], dtype: str, max_model_len: int,
+                 nccl_weight_transfer: bool = False) -> None:
+        """`rollout` is `RolloutConfig.model_dump()` (a dict: it crosses into a Ray actor).
+        `nccl_weight_transfer`: give the engine vLLM's NCCL weight-transfer engine (the `nccl`
+        sync method; written for CUDA, not run on a GPU yet)."""
         started = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if nccl_weight_transfer:
+            from vllm.config import WeightTransferConfig
+
+            extra["weight_transfer_config"] = WeightTransferConfig(backend="nccl")
         self._llm = build_llm(
             model_dir, dtype=dtype, seed=rollout["seed"], max_model_len=max_model_len,
             kv_cache_gib=rollout["kv_cache_gib"], gpu_memory_utilization=rollout["gpu_memory_utilization"],
+            enforce_eager=rollout["enforce_eager"], max_num_seqs=rollout["max_num_seqs"],
             tensor_parallel_size=rollout["tensor_parallel_size"], worker_extension_cls=EXTENSION_CLS,
             # The behaviour policy's log-probs (after temperature, top-k, top-p), not the raw
             # model's: the PPO ratio and the mismatch weights compare them with the learner's
             # log-probs of the same processed distribution.
-            logprobs_mode="processed_logprobs",
+            logprobs_mode="processed_logprobs", **extra,
         )
         self._version = 0
         self.start_seconds = time.perf_counter() - started
@@ -72,14 +81,70 @@ class RolloutEngine:
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
         return [[_generation(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
 
-    def load_weights(self, path: str, version: int) -> None:
-        """Reload all weights from the safetensors file at `path` and record `version`."""
-        self._llm.collective_rpc("reload_from_safetensors", args=(path,))
+    def load_weights(self, paths: str | list[str], version: int) -> float:
+        """Reload all weights from the safetensors file(s) at `paths` and record `version`;
+        returns the seconds the reload took."""
+        started = time.perf_counter()
+        self._llm.collective_rpc("reload_from_safetensors", args=(paths,))
+        self._after_update(version)
+        return time.perf_counter() - started
+
+    def load_weight_refs(self, refs: list[Any], version: int, folder: str) -> dict[str, float]:
+        """The `object_store` sync: fetch the buckets (safetensors bytes in Ray's object store,
+        wherever the learner put them), write them as files in `folder` on this engine's node,
+        reload from those, delete them. Returns the fetch-and-write and the reload seconds."""
+        import os
+
+        import ray
+
+        started = time.perf_counter()
+        paths = []
+        try:
+            for k, ref in enumerate(refs):
+                path = os.path.join(folder, f"ling-rl-engine-{os.getpid()}-{k}.safetensors")
+                tmp = f"{path}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(ray.get(ref))
+                os.replace(tmp, path)
+                paths.append(path)
+            transfer_s = time.perf_counter() - started
+            load_s = self.load_weights(paths, version)
+        finally:
+            for path in paths:
+                os.unlink(path)
+        return {"transfer_s": transfer_s, "load_s": load_s}
+
+    # The `nccl` sync through vLLM's weight-transfer engine (`weight_transfer_config`): its worker
+    # methods, run in every worker of this engine. Written for CUDA, not run on a GPU yet.
+
+    def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the NCCL group of learner rank 0 and every engine worker (blocks until all join)."""
+        self._llm.collective_rpc("init_weight_transfer_engine", args=(init_info,))
+
+    def start_weight_update(self) -> None:
+        self._llm.collective_rpc("start_weight_update")
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        """Receive the broadcast (names, dtypes and shapes in `update_info`), loading as it comes."""
+        self._llm.collective_rpc("update_weights", args=(update_info,))
+
+    def finish_weight_update(self, version: int) -> float:
+        started = time.perf_counter()
+        self._llm.collective_rpc("finish_weight_update")
+        self._after_update(version)
+        return time.perf_counter() - started
+
+    def _after_update(self, version: int) -> None:
         # KV blocks cached for earlier prompts were computed with the old weights; a prefix hit
         # after the reload would silently reuse them.
         if not self._llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight reload (requests still running?)")
         self._version = version
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def version(self) -> int:
         return self._version

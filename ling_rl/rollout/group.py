@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ling_rl.cluster.config import ClusterConfig
@@ -41,7 +42,7 @@ class RolloutGroup:
     """`rollout_cfg.num_engines` `RolloutEngine` actors, each with `cluster_cfg.rollout` resources."""
 
     def __init__(self, model_dir: str, rollout_cfg: RolloutConfig, cluster_cfg: ClusterConfig, dtype: str,
-                 max_model_len: int, call_timeout_s: float = 600) -> None:
+                 max_model_len: int, call_timeout_s: float = 600, nccl_weight_transfer: bool = False) -> None:
         import ray
 
         init_ray(cluster_cfg)
@@ -61,7 +62,8 @@ class RolloutGroup:
         actor_cls = ray.remote(RolloutEngine)
         self._engines = [
             actor_cls.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                              runtime_env={"env_vars": env}).remote(str(model_dir), rollout_cfg.model_dump(), dtype, max_model_len)
+                              runtime_env={"env_vars": env}).remote(str(model_dir), rollout_cfg.model_dump(), dtype, max_model_len,
+                                                                   nccl_weight_transfer)
             for _ in range(rollout_cfg.num_engines)
         ]
         started = time.perf_counter()
@@ -96,9 +98,33 @@ class RolloutGroup:
             raise RolloutError(f"generate: {len(requests)} requests gave {len(results)} results")
         return results
 
-    def load_weights(self, path: str, version: int) -> None:
-        """Every engine reloads its weights from the safetensors file at `path`."""
-        self._gather("load_weights", [e.load_weights.remote(path, version) for e in self._engines])
+    def load_weights(self, paths: str | list[str], version: int) -> list[float]:
+        """Every engine reloads its weights from the safetensors file(s) at `paths`; per engine,
+        the reload seconds."""
+        seconds = self._gather("load_weights", [e.load_weights.remote(paths, version) for e in self._engines])
+        self._version = version
+        return seconds
+
+    def load_weight_refs(self, refs: list[Any], version: int, folder: str) -> list[dict[str, float]]:
+        """Every engine fetches the object-store buckets `refs` and reloads from them (see
+        `RolloutEngine.load_weight_refs`); per engine, its timings."""
+        timings = self._gather("load_weights", [e.load_weight_refs.remote(refs, version, folder) for e in self._engines])
+        self._version = version
+        return timings
+
+    def node_ids(self) -> list[str]:
+        """Each engine's Ray node id, in engine order."""
+        return self._gather("node_id", [e.node_id.remote() for e in self._engines])
+
+    def submit(self, method: str, args_of: Callable[[int], tuple[Any, ...]] = lambda i: ()) -> list[Any]:
+        """Start `method(*args_of(i))` on every engine i without waiting; `wait` collects it."""
+        return [getattr(e, method).remote(*args_of(i)) for i, e in enumerate(self._engines)]
+
+    def wait(self, refs: list[Any], call: str) -> list[Any]:
+        return self._gather(call, refs)
+
+    def set_version(self, version: int) -> None:
+        """Record the policy version every engine now holds (after a sync driven with `submit`)."""
         self._version = version
 
     def shutdown(self) -> None:

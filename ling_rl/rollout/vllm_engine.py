@@ -11,25 +11,46 @@ from typing import Any
 
 
 def build_llm(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_model_len: int = 2048,
-              kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.6, **engine_kwargs: Any) -> Any:
+              kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.6, enforce_eager: bool | None = None,
+              max_num_seqs: int | None = None, **engine_kwargs: Any) -> Any:
     """A `vllm.LLM` on `model_dir` (trust_remote_code: the folder carries its configuration class)."""
     # vLLM reads these at import time; setdefault keeps a user's explicit choice.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    import torch
     from vllm import LLM
 
-    kwargs: dict[str, Any] = dict(model=str(model_dir), trust_remote_code=True, dtype=dtype, seed=seed,
-                                  max_model_len=max_model_len, enforce_eager=True)
-    if torch.cuda.is_available():
-        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-    else:
-        # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
-        # prefill is split over scheduler steps; whole prefills avoid that code path.
-        kwargs["enable_chunked_prefill"] = False
-        kwargs["max_num_batched_tokens"] = max(max_model_len, 16384)
+    kwargs = llm_kwargs(model_dir, dtype, seed, max_model_len, gpu_memory_utilization, enforce_eager, max_num_seqs,
+                        cpu=on_cpu_platform())
     kwargs.update(engine_kwargs)
     return LLM(**kwargs)
+
+
+def llm_kwargs(model_dir: str | Path, dtype: str, seed: int, max_model_len: int, gpu_memory_utilization: float,
+               enforce_eager: bool | None, max_num_seqs: int | None, cpu: bool) -> dict[str, Any]:
+    """The `vllm.LLM` arguments for the platform (`cpu`: vLLM's CPU platform, else a GPU).
+
+    `enforce_eager` None: eager on CPU, CUDA graphs on GPU. The CPU build's workarounds come from
+    `ling_rl.rollout.cpu_platform`, imported only here and only on CPU. The GPU side (graphs,
+    `gpu_memory_utilization`) is written for CUDA, not run on a GPU yet.
+    """
+    kwargs: dict[str, Any] = dict(model=str(model_dir), trust_remote_code=True, dtype=dtype, seed=seed,
+                                  max_model_len=max_model_len, enforce_eager=cpu if enforce_eager is None else enforce_eager)
+    if max_num_seqs is not None:
+        kwargs["max_num_seqs"] = max_num_seqs
+    if cpu:
+        from ling_rl.rollout import cpu_platform
+
+        kwargs.update(cpu_platform.engine_kwargs(max_model_len))
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    return kwargs
+
+
+def on_cpu_platform() -> bool:
+    """Whether vLLM runs on its CPU platform in this process (asked of vLLM itself)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 def sample_texts(model_dir: str | Path, prompts: list[str], n: int, max_tokens: int, temperature: float,

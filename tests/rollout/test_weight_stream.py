@@ -1,0 +1,141 @@
+"""The learner's side of the weight sync, device-agnostic, on CPU: the layer-by-layer gather of
+FSDP2 shards gives exactly `inference_weights(full state)`, in buckets, never holding more than
+one layer plus one bucket; the method choice; the CPU-only engine arguments."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ling_rl.models.hf_io import inference_weights, load_model
+from ling_rl.rollout.config import RolloutConfig
+from ling_rl.rollout.sync import SYNC_METHODS, WeightSync, choose_method
+from ling_rl.rollout.weight_stream import buckets, gather_layers, nbytes, weight_metadata
+
+
+class _Live:
+    """Bytes of the tensors a stream produced that are still alive (weakref-tracked)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def track(self, groups):
+        for group in groups:
+            for t in group.values():
+                n = t.numel() * t.element_size()
+                self.bytes += n
+                weakref.finalize(t, self._free, n)
+            yield group
+            del group  # hold nothing while the next group is gathered
+
+    def _free(self, n: int) -> None:
+        self.bytes -= n
+
+
+def _gather(rank: int, world: int, init: str, model_dir: str, out: str) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    model = load_model(model_dir)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    full = inference_weights(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+                             model.config)
+    layer_bytes = max(nbytes(g) for g in gather_layers(model, torch.float32))
+    bucket_bytes = 64 << 10
+    live, got, peak, sizes = _Live(), {}, 0, []
+    for bucket in buckets(live.track(gather_layers(model, torch.float32)), bucket_bytes):
+        gc.collect()
+        peak = max(peak, live.bytes)
+        sizes.append(nbytes(bucket))
+        got.update({k: v.clone() for k, v in bucket.items()})
+        del bucket
+    meta = weight_metadata(model, torch.float32)
+    if rank == 0:
+        torch.save({"full": full, "got": got, "peak": peak, "layer_bytes": layer_bytes, "bucket_bytes": bucket_bytes,
+                    "sizes": sizes, "meta": meta, "order": list(got)}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_layer_by_layer_buckets_equal_the_full_inference_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.pt"
+    mp.spawn(_gather, args=(2, f"file://{tmp_path}/pg", str(tiny_dir), str(out)), nprocs=2)
+    r = torch.load(out)
+    assert set(r["got"]) == set(r["full"])
+    for name, t in r["full"].items():
+        assert torch.equal(r["got"][name], t), name
+    assert len(r["sizes"]) > 1, "the tiny model should need several 64 KiB buckets"
+    # Held at any time: the layer being bucketed plus the bucket being shipped (a bucket is full
+    # once the next layer's first tensor does not fit; a tensor larger than a bucket is one alone).
+    largest = max(t.numel() * t.element_size() for t in r["full"].values())
+    assert r["peak"] <= r["layer_bytes"] + max(r["bucket_bytes"], largest)
+    assert r["peak"] < sum(t.numel() * t.element_size() for t in r["full"].values()) / 2
+    # The metadata the NCCL engines size their receive buffers by matches the stream, in order.
+    assert [m[0] for m in r["meta"]] == r["order"]
+    assert all(list(r["full"][n].shape) == s and str(r["full"][n].dtype) == f"torch.{d}" for n, d, s in r["meta"])
+
+
+def test_weights_travel_in_the_engine_dtype_except_the_router(tiny_dir: Path) -> None:
+    model = load_model(tiny_dir)
+    sent = {k: v for g in gather_layers(model, torch.bfloat16) for k, v in g.items()}
+    full = inference_weights(model.state_dict(), model.config)
+    assert set(sent) == set(full)
+    router = [k for k in sent if ".mlp.gate." in k]
+    assert router and all(sent[k].dtype == torch.float32 and torch.equal(sent[k], full[k]) for k in router)
+    assert all(sent[k].dtype == torch.bfloat16 for k in sent if k not in router)
+    assert [(n, d) for n, d, _ in weight_metadata(model, torch.bfloat16)] == [(k, str(v.dtype)[6:]) for k, v in sent.items()]
+
+
+def test_a_tensor_larger_than_a_bucket_travels_alone() -> None:
+    groups = [{"a": torch.zeros(10), "b": torch.zeros(100)}, {"c": torch.zeros(5), "d": torch.zeros(5)}]
+    assert [list(b) for b in buckets(groups, bucket_bytes=60)] == [["a"], ["b"], ["c", "d"]]
+
+
+def test_auto_chooses_by_platform_and_node() -> None:
+    assert choose_method("auto", engines_on_cuda=True, learner_node="a", engine_nodes=["b"]) == "nccl"
+    assert choose_method("auto", engines_on_cuda=False, learner_node="a", engine_nodes=["a", "a"]) == "shm_file"
+    assert choose_method("auto", engines_on_cuda=False, learner_node="a", engine_nodes=["a", "b"]) == "object_store"
+    assert choose_method("object_store", engines_on_cuda=False, learner_node="a", engine_nodes=["a"]) == "object_store"
+    assert choose_method("auto", engines_on_cuda=False) == "shm_file"  # before the engines exist: no NCCL engine
+    assert set(SYNC_METHODS) == {"shm_file", "object_store", "nccl"}
+    assert all(issubclass(c, WeightSync) for c in SYNC_METHODS.values())
+    assert [n for n, c in SYNC_METHODS.items() if c.needs_nccl_engines] == ["nccl"]
+
+
+def test_rollout_keys() -> None:
+    cfg = RolloutConfig.model_validate({"dtype": "bfloat16", "enforce_eager": False, "max_num_seqs": 64,
+                                        "weight_sync": {"method": "object_store", "bucket_mib": 64}})
+    assert cfg.engine_dtype("float32") == "bfloat16" and RolloutConfig().engine_dtype("float32") == "float32"
+    with pytest.raises(Exception, match="weight_sync.method"):
+        RolloutConfig.model_validate({"weight_sync": {"method": "carrier_pigeon"}})
+    with pytest.raises(Exception, match="max_num_seqs"):
+        RolloutConfig.model_validate({"max_num_seqs": 0})
+
+
+def test_engine_arguments_per_platform() -> None:
+    """On CPU: eager, whole prefills; on GPU: CUDA graphs by default, and the CPU adapter module
+    is never imported (checked in a fresh interpreter)."""
+    code = (
+        "import sys\n"
+        "from ling_rl.rollout.vllm_engine import llm_kwargs\n"
+        "gpu = llm_kwargs('m', 'bfloat16', 0, 4096, 0.8, None, 128, cpu=False)\n"
+        "assert 'ling_rl.rollout.cpu_platform' not in sys.modules\n"
+        "assert gpu['enforce_eager'] is False and gpu['gpu_memory_utilization'] == 0.8 and gpu['max_num_seqs'] == 128\n"
+        "assert 'enable_chunked_prefill' not in gpu\n"
+        "assert llm_kwargs('m', 'bfloat16', 0, 4096, 0.8, True, None, cpu=False)['enforce_eager'] is True\n"
+        "cpu = llm_kwargs('m', 'float32', 0, 512, 0.8, None, None, cpu=True)\n"
+        "assert cpu['enforce_eager'] is True and cpu['enable_chunked_prefill'] is False and 'max_num_seqs' not in cpu\n"
+        "assert 'gpu_memory_utilization' not in cpu\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
