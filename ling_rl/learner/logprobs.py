@@ -15,11 +15,19 @@ vLLM's order (vllm/v1/sample/sampler.py and ops/topk_topp_sampler.py, vLLM 0.32)
 5. log-softmax.
 
 With temperature 1, top-p 1 and top-k -1 this is the plain log-softmax of the logits.
+
+`chunked_token_logprobs` computes the same from the final hidden states and the lm_head weight,
+a chunk of tokens at a time, so that the [tokens, vocab] logits of a whole micro-batch never exist
+at once: with a 157k vocabulary, 8k tokens of fp32 logits are 5 GB, and top-p's sort and masks
+several times that. Its backward recomputes each chunk's logits instead of keeping them.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
+import torch.nn.functional as F
 
 GREEDY_TEMPERATURE = 1e-5
 """vLLM's `_SAMPLING_EPS`: below it a request is decoded greedily."""
@@ -39,12 +47,94 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     untruncated distribution instead of -inf: a finite value (below every kept token's) that keeps
     the loss free of NaNs; the policy-mismatch weights see it as a train/inference gap.
     """
+    return _logprobs_and_entropy(logits, targets, temperature, top_p, top_k, with_entropy=False)[0]
+
+
+class TokenLogprobs(NamedTuple):
+    logprobs: torch.Tensor
+    """[...] float32 log-prob of each target (as `token_logprobs`)."""
+    entropy: torch.Tensor | None
+    """[...] float32 entropy of the processed distribution at each position (no gradient), when asked."""
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                           top_p: float = 1.0, top_k: int = -1, chunk_tokens: int = 1024,
+                           with_entropy: bool = False) -> TokenLogprobs:
+    """`token_logprobs(F.linear(hidden, weight), targets, ...)` for `hidden` [..., H] and the lm_head
+    `weight` [V, H], computed `chunk_tokens` positions at a time in forward and in backward: at most
+    one chunk's logits (and their top-k / top-p temporaries) exist at once. Gradients flow to
+    `hidden` and `weight`; the weight's is accumulated over the chunks in float32.
+
+    `with_entropy`: also the entropy of the processed distribution at each position (a metric,
+    computed in the same chunks, no gradient)."""
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    shape = targets.shape
+    sampling = (temperature, top_p, top_k)
+    logp, entropy = _ChunkedLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                                           sampling, chunk_tokens, with_entropy)
+    return TokenLogprobs(logp.view(shape), entropy.view(shape) if with_entropy else None)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """Chunked lm_head + processed log-probs; backward recomputes each chunk (a per-chunk
+    activation checkpoint that writes the hidden-state gradient in place, not as a sum of
+    zero-padded slices, and accumulates the weight gradient in float32)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                sampling: tuple[float, float, int], chunk: int, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        logps, entropies = [], []
+        for start in range(0, hidden.shape[0], chunk):
+            logits = F.linear(hidden[start : start + chunk], weight)
+            logp, entropy = _logprobs_and_entropy(logits, targets[start : start + chunk], *sampling, with_entropy)
+            logps.append(logp)
+            if entropy is not None:
+                entropies.append(entropy)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.sampling, ctx.chunk = sampling, chunk
+        logp = torch.cat(logps) if logps else hidden.new_zeros(0, dtype=torch.float32)
+        entropy = torch.cat(entropies) if entropies else hidden.new_zeros(0, dtype=torch.float32)
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logp: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, targets = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            end = start + ctx.chunk
+            h = hidden[start:end]
+            logits = F.linear(h, weight).detach().requires_grad_(True)  # recomputed; the graph starts here
+            with torch.enable_grad():
+                logp, _ = _logprobs_and_entropy(logits, targets[start:end], *ctx.sampling, with_entropy=False)
+                (grad_logits,) = torch.autograd.grad(logp, logits, grad_logp[start:end])
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += grad_logits.t() @ h
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def _logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float, top_p: float, top_k: int,
+                          with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     tempered = _tempered(logits.float(), temperature)
     truncated = _truncate(tempered, temperature, top_p, top_k)
+    entropy = _entropy(truncated) if with_entropy else None
     logp = _gather_logprobs(truncated, targets)
     if truncated is tempered:
-        return logp
-    return torch.where(torch.isfinite(logp), logp, _gather_logprobs(tempered, targets))
+        return logp, entropy
+    return torch.where(torch.isfinite(logp), logp, _gather_logprobs(tempered, targets)), entropy
+
+
+@torch.no_grad()
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """-sum p log p = logsumexp(z) - sum p z, over the tokens not excluded (p = 0 at -inf)."""
+    probs = logits.softmax(-1)
+    return logits.logsumexp(-1) - (probs * logits.masked_fill(probs == 0, 0.0)).sum(-1)
 
 
 def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -17,11 +17,14 @@ influences its valid positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ling_rl.models.ling_config import LingConfig
 
@@ -285,22 +288,33 @@ class MTPLayer(DecoderLayer):
         self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward_mtp(self, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """The MTP step, as the module's own forward: called as `mtp(...)`, FSDP2's hooks gather
+        this layer's parameters (a separately named method would bypass them)."""
         x = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(hidden)], dim=-1))
-        x, _ = self.forward(x, positions)
+        x, _ = super().forward(x, positions)
         return self.final_layernorm(x)
+
+
+Head = Callable[[torch.Tensor, torch.Tensor, int], Any]
+"""`head(hidden, lm_head_weight, depth)`, computed inside the forward in place of the logits: the
+trunk's final hidden states [B, T, H] at depth 0, MTP depth d's [B, T-d, H] at depth d."""
 
 
 @dataclass
 class LingOutput:
-    logits: torch.Tensor
-    """[B, T, V] next-token logits."""
+    logits: torch.Tensor | None
+    """[B, T, V] next-token logits (None when a `head` was given)."""
     hidden: torch.Tensor
     """[B, T, H] final hidden states (after the last norm)."""
     routed_experts: list[torch.Tensor] | None = None
     """Per MoE layer, the expert ids [B*T, top_k] chosen for each token (routing replay)."""
     mtp_logits: list[torch.Tensor] | None = None
     """Per MTP depth d (1-based), logits [B, T-d, V] at position t predicting token t+1+d."""
+    head: Any = None
+    """The `head`'s result on the trunk's hidden states, when one was given."""
+    mtp_head: list[Any] | None = None
+    """Per MTP depth, the `head`'s result on its hidden states, when one was given."""
 
 
 class LingModel(nn.Module):
@@ -341,11 +355,21 @@ class LingForCausalLM(nn.Module):
         routed_experts: list[torch.Tensor] | None = None,
         return_routed_experts: bool = False,
         with_mtp: bool = False,
+        head: Head | None = None,
+        checkpoint_layers: bool = False,
     ) -> LingOutput:
         """Run the model on right-padded `input_ids` [B, T].
 
         `routed_experts` (one [B*T, top_k] tensor per MoE layer) replays a recorded routing instead
         of selecting experts; `return_routed_experts` returns the routing used.
+
+        `head`: computed from the final hidden states and the lm_head weight instead of the full
+        logits (`logits` and `mtp_logits` stay None; see `Head`), e.g. chunked log-probs that never
+        hold [B, T, V] logits. It runs inside the forward because FSDP2 gathers the root module's
+        parameters (the lm_head among them) for the root's forward.
+
+        `checkpoint_layers`: activation checkpointing of each trunk decoder layer while gradients
+        are recorded (see `_checkpointed_layer`).
         """
         b, t = input_ids.shape
         if positions is None:
@@ -357,20 +381,28 @@ class LingForCausalLM(nn.Module):
             raise ValueError(f"routing replay got {len(routed_experts)} layers, the model has {len(moe_layers)} MoE layers")
         chosen: list[torch.Tensor] = []
         replay = iter(routed_experts or [])
+        recompute = checkpoint_layers and torch.is_grad_enabled()
         for layer in self.trunk_layers:
-            x, ids = layer(x, positions, next(replay) if (routed_experts is not None and layer.is_moe) else None)
+            ids = next(replay) if (routed_experts is not None and layer.is_moe) else None
+            x, ids = _checkpointed_layer(layer, x, positions, ids) if recompute else layer(x, positions, ids)
             if ids is not None:
                 chosen.append(ids)
         hidden = self.model.norm(x)
-        out = LingOutput(logits=self.lm_head(hidden), hidden=hidden,
+        out = LingOutput(logits=None if head is not None else self.lm_head(hidden), hidden=hidden,
                          routed_experts=chosen if return_routed_experts else None)
+        if head is not None:
+            out.head = head(hidden, self.lm_head.weight, 0)
         if with_mtp and self.mtp_layers:
-            out.mtp_logits = []
+            mtp_out = []
             h = hidden
             for d, mtp in enumerate(self.mtp_layers, start=1):
                 # position t combines h_t with the embedding of token t+d to predict token t+d+1
-                h = mtp.forward_mtp(h[:, :-1], embeds[:, d:], positions[:, d:])
-                out.mtp_logits.append(self.lm_head(h))
+                h = mtp(h[:, :-1], embeds[:, d:], positions[:, d:])
+                mtp_out.append(self.lm_head(h) if head is None else head(h, self.lm_head.weight, d))
+            if head is None:
+                out.mtp_logits = mtp_out
+            else:
+                out.mtp_head = mtp_out
         return out
 
     @torch.no_grad()
@@ -387,3 +419,22 @@ class LingForCausalLM(nn.Module):
         for name, buf in self.named_buffers():
             if name.endswith("expert_bias"):
                 buf.normal_(0.0, 0.01, generator=generator)
+
+
+def _checkpointed_layer(layer: DecoderLayer, x: torch.Tensor, positions: torch.Tensor,
+                        expert_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`layer(x, positions, expert_ids)` keeping only its input for backward, where it runs again
+    (non-reentrant `torch.utils.checkpoint`). The recomputation replays the expert choice of the
+    first run, so a MoE layer sends every token to the same experts even if its router's scores
+    came out different in the last bit, and the routing is recorded once. The layer is called as a
+    module in both runs: FSDP2 lets a recomputation through its hooks (the layer's parameters are
+    already gathered for backward then). The model has no randomness to replay (no dropout)."""
+    routing = [expert_ids]
+
+    def run(h: torch.Tensor) -> torch.Tensor:
+        out, used = layer(h, positions, routing[0])
+        routing[0] = used
+        return out
+
+    out = checkpoint(run, x, use_reentrant=False, preserve_rng_state=False)
+    return out, routing[0]
