@@ -11,7 +11,10 @@ import torch
 
 from ling_rl.models.hf_io import inference_weights, load_model, write_safetensors_atomic
 from ling_rl.models.ling_moe import LingForCausalLM
+from ling_rl.rollout.config import RolloutConfig
 from ling_rl.rollout.engine import GenerationRequest
+from ling_rl.rollout.sync import SYNC_METHODS
+from ling_rl.rollout.sync_sender import put_buckets, write_buckets
 from tests.rollout.helpers import max_logprob_gap, prompts
 
 pytestmark = pytest.mark.vllm
@@ -83,3 +86,46 @@ def test_a_model_that_emits_eos_finishes_with_stop(group, tiny_dir: Path, sync_p
         if g.finish_reason == "length":
             assert len(g.token_ids) == 24 and eos not in g.token_ids
     assert max_logprob_gap(model, ps, out) < 1e-3
+
+
+class _LocalLearner:
+    """The learner's side of a sync, run in this process on an unsharded model (one rank, the
+    sender): the same functions `LearnerWorker.put_weight_buckets` / `write_weight_buckets` call."""
+
+    def __init__(self, model: LingForCausalLM) -> None:
+        self.model = model
+
+    def submit(self, method: str, *args: object) -> list[dict]:
+        if method == "put_weight_buckets":
+            dtype, bucket_bytes = args
+            return [put_buckets(self.model, getattr(torch, dtype), bucket_bytes, sender=True)]
+        prefix, dtype, bucket_bytes = args
+        assert method == "write_weight_buckets"
+        return [write_buckets(self.model, getattr(torch, dtype), bucket_bytes, prefix, sender=True)]
+
+    def wait(self, results: list[dict], what: str) -> list[dict]:
+        return results
+
+
+@pytest.mark.parametrize("method", ["object_store", "shm_file"])
+def test_sync_methods_bring_the_learner_weights_into_the_engines(group, tiny_dir: Path, sync_path: Path, method: str) -> None:
+    """`object_store` is the path for engines on another node than learner rank 0: the buckets go
+    through Ray's object store and each engine writes them on its own node (here forced on one)."""
+    old = load_model(tiny_dir)
+    new = load_model(tiny_dir)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    cfg = RolloutConfig(weight_sync={"method": method, "bucket_mib": 1, "dir": str(sync_path.parent)})
+    sync = SYNC_METHODS[method](_LocalLearner(new), group, cfg, "float32", f"test-{sync_path.stem}")
+    sync.setup()
+    metrics = sync.sync(version=7)
+    assert group.version == 7
+    assert set(metrics) == {"sync/gather_s", "sync/transfer_s", "sync/load_s"} and all(v > 0 for v in metrics.values())
+    ps = prompts(3, seed=9)
+    out = group.generate([GenerationRequest(prompt_ids=p, n=2, seed=40_000 + 10 * i, max_tokens=8) for i, p in enumerate(ps)],
+                         1.0, 1.0, -1)
+    assert max_logprob_gap(new, ps, out) < 1e-3
+    assert max_logprob_gap(old, ps, out) > 0.05
+    assert not list(sync_path.parent.glob(f"ling-rl-*{sync_path.stem}*")), "bucket files left behind"
