@@ -65,6 +65,8 @@ def test_reward_rises_and_gap_stays_small(tmp_path: Path, loss: str) -> None:
     assert max(gaps) < 1e-2, gaps
     for phase in ("generate", "reward", "learner", "sync"):
         assert all(r[f"time/{phase}"] > 0 for r in rows)
+    for phase in ("gather", "transfer", "load"):  # the sync's phases reach the tracker
+        assert all(r[f"sync/{phase}_s"] > 0 for r in rows)
     assert (run_dir / "hf_final" / "config.json").is_file()
 
 
