@@ -5,8 +5,13 @@
     python bench/learner.py --device cuda --shapes ling-mini --layers 3   # GPU (bf16 vs fp8, MFU)
 
 Each (shapes, precision) runs in a fresh subprocess so that peak memory (RSS on CPU, CUDA max
-allocated on GPU) is its own. One step: forward, token cross-entropy on all positions, backward,
-AdamW step; the time is the median of `--steps` steps after 2 warm-up steps.
+allocated on GPU) is its own; with `--repeats N` the precisions alternate (bf16, fp8, bf16, ...)
+N times and the table gives the median step time and its spread (min-max over the repeats). One
+step: forward, token cross-entropy on all positions, backward, AdamW step; a run's time is the
+median of `--steps` steps after 2 warm-up steps. `--json PATH` writes every run and the summary.
+On CUDA the fp8 run converts the routed experts too where `learner.fp8.routed_experts: auto`
+allows it (sm90+); its `fp8_modules` count includes them. The CUDA path is written for CUDA and
+not run on a GPU yet (bench/gpu_check.sh runs it).
 
 On CPU, fp8 is *emulated* by torchao (real casts and scales, GEMMs in high precision): its numbers
 show the wiring and the overhead of the casts, never an fp8 speed-up; and bf16 is slower than
@@ -74,13 +79,15 @@ def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, step
 
     torch.manual_seed(0)
     backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(0)  # NCCL binds the rank to the current device
     with tempfile.TemporaryDirectory() as tmp:
         dist.init_process_group(backend, init_method=f"file://{tmp}/pg", rank=0, world_size=1)
     cfg = model_config(shapes, layers)
     with torch.device(device):
         model = LingForCausalLM(cfg)
     model.init_weights()
-    converted = apply_fp8(model, FP8Config()) if precision == "fp8" else []
+    converted = apply_fp8(model, FP8Config(), torch.device(device)) if precision == "fp8" else []
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if precision in ("bf16", "fp8") else MixedPrecisionPolicy()
     for layer in model.model.layers:
@@ -104,7 +111,8 @@ def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, step
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
     out = {"shapes": shapes, "precision": precision, "layers": cfg.num_hidden_layers, "tokens": batch * seq,
-           "step_s": step, "tokens_per_s": batch * seq / step, "fp8_modules": len(converted), "loss": float(loss)}
+           "step_s": step, "tokens_per_s": batch * seq / step, "fp8_modules": len(converted),
+           "fp8_experts": sum(n.endswith("mlp.experts") for n in converted), "loss": float(loss)}
     if device == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         out["tflops"] = step_flops(cfg, batch * seq, seq) / step / 1e12
@@ -123,7 +131,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs per (shapes, precision)")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--json", default=None, help="write the runs and the summary here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -132,29 +142,79 @@ def main() -> None:
     gpu = args.device == "cuda"
     shapes = args.shapes or (["ling-mini"] if gpu else ["tiny", "small"])
     precisions = args.precisions or (["bf16", "fp8"] if gpu else ["fp32", "bf16", "fp8"])
-    batch, seq = args.batch or (4 if gpu else 8), args.seq or (4096 if gpu else 128)
+    # 2 x 4096 tokens: the [tokens, 157k] fp32 logits and their gradient stay ~10 GiB.
+    batch, seq = args.batch or (2 if gpu else 8), args.seq or (4096 if gpu else 128)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    results = []
+    runs, failures = [], []
     for shape in shapes:
-        for precision in precisions:
-            child = dict(shapes=shape, precision=precision, layers=args.layers, batch=batch, seq=seq,
-                         steps=args.steps, device=args.device)
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)], env=env,
-                                  capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-            if proc.returncode:
-                raise SystemExit(f"{shape}/{precision} failed:\n{proc.stderr[-3000:]}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    mem = "peak_mem_gib" if gpu else "peak_rss_gib"
-    print(f"device {args.device}, batch {batch} x seq {seq}{' (fp8 emulated: wiring only)' if not gpu else ''}")
-    print(f"{'shapes':10s} {'prec':5s} {'fp8 mods':>8s} {'s/step':>8s} {'tok/s':>9s} {mem:>13s}" + ("  TFLOP/s   MFU" if gpu else ""))
-    base = {r["shapes"]: r for r in results if r["precision"] == ("bf16" if gpu else "fp32")}
-    for r in results:
-        line = f"{r['shapes']:10s} {r['precision']:5s} {r['fp8_modules']:8d} {r['step_s']:8.3f} {r['tokens_per_s']:9.0f} {r[mem]:13.2f}"
+        for r in range(args.repeats):
+            for precision in precisions:
+                child = dict(shapes=shape, precision=precision, layers=args.layers, batch=batch, seq=seq,
+                             steps=args.steps, device=args.device)
+                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)], env=env,
+                                      capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+                if proc.returncode:
+                    print(f"{shape}/{precision} repeat {r} failed:\n{proc.stderr[-3000:]}", flush=True)
+                    failures.append(f"{shape}/{precision}")
+                    continue
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(f"  {shape}/{precision} repeat {r}: {runs[-1]['step_s']:.3f} s/step", flush=True)
+                if args.json:  # after every run: a timeout later still leaves the runs so far
+                    write_json(args.json, args.device, batch, seq, runs, failures, gpu, args.peak_tflops)
+    summary = summarize(runs, gpu, args.peak_tflops)
+    print_table(summary, gpu, batch, seq, args.device)
+    if args.json:
+        write_json(args.json, args.device, batch, seq, runs, failures, gpu, args.peak_tflops)
+    if failures:
+        raise SystemExit(f"failed runs: {failures}")
+
+
+def write_json(path: str, device: str, batch: int, seq: int, runs: list[dict], failures: list[str], gpu: bool,
+               peak_tflops: float) -> None:
+    Path(path).write_text(json.dumps({"device": device, "batch": batch, "seq": seq, "runs": runs,
+                                      "summary": summarize(runs, gpu, peak_tflops), "failures": failures}, indent=1))
+
+
+def summarize(runs: list[dict], gpu: bool, peak_tflops: float) -> list[dict]:
+    """Per (shapes, precision): median step time over the repeats, its min-max spread, and the
+    speed-up against the first precision of the same shapes (by default bf16 on GPU, fp32 on CPU)."""
+    rows = []
+    for key in dict.fromkeys((r["shapes"], r["precision"]) for r in runs):
+        group = [r for r in runs if (r["shapes"], r["precision"]) == key]
+        step = statistics.median(r["step_s"] for r in group)
+        mem = "peak_mem_gib" if gpu else "peak_rss_gib"
+        row = {"shapes": key[0], "precision": key[1], "repeats": len(group), "step_s": step,
+               "step_s_min": min(r["step_s"] for r in group), "step_s_max": max(r["step_s"] for r in group),
+               "tokens_per_s": group[0]["tokens"] / step, "fp8_modules": group[0]["fp8_modules"],
+               "fp8_experts": group[0].get("fp8_experts", 0), mem: max(r[mem] for r in group),
+               "loss": group[0]["loss"]}
         if gpu:
-            line += f"  {r['tflops']:7.1f} {r['tflops'] / args.peak_tflops:5.1%}"
-        ref = base.get(r["shapes"])
-        if ref is not None and ref is not r:
-            line += f"   {ref['step_s'] / r['step_s']:.2f}x vs {ref['precision']}"
+            row["tflops"] = statistics.median(r["tflops"] for r in group)
+            row["mfu"] = row["tflops"] / peak_tflops
+        rows.append(row)
+    base: dict[str, dict] = {}
+    for row in rows:  # the first precision run of each shapes is the baseline (bf16 on GPU, fp32 on CPU)
+        base.setdefault(row["shapes"], row)
+    for row in rows:
+        ref = base.get(row["shapes"])
+        if ref is not None and ref is not row:
+            row["speedup_vs"] = ref["precision"]
+            row["speedup"] = ref["step_s"] / row["step_s"]
+    return rows
+
+
+def print_table(rows: list[dict], gpu: bool, batch: int, seq: int, device: str) -> None:
+    mem = "peak_mem_gib" if gpu else "peak_rss_gib"
+    print(f"device {device}, batch {batch} x seq {seq}{' (fp8 emulated: wiring only)' if not gpu else ''}")
+    print(f"{'shapes':10s} {'prec':5s} {'fp8 mods':>8s} {'s/step':>8s} {'min-max':>13s} {'tok/s':>9s} {mem:>13s}"
+          + ("  TFLOP/s   MFU" if gpu else ""))
+    for r in rows:
+        line = (f"{r['shapes']:10s} {r['precision']:5s} {r['fp8_modules']:8d} {r['step_s']:8.3f} "
+                f"{r['step_s_min']:6.3f}-{r['step_s_max']:6.3f} {r['tokens_per_s']:9.0f} {r[mem]:13.2f}")
+        if gpu:
+            line += f"  {r['tflops']:7.1f} {r['mfu']:5.1%}"
+        if "speedup" in r:
+            line += f"   {r['speedup']:.2f}x vs {r['speedup_vs']}"
         print(line)
 
 

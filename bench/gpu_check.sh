@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 11 item 9): one H100/H200, under 7 minutes, no network.
+#
+# WHAT TO CARRY: the folder `.whl` (git-ignored), filled here beforehand by
+#     bash bench/gpu_wheels.sh
+# which runs
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 --platform any -d .whl \
+#       torchao==0.18.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+#       typing-inspection==0.4.5 typing-extensions==4.16.0
+# (6 wheels, ~6 MiB; torchao 0.18.0 is the release built for torch >= 2.11).
+#
+# HOW TO RUN (device tool): command `bash bench/gpu_check.sh`, carry [".whl"], timeout_s 480.
+# Locally, the plumbing (wheel install, imports, collection, the bench on tiny shapes) runs with
+#     GPU_CHECK_ALLOW_CPU=1 OUT=/tmp/gpu_check bash bench/gpu_check.sh
+#
+# Steps, each under its own `timeout` so one hang does not eat the budget; a failed step does not
+# stop the next; the exit status is non-zero when any step failed:
+#   setup   install the carried wheels into /tmp/site (PYTHONPATH), print nvidia-smi and versions
+#   tests   pytest on the `gpu`-marked tests only (every tests/**/test_*.py that marks any)
+#   bench   bench/learner.py --device cuda --shapes ling-mini --layers 3: bf16 and fp8 alternating,
+#           3 repeats (median, min-max), step time, tokens/s, MFU vs 989 TFLOP/s, peak memory, fp8/bf16
+# Output: $OUT/gpu_check.log (everything), $OUT/gpu_check.json (summary), $OUT/bench_learner.json,
+# $OUT/pytest_gpu.xml.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+export PY=${PYTHON:-python3}
+export SITE=${GPU_CHECK_SITE:-/tmp/site}
+CPU_MODE=${GPU_CHECK_ALLOW_CPU:-0}
+declare -A STATUS
+FAILED=0
+T0=$(date +%s)
+
+step() {  # step NAME TIMEOUT_S COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo
+  echo "=== [$name] $(date -u +%H:%M:%S) (limit ${limit}s): $*"
+  local t=$(date +%s)
+  timeout -k 10 "$limit" "$@"
+  local rc=$?
+  echo "=== [$name] rc=$rc in $(( $(date +%s) - t ))s"
+  STATUS[$name]=$rc
+  [ "$rc" -eq 0 ] || FAILED=1
+}
+
+install_wheels() {
+  ls -l .whl/*.whl || { echo "no wheels in .whl: run bash bench/gpu_wheels.sh and carry .whl"; return 1; }
+  rm -rf "$SITE"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+}
+
+versions() {
+  nvidia-smi || echo "(no nvidia-smi)"
+  "$PY" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
+for name in ("torchao", "pydantic", "pydantic_core", "triton", "transformers", "safetensors"):
+    try:
+        mod = __import__(name)
+        print(name, getattr(mod, "__version__", "?"), mod.__file__)
+    except Exception as e:  # report and go on: the steps below say what it breaks
+        print(name, "MISSING", type(e).__name__, e)
+from ling_rl.learner.fp8 import routed_experts_fp8_unsupported
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+print("routed experts fp8:", routed_experts_fp8_unsupported(dev) or "supported")
+EOF
+}
+
+export -f install_wheels versions  # `timeout` runs programs: the functions go through bash -c
+step setup 120 bash -c install_wheels
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+step versions 60 bash -c versions
+
+if [ "$CPU_MODE" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "no CUDA device (set GPU_CHECK_ALLOW_CPU=1 to run the plumbing on CPU)"
+  STATUS[cuda]=1
+  FAILED=1
+else
+  mapfile -t GPU_TESTS < <(grep -rlE "pytest\.mark\.gpu" tests --include='test_*.py' | sort)
+  echo "gpu-marked test files: ${GPU_TESTS[*]}"
+  step tests 200 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml" "${GPU_TESTS[@]}"
+  if [ "$CPU_MODE" = 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    step bench 240 "$PY" bench/learner.py --device cpu --shapes tiny --precisions bf16 fp8 --repeats 3 --steps 2 \
+      --json "$OUT/bench_learner.json"
+  else
+    step bench 270 "$PY" bench/learner.py --device cuda --shapes ling-mini --layers 3 --repeats 3 --steps 4 \
+      --json "$OUT/bench_learner.json"
+  fi
+fi
+
+STATUS_JSON=$(for k in "${!STATUS[@]}"; do printf '"%s": %s, ' "$k" "${STATUS[$k]}"; done)
+"$PY" - "$OUT" "{${STATUS_JSON%, }}" "$(( $(date +%s) - T0 ))" <<'EOF'
+import json, sys, xml.etree.ElementTree as ET
+from pathlib import Path
+out, steps, wall = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+summary = {"steps_rc": steps, "ok": all(v == 0 for v in steps.values()), "wall_s": wall}
+junit = out / "pytest_gpu.xml"
+if junit.exists():
+    suite = ET.parse(junit).getroot()
+    suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
+    summary["tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    summary["tests"]["failed_cases"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
+                                        if c.find("failure") is not None or c.find("error") is not None]
+bench = out / "bench_learner.json"
+if bench.exists():
+    summary["bench"] = json.loads(bench.read_text())
+(out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps({k: v for k, v in summary.items() if k != "bench"}, indent=1))
+for row in summary.get("bench", {}).get("summary", []):
+    print(row)
+EOF
+echo "gpu_check: $([ $FAILED = 0 ] && echo OK || echo FAILED) in $(( $(date +%s) - T0 ))s; log $OUT/gpu_check.log"
+exit $FAILED
