@@ -1,13 +1,20 @@
-"""Weight sync time vs a plain copy of the same bytes.
+"""Weight sync paths on CPU (issue 11): time per phase vs a plain in-memory copy of the same bytes.
 
-The sync path of ling-rl on one node: the learner's full state dict -> Hugging Face names without
-MTP (`inference_weights`) -> one safetensors file under /dev/shm (`write_safetensors_atomic`) ->
-the vLLM engine reloads it (`WeightReloadExtension.reload_from_safetensors` through
-`collective_rpc`, which streams the file tensor by tensor and re-runs the CPU backend's weight
-repacking). The baseline is one in-memory copy of the same number of bytes (`Tensor.copy_`),
-the least any sync must do. Median of `--repeats`.
+One vLLM engine as a Ray actor (`RolloutGroup`, as in training) on a tiny-model preset; the
+learner side runs in this process on the unsharded model (`InProcessLearner`: the same
+layer-by-layer gather and bucketing a learner rank 0 runs). For each method, `WeightSync.sync`
+reports its phases (ling_rl/rollout/sync.py):
 
-    .venv/bin/python bench/weight_sync.py [--presets tiny small] [--repeats 5]
+    shm_file      gather | write bucket files to /dev/shm       | engine reloads them
+    object_store  gather | ray.put buckets + engine ray.get and  | engine reloads them
+                         | writes them to its node's /dev/shm    |
+
+The methods run interleaved (shm, object, shm, object, ...) for `--repeats` rounds, so a change
+in the machine's load hits both alike; the table gives the median and the [min, max] spread. The
+baseline is one `Tensor.copy_` of the same number of bytes, the least any sync must do. The
+NCCL method needs CUDA and is not measured here.
+
+    .venv/bin/python bench/weight_sync.py [--presets tiny small] [--repeats 5] [--bucket-mib 64]
 """
 
 from __future__ import annotations
@@ -19,59 +26,83 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+METHODS = ("shm_file", "object_store")
+PHASES = ("gather", "transfer", "load", "total")
 
 
-def bench_preset(preset: str, repeats: int) -> dict[str, float]:
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
+
+
+def bench_preset(preset: str, repeats: int, bucket_mib: int, cluster) -> dict:
     import torch
 
-    from ling_rl.models.hf_io import inference_weights, load_model, write_safetensors_atomic
+    from ling_rl.models.hf_io import inference_weights, load_model
     from ling_rl.models.tiny import init_tiny
-    from ling_rl.rollout.vllm_engine import build_llm
-    from ling_rl.rollout.weight_sync import EXTENSION_CLS
+    from ling_rl.rollout.config import RolloutConfig
+    from ling_rl.rollout.group import RolloutGroup
+    from ling_rl.rollout.sync import SYNC_METHODS
+    from ling_rl.rollout.sync_sender import InProcessLearner
 
-    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+    with tempfile.TemporaryDirectory() as tmp:
         folder = init_tiny(Path(tmp) / preset, preset=preset, seed=0)
         model = load_model(folder)
-        cfg = model.config
-        path = Path(shm) / "weights.safetensors"
-        llm = build_llm(folder, dtype="float32", seed=0, max_model_len=512, worker_extension_cls=EXTENSION_CLS)
-
-        def export() -> None:
-            write_safetensors_atomic(inference_weights(model.state_dict(), cfg), path)
-
-        def reload() -> None:
-            llm.collective_rpc("reload_from_safetensors", args=(str(path),))
-
-        export_s = _median_time(export, repeats)
-        reload_s = _median_time(reload, repeats)
-        nbytes = sum(t.numel() * t.element_size() for t in inference_weights(model.state_dict(), cfg).values())
+        nbytes = sum(t.numel() * t.element_size() for t in inference_weights(model.state_dict(), model.config).values())
+        group = RolloutGroup(str(folder), RolloutConfig(num_engines=1), cluster, dtype="float32", max_model_len=512)
+        try:
+            learner = InProcessLearner(model)
+            syncs = {m: SYNC_METHODS[m](learner, group, RolloutConfig(weight_sync={"method": m, "bucket_mib": bucket_mib}),
+                                        "float32", f"bench-{os.getpid()}") for m in METHODS}
+            times: dict[str, dict[str, list[float]]] = {m: {p: [] for p in PHASES} for m in METHODS}
+            for r in range(repeats):
+                for m in METHODS:
+                    started = time.perf_counter()
+                    metrics = syncs[m].sync(version=r + 1)
+                    times[m]["total"].append(time.perf_counter() - started)
+                    for p in ("gather", "transfer", "load"):
+                        times[m][p].append(metrics[f"sync/{p}_s"])
+        finally:
+            group.shutdown()
         src = torch.empty(nbytes, dtype=torch.uint8).fill_(1)
         dst = torch.empty_like(src)
-        copy_s = _median_time(lambda: dst.copy_(src), repeats)
-        del llm
-    return {"bytes": nbytes, "export_s": export_s, "reload_s": reload_s, "copy_s": copy_s}
+        copies = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            copies.append(time.perf_counter() - t0)
+    return {"bytes": nbytes, "copy": copies, "times": times}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", nargs="*", default=["tiny", "small"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bucket-mib", type=int, default=64)
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    rows = [(p, bench_preset(p, args.repeats)) for p in args.presets]
-    print(f"{'preset':7s} {'MB':>7s} {'export s':>9s} {'reload s':>9s} {'sync s':>8s} {'copy s':>8s} {'sync/copy':>10s} {'sync GB/s':>10s}")
-    for p, r in rows:
-        sync = r["export_s"] + r["reload_s"]
-        print(f"{p:7s} {r['bytes'] / 1e6:7.1f} {r['export_s']:9.4f} {r['reload_s']:9.4f} {sync:8.4f} {r['copy_s']:8.5f} "
-              f"{sync / r['copy_s']:9.0f}x {r['bytes'] / sync / 1e9:10.2f}")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from ling_rl.cluster.config import ClusterConfig, RoleResources
+    from ling_rl.cluster.ray_init import init_ray
+
+    cluster = ClusterConfig(num_cpus=2, object_store_gib=1.0, rollout=RoleResources(num_cpus=1))
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    init_ray(cluster, temp_dir=temp_dir)
+    print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
+    try:
+        rows = [(p, bench_preset(p, args.repeats, args.bucket_mib, cluster)) for p in args.presets]
+    finally:
+        ray.shutdown()
+    print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
+    print(f"seconds: median [min, max] of {args.repeats} interleaved repeats; buckets of {args.bucket_mib} MiB")
+    for preset, r in rows:
+        copy = statistics.median(r["copy"])
+        print(f"\n{preset}: {r['bytes'] / 1e6:.1f} MB, plain copy {_spread(r['copy'])}")
+        print(f"{'method':13s} " + " ".join(f"{p + ' s':>30s}" for p in PHASES) + f" {'total/copy':>11s}")
+        for m, t in r["times"].items():
+            print(f"{m:13s} " + " ".join(f"{_spread(t[p]):>30s}" for p in PHASES)
+                  + f" {statistics.median(t['total']) / copy:10.0f}x")
 
 
 if __name__ == "__main__":

@@ -92,3 +92,24 @@ def broadcast(model: LingForCausalLM, dtype: torch.dtype, bucket_bytes: int, gro
                                        buffer_size_bytes=bucket_bytes, num_buffers=DEFAULT_PACKED_NUM_BUFFERS)
         torch.cuda.current_stream().synchronize()  # the broadcasts are enqueued, not done, until here
     return {"gather_s": watch.seconds, "transfer_s": time.perf_counter() - started - watch.seconds}
+
+
+class InProcessLearner:
+    """The learner side of a sync for one unsharded model in this process (the only rank, so the
+    sender), with the `submit` / `wait` calls a `WeightSync` makes of a `LearnerGroup`: for
+    benchmarks and tests of the sync methods without learner actors."""
+
+    def __init__(self, model: LingForCausalLM) -> None:
+        self.model = model
+
+    def submit(self, method: str, *args: Any) -> list[dict[str, Any]]:
+        calls = {
+            "write_weight_buckets": lambda prefix, dtype, bucket_bytes: write_buckets(
+                self.model, getattr(torch, dtype), bucket_bytes, prefix, sender=True),
+            "put_weight_buckets": lambda dtype, bucket_bytes: put_buckets(
+                self.model, getattr(torch, dtype), bucket_bytes, sender=True),
+        }
+        return [calls[method](*args)]
+
+    def wait(self, results: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+        return results

@@ -14,7 +14,7 @@ from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.rollout.config import RolloutConfig
 from ling_rl.rollout.engine import GenerationRequest
 from ling_rl.rollout.sync import SYNC_METHODS
-from ling_rl.rollout.sync_sender import put_buckets, write_buckets
+from ling_rl.rollout.sync_sender import InProcessLearner
 from tests.rollout.helpers import max_logprob_gap, prompts
 
 pytestmark = pytest.mark.vllm
@@ -88,25 +88,6 @@ def test_a_model_that_emits_eos_finishes_with_stop(group, tiny_dir: Path, sync_p
     assert max_logprob_gap(model, ps, out) < 1e-3
 
 
-class _LocalLearner:
-    """The learner's side of a sync, run in this process on an unsharded model (one rank, the
-    sender): the same functions `LearnerWorker.put_weight_buckets` / `write_weight_buckets` call."""
-
-    def __init__(self, model: LingForCausalLM) -> None:
-        self.model = model
-
-    def submit(self, method: str, *args: object) -> list[dict]:
-        if method == "put_weight_buckets":
-            dtype, bucket_bytes = args
-            return [put_buckets(self.model, getattr(torch, dtype), bucket_bytes, sender=True)]
-        prefix, dtype, bucket_bytes = args
-        assert method == "write_weight_buckets"
-        return [write_buckets(self.model, getattr(torch, dtype), bucket_bytes, prefix, sender=True)]
-
-    def wait(self, results: list[dict], what: str) -> list[dict]:
-        return results
-
-
 @pytest.mark.parametrize("method", ["object_store", "shm_file"])
 def test_sync_methods_bring_the_learner_weights_into_the_engines(group, tiny_dir: Path, sync_path: Path, method: str) -> None:
     """`object_store` is the path for engines on another node than learner rank 0: the buckets go
@@ -118,7 +99,7 @@ def test_sync_methods_bring_the_learner_weights_into_the_engines(group, tiny_dir
         for p in new.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     cfg = RolloutConfig(weight_sync={"method": method, "bucket_mib": 1, "dir": str(sync_path.parent)})
-    sync = SYNC_METHODS[method](_LocalLearner(new), group, cfg, "float32", f"test-{sync_path.stem}")
+    sync = SYNC_METHODS[method](InProcessLearner(new), group, cfg, "float32", f"test-{sync_path.stem}")
     sync.setup()
     metrics = sync.sync(version=7)
     assert group.version == 7
