@@ -139,3 +139,74 @@ def test_engine_arguments_per_platform() -> None:
         "assert 'gpu_memory_utilization' not in cpu\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+class _Rank0:
+    """`learner.workers[0].rendezvous_address.remote()` gives a "ref" `_Recorder.wait` resolves."""
+
+    class rendezvous_address:  # noqa: N801 - stands for a Ray actor method
+        @staticmethod
+        def remote() -> str:
+            return "rendezvous_address"
+
+
+class _Recorder:
+    """Stands for a LearnerGroup (`role` learner) or a RolloutGroup: records the calls `NcclSync`
+    makes, in order; `wait` answers `results[method]`."""
+
+    def __init__(self, log: list, role: str, n: int, results: dict) -> None:
+        self.log, self.role, self.n, self.results = log, role, n, results
+        self.engines = list(range(n))
+        self.calls: dict[str, list] = {}
+        self.version = 0
+        self.workers = [_Rank0()]
+
+    def submit(self, method: str, *args):
+        if self.role == "rollout":
+            args_of = args[0] if args else (lambda i: ())
+            per = [args_of(i) for i in range(self.n)]
+        else:
+            per = [args] * self.n
+        self.calls[method] = per
+        self.log.append((self.role, "submit", method))
+        return [method] * self.n
+
+    def wait(self, refs: list, what: str) -> list:
+        self.log.append((self.role, "wait", refs[0]))
+        return [self.results.get(r) for r in refs]
+
+    def set_version(self, version: int) -> None:
+        self.version = version
+
+
+def test_nccl_sync_joins_every_engine_worker_and_receives_while_the_learner_sends() -> None:
+    """The NCCL method's orchestration, without NCCL: one group of learner rank 0 + every engine
+    worker with distinct ranks; the engines' `update_weights` is started before the learner's
+    broadcast is waited on; what the engines get parses as vLLM's NCCL init/update infos."""
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferInitInfo, NCCLWeightTransferUpdateInfo
+
+    from ling_rl.rollout.sync import NcclSync
+
+    log: list = []
+    meta = [("model.word_embeddings.weight", "bfloat16", [1024, 128]), ("model.layers.1.mlp.gate.weight", "float32", [8, 128])]
+    learner = _Recorder(log, "learner", 2, {"weight_metadata": meta, "rendezvous_address": "tcp://10.0.0.7:29555",
+                                             "broadcast_weights": {"gather_s": 0.1, "transfer_s": 0.2}})
+    rollout = _Recorder(log, "rollout", 3, {"finish_weight_update": 0.05})
+    sync = NcclSync(learner, rollout, RolloutConfig(tensor_parallel_size=2, weight_sync={"method": "nccl", "bucket_mib": 8}),
+                    "bfloat16", "t")
+    sync.setup()
+    infos = [NCCLWeightTransferInitInfo(**args[0]) for args in rollout.calls["init_weight_transfer"]]
+    assert [i.rank_offset for i in infos] == [1, 3, 5] and {i.world_size for i in infos} == {7}
+    assert {(i.master_address, i.master_port, i.packed, i.packed_buffer_size_bytes) for i in infos} == {("10.0.0.7", 29555, True, 8 << 20)}
+    assert learner.calls["init_weight_broadcast"][0] == ("10.0.0.7", 29555, 7)
+    # Both sides are started before either is waited on (they rendezvous together).
+    assert log[1:5] == [("rollout", "submit", "init_weight_transfer"), ("learner", "submit", "init_weight_broadcast"),
+                        ("learner", "wait", "init_weight_broadcast"), ("rollout", "wait", "init_weight_transfer")]
+    NCCLWeightTransferUpdateInfo(**sync.update_info)
+    assert sync.update_info["names"] == [m[0] for m in meta]
+    log.clear()
+    metrics = sync.sync(version=4)
+    assert log.index(("rollout", "submit", "update_weights")) < log.index(("learner", "wait", "broadcast_weights"))
+    assert log.index(("rollout", "wait", "update_weights")) < log.index(("rollout", "submit", "finish_weight_update"))
+    assert rollout.calls["update_weights"] == [(sync.update_info,)] * 3
+    assert rollout.version == 4 and metrics["sync/gather_s"] == 0.1 and metrics["sync/load_s"] == 0.05
