@@ -351,6 +351,9 @@ class LearnerWorker:
         """Rank 0 joins the NCCL group of the engines' workers as its rank 0 (written for CUDA,
         not run on a GPU yet); the other ranks hold no communicator."""
         self._weight_group = None
+        if self.device.type != "cuda":
+            raise RuntimeError(f"rollout.weight_sync.method=nccl needs the learner on CUDA, but learner.device resolved to "
+                               f"{self.device.type}; set rollout.weight_sync.method to shm_file or object_store")
         if self.rank == 0:
             from vllm.distributed.weight_transfer.nccl_common import trainer_init
 
