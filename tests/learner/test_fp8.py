@@ -184,3 +184,54 @@ def test_grouped_ffn_with_aligned_groups_equals_padded_reference(align: int) -> 
     ref = torch.autograd.grad(want.square().sum(), (xs, w[0], w[1], down))
     for g, r in zip(grads, ref):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def _converted_experts_under_fsdp(rank: int, init: str, out: str) -> None:
+    """What the learner does on CUDA, on CPU with gloo: convert on the meta device, shard, allocate,
+    load a full state dict, take an AdamW step, export."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from ling_rl.learner.fp8 import _plain_weights, _unwrapped, convert_routed_experts
+    from ling_rl.models.ling_moe import Experts, LingForCausalLM
+    from ling_rl.models.tiny import PRESETS
+
+    dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    cfg = PRESETS["tiny"]
+    torch.manual_seed(0)
+    ref = LingForCausalLM(cfg)
+    ref.init_weights()
+    with torch.device("meta"):
+        model = LingForCausalLM(cfg)
+    convert_routed_experts(model)
+    model.register_state_dict_post_hook(_plain_weights)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    model.to_empty(device="cpu")
+    set_model_state_dict(model, ref.state_dict(), options=StateDictOptions(full_state_dict=True))
+    experts = next(m for m in model.modules() if isinstance(m, Experts))
+    ref_experts = next(m for m in ref.modules() if isinstance(m, Experts))
+    local = experts.gate_proj.to_local()
+    weight = _unwrapped(local.detach()).clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, cfg.vocab_size, (2, 16))).logits.square().mean().backward()
+    opt.step()
+    torch.save({
+        "wrapped": "moe_training" in type(local).__module__,
+        "loaded": torch.equal(weight, ref_experts.gate_proj.detach()),
+        "moved": float((_unwrapped(experts.gate_proj.detach().to_local()) - weight).abs().max()),
+        "state_types": sorted({type(t.to_local() if isinstance(t, DTensor) else t).__name__
+                               for t in model.state_dict().values()}),
+    }, out)
+    dist.destroy_process_group()
+
+
+def test_converted_routed_experts_load_train_and_export_under_fsdp2(tmp_path: Path) -> None:
+    mp.spawn(_converted_experts_under_fsdp, args=(f"file://{tmp_path}/pg", str(tmp_path / "out.pt")), nprocs=1)
+    result = torch.load(tmp_path / "out.pt")
+    assert result["wrapped"] and result["loaded"]
+    assert result["moved"] > 0
+    assert result["state_types"] == ["Tensor"]
