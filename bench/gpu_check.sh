@@ -51,7 +51,12 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 install_wheels() {
   ls -l .whl/*.whl || { echo "no wheels in .whl: run bash bench/gpu_wheels.sh and carry .whl"; return 1; }
   rm -rf "$SITE"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  else  # a venv made without pip (e.g. by uv): a wheel is a zip of its import tree, so unpack it
+    echo "no pip for $PY: unpacking the wheels into $SITE"
+    "$PY" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$SITE" .whl/*.whl
+  fi
 }
 
 versions() {

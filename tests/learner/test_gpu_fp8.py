@@ -79,7 +79,7 @@ def _one_rank(rank: int, init: str, out: str) -> None:
         fully_shard(model, mp_policy=mp_policy)
         experts = next(m for m in model.modules() if isinstance(m, Experts))
         seen: list[tuple] = []
-        experts.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, use_grouped_mm(args[0]))))
+        experts.register_forward_pre_hook(lambda m, args: seen.append((str(args[0].dtype), use_grouped_mm(args[0]))))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         def expert_weight() -> torch.Tensor:  # one rank: the local shard is the whole weight
             return _unwrapped(experts.gate_proj.detach().to_local()).float().clone()
@@ -114,13 +114,13 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_fp32_params_under_bf16_mixed_precision_take_the_grouped_kernel(steps: dict) -> None:
     bf16 = steps["bf16"]
     assert bf16["param_dtype"] == "torch.float32"  # fp32 master weights; FSDP2 gathers them in bf16
-    assert bf16["seen"] and all(s == (torch.bfloat16, True) for s in bf16["seen"])
+    assert bf16["seen"] and all(s == ("torch.bfloat16", True) for s in bf16["seen"])
 
 
 def test_fp8_step_with_routed_experts_is_finite_and_close_to_bf16(steps: dict) -> None:
     bf16, fp8 = steps["bf16"], steps["fp8"]
     assert any(n.endswith("mlp.experts") for n in fp8["converted"])
-    assert all(s == (torch.bfloat16, True) for s in fp8["seen"])
+    assert all(s == ("torch.bfloat16", True) for s in fp8["seen"])
     assert all(torch.isfinite(torch.tensor(fp8["losses"])))
     print(f"bf16 losses {bf16['losses']}, fp8 losses {fp8['losses']}")
     for a, b in zip(bf16["losses"], fp8["losses"]):
