@@ -91,12 +91,12 @@ if [ "$CPU_MODE" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cu
 else
   mapfile -t GPU_TESTS < <(grep -rlE "pytest\.mark\.gpu" tests --include='test_*.py' | sort)
   echo "gpu-marked test files: ${GPU_TESTS[*]}"
-  step tests 200 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml" "${GPU_TESTS[@]}"
+  step tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml" "${GPU_TESTS[@]}"
   if [ "$CPU_MODE" = 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     step bench 240 "$PY" bench/learner.py --device cpu --shapes tiny --precisions bf16 fp8 --repeats 3 --steps 2 \
       --json "$OUT/bench_learner.json"
   else
-    step bench 270 "$PY" bench/learner.py --device cuda --shapes ling-mini --layers 3 --repeats 3 --steps 4 \
+    step bench 240 "$PY" bench/learner.py --device cuda --shapes ling-mini --layers 3 --repeats 3 --steps 4 \
       --json "$OUT/bench_learner.json"
   fi
 fi
