@@ -21,10 +21,10 @@ Learner, per rank (FSDP2 over `learner.num_ranks`; fp32 master parameters, as
               gradients are unsharded in fp32 before their reduce-scatter)
   activations tokens x bytes saved for backward per token (see `activation_bytes_per_token`),
               one row with and one without `learner.activation_checkpointing`
-  logits      chunk x vocab x (3 x 4 B + c): the fp32 log-softmax input saved for backward, its
-              gradient and the softmax temporary, plus the compute-dtype logits; chunk =
-              `learner.logprob_chunk_tokens` (the whole micro-batch when unchunked); doubled when
-              the MTP loss is trained (its logits are a second [tokens, vocab] tensor)
+  logits      chunk x vocab x (3 x 4 B + c) + 4 B x vocab x hidden: `chunked_token_logprobs`
+              keeps one chunk of `learner.logprob_chunk_tokens` positions at a time (compute-dtype
+              logits, their fp32 copy, gradient and softmax temporary) and the lm_head weight's
+              gradient in fp32 (the MTP head runs the same chunks after it, not at the same time)
   reference   4 B x params / ranks when the KL term is on (a frozen fp32 sharded copy)
   runtime     CUDA context, NCCL and allocator slack (a constant)
 Rollout, per GPU of an engine (vLLM, `tensor_parallel_size` GPUs per engine):
@@ -177,7 +177,7 @@ def count_parameters(cfg: LingConfig, train_mtp: bool) -> ParamCounts:
 # --- activations -------------------------------------------------------------------------------------
 
 
-def activation_bytes_per_token(cfg: LingConfig, layer_idx: int, c: int) -> int:
+def activation_bytes_per_token(cfg: LingConfig, layer_idx: int, c: int, padded: bool = False) -> int:
     """Bytes autograd keeps per token for the backward of one layer (`ling_rl.models.ling_moe`),
     with compute dtype of `c` bytes (2: bf16, 4: fp32). Counted op by op:
 
@@ -187,9 +187,10 @@ def activation_bytes_per_token(cfg: LingConfig, layer_idx: int, c: int) -> int:
       output kept by the dense projection (c q).
     Dense SwiGLU(I): gate and up outputs, silu(gate), their product (4 c I).
     MoE: fp32 router input (4 H when c < 4: in fp32 it is the norm output itself) and sigmoid scores
-      (4 E); per routed copy (top-k): the expert-sorted input, gate/up/silu/product (4 c I_moe) and
-      the output before weighting (c H); the shared expert's SwiGLU. Routing imbalance (the padded
-      kernel pads every expert to the busiest one on CPU) is not counted.
+      (4 E); per routed copy (top-k): the expert-sorted input (c H), gate/up/silu/product
+      (4 c I_moe) and the output before weighting (c H); with `padded` (the bmm kernel: CPU, or
+      fp32 on CUDA) also the padded copy of the input (c H); the shared expert's SwiGLU. Routing
+      imbalance (the padded kernel pads every expert to the busiest one) is not counted.
     MTP layer: a MoE layer plus three norms and the concatenated input of eh_proj (2 c H).
     """
     h, hd = cfg.hidden_size, cfg.head_dim
@@ -204,7 +205,7 @@ def activation_bytes_per_token(cfg: LingConfig, layer_idx: int, c: int) -> int:
     if cfg.is_moe_layer(layer_idx):
         k = cfg.num_experts_per_tok
         mlp = norm(h) + (4 * h if c < 4 else 0) + 4 * cfg.num_experts
-        mlp += k * (c * h + 4 * c * cfg.moe_intermediate_size + c * h)
+        mlp += k * ((3 if padded else 2) * c * h + 4 * c * cfg.moe_intermediate_size)
         mlp += 4 * c * cfg.shared_intermediate_size if cfg.num_shared_experts else 0
     else:
         mlp = norm(h) + 4 * c * cfg.intermediate_size
@@ -214,7 +215,8 @@ def activation_bytes_per_token(cfg: LingConfig, layer_idx: int, c: int) -> int:
     return total
 
 
-def activation_bytes(cfg: LingConfig, tokens: int, c: int, checkpointing: bool, train_mtp: bool) -> int:
+def activation_bytes(cfg: LingConfig, tokens: int, c: int, checkpointing: bool, train_mtp: bool,
+                     padded: bool = False) -> int:
     """Activations of one micro-batch of `tokens` at the start of backward (logits excluded).
 
     Without checkpointing: every layer's saved tensors, the final norm, and one layer's worth of
@@ -222,17 +224,17 @@ def activation_bytes(cfg: LingConfig, tokens: int, c: int, checkpointing: bool, 
     layer recomputed in backward and its gradients (2 x the largest layer)."""
     layers = list(range(cfg.num_hidden_layers)) + (
         [cfg.num_hidden_layers + d for d in range(cfg.num_nextn_predict_layers)] if train_mtp else [])
-    per_layer = [activation_bytes_per_token(cfg, i, c) for i in layers]
+    per_layer = [activation_bytes_per_token(cfg, i, c, padded) for i in layers]
     final_norm = 4 * cfg.hidden_size + 2 * c * cfg.hidden_size
     if checkpointing:
         return tokens * (len(layers) * c * cfg.hidden_size + 2 * max(per_layer) + final_norm)
     return tokens * (sum(per_layer) + max(per_layer) + final_norm)
 
 
-def logits_bytes(cfg: LingConfig, chunk_tokens: int, c: int, train_mtp: bool) -> int:
-    """The [tokens, vocab] tensors of one log-prob chunk at their peak (see the module docstring)."""
-    one = chunk_tokens * cfg.vocab_size * (3 * 4 + c)
-    return one * (2 if train_mtp and cfg.num_nextn_predict_layers else 1)
+def logits_bytes(cfg: LingConfig, chunk_tokens: int, c: int) -> int:
+    """One log-prob chunk's [chunk, vocab] tensors at their peak and the fp32 lm_head weight gradient
+    (see the module docstring)."""
+    return chunk_tokens * cfg.vocab_size * (3 * 4 + c) + 4 * cfg.vocab_size * cfg.hidden_size
 
 
 # --- the plan ----------------------------------------------------------------------------------------
@@ -313,9 +315,8 @@ def _learner(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
     train_mtp = recipe.model.mtp.enabled and cfg.num_nextn_predict_layers > 0
     p = count_parameters(cfg, train_mtp)
     tokens = lc.micro_batch_tokens
-    checkpointing = bool(getattr(lc, "activation_checkpointing", False))
-    chunk = getattr(lc, "logprob_chunk_tokens", None)
-    chunk = min(chunk, tokens) if chunk else tokens
+    checkpointing = lc.activation_checkpointing
+    chunk = min(lc.logprob_chunk_tokens, tokens)
     on_gpu = learner_on_gpu(recipe)
     rows = [
         Row("parameters (fp32 shards)", 4 * p.total // ranks, "learner.num_ranks"),
@@ -325,11 +326,11 @@ def _learner(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
     ]
     for on in (False, True):
         rows.append(Row(f"activations, checkpointing {'on' if on else 'off'} ({tokens} tokens)",
-                        activation_bytes(cfg, tokens, c, on, train_mtp),
+                        activation_bytes(cfg, tokens, c, on, train_mtp, padded=not (on_gpu and c == 2)),
                         "learner.micro_batch_tokens" if on else "learner.activation_checkpointing",
                         counted=on == checkpointing))
-    rows.append(Row(f"logits ({chunk} x {cfg.vocab_size}{', + MTP' if train_mtp else ''})",
-                    logits_bytes(cfg, chunk, c, train_mtp), "learner.logprob_chunk_tokens"))
+    rows.append(Row(f"logits chunk ({chunk} x {cfg.vocab_size}), lm_head grad",
+                    logits_bytes(cfg, chunk, c), "learner.logprob_chunk_tokens"))
     if recipe.algorithm.kl.needs_reference:
         rows.append(Row("reference model (fp32 shards)", 4 * p.total // ranks, "algorithm.kl.coef"))
     if on_gpu:
