@@ -5,7 +5,7 @@ fp32 model with `load_model`, then `fully_shard`) vs the sharded path (`build_sh
     .venv/bin/python bench/load_memory.py                           # CPU, 2 ranks (gloo), 3 runs each
     python bench/load_memory.py --device cuda --ranks 1 --configs small   # one GPU (NCCL)
 
-Configs: the `small` preset (`init_tiny(..., preset="small")`, ~13 MB in fp32: the ~300 MB of a
+Configs: the `small` preset (`init_tiny(..., preset="small")`, ~35 MB in fp32: the ~400 MB of a
 process that imported torch dominate its RSS) and `wide`, a synthetic LingConfig of ~0.4 GB in
 fp32 (written with `save_model`) so that the model dominates. Each run spawns fresh ranks; a rank
 resets its RSS high-water mark (`/proc/self/clear_refs`) just before loading, and reports the
