@@ -271,7 +271,10 @@ class RolePlan:
     def problem(self) -> str:
         """One line: what does not fit, and the key to change."""
         keyed = [r for r in self.rows if r.counted and r.key]
-        biggest = max(keyed, key=lambda r: r.bytes) if keyed else None
+        fixed = self.scale * sum(r.bytes for r in self.rows if r.counted and not r.key)
+        # A part that alone (with the fixed ones) exceeds the budget must shrink whatever else does.
+        alone = [r for r in keyed if fixed + self.scale * r.bytes > self.budget]
+        biggest = max(alone or keyed, key=lambda r: r.bytes) if keyed else None
         fix = f"; largest part: {biggest.name} ({gib(biggest.bytes * self.scale)}), change {biggest.key}" if biggest else ""
         return f"{self.role}: needs {gib(self.total)} {self.where}, {gib(self.budget)} available{fix}"
 
