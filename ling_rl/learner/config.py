@@ -36,10 +36,6 @@ class LearnerConfig(Section):
     num_ranks: int = Field(default=1, ge=1)
     """Data-parallel FSDP2 ranks."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where each rank computes: `cuda` (one GPU per rank, NCCL collectives; needs
-    `cluster.learner.num_gpus` >= 1), `cpu` (gloo), or `auto` (CUDA when the rank sees a GPU)."""
-
     lr: float = Field(default=1e-6, gt=0)
     """Peak learning rate of AdamW."""
 
@@ -86,6 +82,10 @@ class LearnerConfig(Section):
 
     fp8: FP8Config = Field(default_factory=FP8Config)
     """FP8 settings, read when `precision: fp8`."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where each rank computes: `cuda` (one GPU per rank, NCCL collectives; needs
+    `cluster.learner.num_gpus` >= 1), `cpu` (gloo), or `auto` (CUDA when the rank sees a GPU)."""
 
     freeze_expert_bias: bool = True
     """Keep the router expert bias fixed during RL (Ring-1T 2.3.4). `false`: after each optimizer
