@@ -174,3 +174,39 @@ def test_finished_run_is_reported_without_starting_roles(tmp_path: Path) -> None
     assert "run already complete at step 3; raise run.steps to continue" in proc.stdout
     assert RAY_STARTED not in proc.stdout + proc.stderr
     assert not (run_dir / "model_init").exists() and not (run_dir / "hf_final").exists()
+
+
+def _train_lines(tmp_path: Path, *overrides: str, env: dict[str, str] | None = None) -> tuple[int, list[str], str]:
+    proc = _cli(["train", "recipes/tiny_cpu.yaml", f"run.output_dir={tmp_path}", *overrides], env)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    return proc.returncode, lines, proc.stdout + proc.stderr
+
+
+def test_train_without_the_gpus_the_recipe_asks_for_fails_before_start_up(tmp_path: Path) -> None:
+    """This box has no GPU: a recipe whose roles ask for GPUs fails in one line naming the keys,
+    before Ray or any download (and a hub model that cannot be had is a second line)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    code, lines, out = _train_lines(tmp_path, "cluster.learner.num_gpus=1", "model.tiny=null",
+                                    "model.path=acme/not-cached", env=env)
+    assert code == 2, out
+    assert len(lines) == 2, lines
+    assert "learner.num_ranks x cluster.learner.num_gpus = 2" in lines[0] and "this machine has (a local Ray) 0" in lines[0]
+    assert lines[1].startswith("model.path: acme/not-cached is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    assert "Traceback" not in out and RAY_STARTED not in out
+
+
+def test_train_with_a_model_that_cannot_be_had_is_one_line(tmp_path: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    code, lines, out = _train_lines(tmp_path, "model.tiny=null", "model.path=acme/not-cached", env=env)
+    assert code == 2, out
+    assert len(lines) == 1 and "model.path: acme/not-cached" in lines[0], lines
+    assert "Traceback" not in out and RAY_STARTED not in out
+
+
+def test_train_that_does_not_fit_in_memory_exits_3_before_start_up(tmp_path: Path) -> None:
+    """The memory plan is a preflight too: the learner of this CPU recipe at a 10M-token
+    micro-batch needs more than the host has; train names the role and the key, exit 3 as `plan`."""
+    code, lines, out = _train_lines(tmp_path, "learner.micro_batch_tokens=10000000", "learner.logprob_chunk_tokens=10000000")
+    assert code == 3, out
+    assert lines[0].startswith("error: learner: needs") and "change learner." in lines[0], lines
+    assert "Traceback" not in out and RAY_STARTED not in out
