@@ -156,6 +156,11 @@ def choose_method(requested: str, engines_on_cuda: bool, learner_node: str | Non
     engine shares learner rank 0's Ray node, object_store otherwise. Other names stand for
     themselves. Called with no nodes before the engines exist, it answers only whether they
     need the NCCL engine (`nccl` or not)."""
+    if requested == "nccl" and not engines_on_cuda:
+        from ling_rl.config import RecipeError
+
+        raise RecipeError("rollout.weight_sync.method: nccl needs the engines on GPUs (cluster.rollout.num_gpus > 0); "
+                          "on CPU use shm_file, object_store or auto")
     if requested != "auto":
         return requested
     if engines_on_cuda:

@@ -108,6 +108,8 @@ def test_auto_chooses_by_platform_and_node() -> None:
     assert choose_method("auto", engines_on_cuda=False, learner_node="a", engine_nodes=["a", "b"]) == "object_store"
     assert choose_method("object_store", engines_on_cuda=False, learner_node="a", engine_nodes=["a"]) == "object_store"
     assert choose_method("auto", engines_on_cuda=False) == "shm_file"  # before the engines exist: no NCCL engine
+    with pytest.raises(ValueError, match="rollout.weight_sync.method: nccl needs the engines on GPUs"):
+        choose_method("nccl", engines_on_cuda=False)
     assert set(SYNC_METHODS) == {"shm_file", "object_store", "nccl"}
     assert all(issubclass(c, WeightSync) for c in SYNC_METHODS.values())
     assert [n for n, c in SYNC_METHODS.items() if c.needs_nccl_engines] == ["nccl"]
