@@ -142,17 +142,18 @@ def _gpus(recipe: Recipe) -> None:
 
 
 def _cluster_gpus(address: str) -> float:
-    """GPUs of the running Ray cluster at `address` (connects the way `train` does)."""
-    from ling_rl.cluster.config import ClusterConfig
-    from ling_rl.cluster.ray_init import init_ray
+    """GPUs of the running Ray cluster at `address`. The connection stays: `train`'s `init_ray`
+    finds Ray initialized and goes on with it (same address; Ray's INFO lines are kept out of
+    preflight's one-line-per-problem output)."""
+    import logging
+
+    import ray
 
     try:
-        init_ray(ClusterConfig(address=address))
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
     except ConnectionError as e:
         raise _Problem(f"cluster.address={address}: no running Ray cluster to join ({str(e).splitlines()[0]}); "
                        "start one (`ray start --head`) or remove cluster.address to start a local Ray") from None
-    import ray
-
     return float(ray.cluster_resources().get("GPU", 0))
 
 
