@@ -92,8 +92,10 @@ def cuda_step(model_dir: str | Path, workdir: str | Path, precision: str = "bf16
     """One learner step with one rank on `device` (NCCL on CUDA): builds the policy and the KL
     reference model sharded from `model_dir`, trains one step on a random batch, and returns the
     metrics, the old-policy log-probs of the batch (CPU), and on CUDA the peak memory of loading
-    both models (`load_peak_bytes`) next to their fp32 size (`model_bytes`). Leaves no process
-    group behind."""
+    both models (`load_peak_bytes`) next to their fp32 size (`model_bytes`). Then it saves a
+    checkpoint (DCP, RNG state), trains a second step, reloads the checkpoint and trains that step
+    again (`after_save`, `after_load`: their metrics), and exports the inference weights
+    (`exported`: how many tensors, all on the CPU). Leaves no process group behind."""
     import torch.distributed as dist
 
     from ling_rl.learner.worker import LearnerWorker
@@ -109,11 +111,24 @@ def cuda_step(model_dir: str | Path, workdir: str | Path, precision: str = "bf16
         batch = random_batch(worker.config.vocab_size, seed=0)
         old, _ = worker.old_logprobs(batch, record_routing=False)
         metrics = worker.train_step(batch)
+        ckpt = Path(workdir) / f"ckpt-{device}-{precision}"
+        ckpt.mkdir(exist_ok=True)
+        worker.save_checkpoint(str(ckpt))
+        second = random_batch(worker.config.vocab_size, seed=1)
+        after_save = worker.train_step(second)
+        worker.load_checkpoint(str(ckpt))
+        after_load = worker.train_step(second)
+        worker.export_inference_weights(str(ckpt / "sync.safetensors"))
+        from safetensors.torch import load_file
+
+        exported = load_file(str(ckpt / "sync.safetensors"))
+        assert all(t.device.type == "cpu" for t in exported.values())
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     return {"metrics": metrics, "old_logprobs": old.cpu(), "mask": batch.response_mask,
-            "load_peak_bytes": load_peak, "model_bytes": model_bytes}
+            "load_peak_bytes": load_peak, "model_bytes": model_bytes, "after_save": after_save,
+            "after_load": after_load, "exported": len(exported)}
 
 
 @pytest.mark.gpu
@@ -136,6 +151,11 @@ def test_one_learner_step_on_cuda_with_one_nccl_rank(tmp_path: Path, tiny_dir: P
     print(f"cuda {precision}: load peak {gpu['load_peak_bytes'] / 2**20:.2f} MiB, "
           f"policy + reference fp32 {gpu['model_bytes'] / 2**20:.2f} MiB")
     assert gpu["load_peak_bytes"] <= 1.5 * gpu["model_bytes"]
+    # Checkpoint round trip on the device: the reloaded step repeats the one after the save
+    # (loosely: CUDA kernels may sum in another order), and the export has every weight.
+    assert gpu["after_load"]["loss"] == pytest.approx(gpu["after_save"]["loss"], rel=1e-3, abs=1e-5)
+    assert gpu["after_load"]["grad_norm"] == pytest.approx(gpu["after_save"]["grad_norm"], rel=1e-2)
+    assert gpu["exported"] == cpu["exported"] > 0
 
 
 def test_the_gpu_check_helper_runs_on_cpu(tmp_path: Path, tiny_dir: Path) -> None:
@@ -143,3 +163,6 @@ def test_the_gpu_check_helper_runs_on_cpu(tmp_path: Path, tiny_dir: Path) -> Non
     result = cuda_step(tiny_dir, tmp_path, "fp32", "cpu")
     assert result["metrics"]["skipped"] == 0.0 and math.isfinite(result["metrics"]["loss"])
     assert result["old_logprobs"].device.type == "cpu" and result["load_peak_bytes"] == 0
+    assert result["after_load"]["loss"] == result["after_save"]["loss"]
+    assert result["after_load"]["grad_norm"] == result["after_save"]["grad_norm"]
+    assert result["exported"] > 0
