@@ -14,7 +14,8 @@ Learner, per rank (FSDP2 over `learner.num_ranks`; fp32 master parameters, as
 `ling_rl.learner.loading` keeps them; bf16 compute for `precision: bf16 | fp8`):
   parameters  4 B x params / ranks          (fp32 shards)
   gradients   4 B x trainable / ranks       (fp32 shards; MTP layers are frozen unless model.mtp.enabled)
-  optimizer   8 B x trainable / ranks       (AdamW m and v, fp32)
+  optimizer   8 B x trainable / ranks       (AdamW m and v, fp32; one optimizer: the DFT warm
+                                            start's own AdamW is dropped at the first RL step)
   unsharded   c x (root + 2 x largest layer) + 4 B x (root + largest layer)
               (FSDP2 all-gathers a layer and prefetches the next one, in the compute dtype, c bytes;
               the root unit - embeddings, final norm, lm_head - stays gathered through the step;

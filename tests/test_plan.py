@@ -121,3 +121,41 @@ def test_plan_without_a_model_config_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "model.path: acme/not-cached is not in the Hugging Face cache" in result.output
     assert "Traceback" not in result.output
+
+
+def _dft_then_rl(rank: int, init: str, model_dir: str, out: str) -> None:
+    import transformers
+
+    from ling_rl.config import parse_recipe
+    from ling_rl.dft import DFTConfig, DFTData
+    from ling_rl.learner.sections import LearnerSections
+    from ling_rl.learner.worker import LearnerWorker
+    from ling_rl.types import TrainBatch
+    from tests.learner.helpers import leave
+
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+                           "learner": {"precision": "fp32", "num_ranks": 1}})
+    worker = LearnerWorker(rank, 1, LearnerSections.of(recipe), model_dir)
+    worker.setup(init)
+    rows = [__import__("json").loads(line) for line in (ROOT / "data/arith/train.jsonl").read_text().splitlines()[:16]]
+    worker.sft_step(DFTData(rows, DFTConfig(enabled=True, batch_size=8), tok, "prompt", "answer", "t").batch(tok.pad_token_id), lr=1e-3)
+    during_dft = hasattr(worker, "sft_optimizer")
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 8:] = True
+    worker.train_step(TrainBatch(input_ids=ids, response_mask=mask, advantages=mask.float(),
+                                 unit_ids=torch.zeros(2, 16, dtype=torch.long), inf_logprobs=torch.zeros(2, 16)))
+    torch.save({"during_dft": during_dft, "after_rl": hasattr(worker, "sft_optimizer"),
+                "rl_state": len(worker.optimizer.state)}, out)
+    leave(worker)
+
+
+def test_dft_optimizer_is_freed_when_rl_starts(tmp_path: Path, tiny_dir: Path) -> None:
+    """The planner counts one AdamW state: the DFT warm start's own optimizer is dropped at the
+    first RL step (it is never checkpointed, so a resumed run never had it either)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dft_then_rl, args=(f"file://{tmp_path}/pg", str(tiny_dir), str(tmp_path / "r.pt")), nprocs=1)
+    result = torch.load(tmp_path / "r.pt")
+    assert result == {"during_dft": True, "after_rl": False, "rl_state": result["rl_state"]} and result["rl_state"] > 0

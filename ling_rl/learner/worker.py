@@ -180,6 +180,9 @@ class LearnerWorker:
         rejects is skipped whole: no optimizer or schedule step (`skipped` = 1)."""
         cfg = self.cfg.learner
         lr = self.scheduler.get_last_lr()[0]  # the LR this step's updates use
+        # The DFT warm start is over once RL trains: its AdamW state (8 bytes per parameter per rank,
+        # never checkpointed) would sit beside the RL optimizer's (ling_rl/plan.py counts one).
+        self.__dict__.pop("sft_optimizer", None)
         if not carries_signal(batch, self.cfg.algorithm):
             return {"skipped": 1.0, "lr": lr}
         batch = batch_to(batch, self.device)
