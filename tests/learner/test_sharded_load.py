@@ -113,3 +113,27 @@ def test_sharded_load_equals_the_full_load(tmp_path: Path, tiny_dir: Path) -> No
     reference = torch.nn.functional.pad(token_logprobs(logits, batch.input_ids[:, 1:]), (1, 0))
     mask = batch.response_mask.bool()
     torch.testing.assert_close(got["logp"][mask], reference[mask], rtol=0, atol=1e-5)
+
+
+def test_a_bf16_checkpoint_loads_into_fp32_master_weights(tmp_path: Path, tiny_dir: Path) -> None:
+    """Ling releases store bf16: rank 0 reads (and broadcasts) the bf16 tensors, the sharded fp32
+    parameters hold them exactly, as `load_model` does. One in-process gloo rank."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from ling_rl.learner.loading import build_sharded
+    from ling_rl.models.hf_io import save_model
+
+    plain = load_model(tiny_dir)
+    bf16_dir = save_model(plain, tmp_path / "bf16", state={k: v.to(torch.bfloat16) for k, v in plain.state_dict().items()})
+    expected = load_model(bf16_dir).state_dict()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model = build_sharded(bf16_dir, torch.device("cpu"), MixedPrecisionPolicy())
+        got = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    finally:
+        dist.destroy_process_group()
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == torch.float32 and torch.equal(got[key], value), key
