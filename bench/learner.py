@@ -42,6 +42,15 @@ LING_MINI = dict(
 )
 
 
+def fp8_config(precision: str):
+    """The FP8 settings of a bench precision, None when it is not an fp8 one. `fp8`: the recipe
+    default (routed experts in fp8 where supported: CUDA sm90 with torchao's grouped GEMM);
+    `fp8-linears`: only the attention / dense / shared-expert linears."""
+    from ling_rl.learner.config import FP8Config
+
+    return {"fp8": FP8Config(), "fp8-linears": FP8Config(routed_experts=False)}.get(precision)
+
+
 def model_config(shapes: str, layers: int):
     from ling_rl.models.ling_config import LingConfig
     from ling_rl.models.tiny import PRESETS
@@ -67,13 +76,17 @@ def step_flops(cfg, tokens: int, seq: int) -> float:
     return 3 * 2 * tokens * (weights + attention)
 
 
+def log(message: str) -> None:
+    """Progress on stderr, flushed: a child killed at its time limit still shows how far it got."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, steps: int, device: str) -> dict:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from ling_rl.learner.config import FP8Config
     from ling_rl.learner.fp8 import apply_fp8
     from ling_rl.models.ling_moe import LingForCausalLM
 
@@ -87,9 +100,11 @@ def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, step
     with torch.device(device):
         model = LingForCausalLM(cfg)
     model.init_weights()
-    converted = apply_fp8(model, FP8Config(), torch.device(device)) if precision == "fp8" else []
+    log(f"{precision}: model built ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters)")
+    fp8 = fp8_config(precision)
+    converted = apply_fp8(model, fp8, torch.device(device)) if fp8 is not None else []
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if precision in ("bf16", "fp8") else MixedPrecisionPolicy()
+        if precision != "fp32" else MixedPrecisionPolicy()
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
@@ -107,6 +122,7 @@ def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, step
         opt.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
+        log(f"{precision}: step {i} {time.perf_counter() - t0:.3f} s{' (warm-up)' if i < 2 else ''}")
         if i >= 2:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
@@ -132,6 +148,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs per (shapes, precision)")
+    parser.add_argument("--child-timeout", type=float, default=None,
+                        help="seconds per (shapes, precision) run; one over it is reported and not repeated")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--json", default=None, help="write the runs and the summary here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -149,14 +167,25 @@ def main() -> None:
     for shape in shapes:
         for r in range(args.repeats):
             for precision in precisions:
+                if f"{shape}/{precision}" in failures:  # failed or timed out once: spend the time elsewhere
+                    continue
                 child = dict(shapes=shape, precision=precision, layers=args.layers, batch=batch, seq=seq,
                              steps=args.steps, device=args.device)
-                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)], env=env,
-                                      capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+                try:
+                    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)], env=env,
+                                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                                          timeout=args.child_timeout)
+                except subprocess.TimeoutExpired as e:
+                    err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+                    print(f"{shape}/{precision} repeat {r}: over --child-timeout {args.child_timeout:g} s; its "
+                          f"progress:\n{err[-3000:]}", flush=True)
+                    failures.append(f"{shape}/{precision}")
+                    continue
                 if proc.returncode:
                     print(f"{shape}/{precision} repeat {r} failed:\n{proc.stderr[-3000:]}", flush=True)
                     failures.append(f"{shape}/{precision}")
                     continue
+                print(proc.stderr[-1500:], end="", flush=True)  # the child's progress lines
                 runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
                 print(f"  {shape}/{precision} repeat {r}: {runs[-1]['step_s']:.3f} s/step", flush=True)
                 if args.json:  # after every run: a timeout later still leaves the runs so far

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from ling_rl.types import TrainBatch
 
@@ -43,16 +44,24 @@ def resolve_device(setting: DeviceSetting, rank: int) -> torch.device:
     return torch.device("cuda", rank % torch.cuda.device_count())
 
 
-def batch_to(batch: TrainBatch, device: torch.device) -> TrainBatch:
-    """`batch` with every tensor on `device` (the same object's tensors when already there)."""
+def batch_to(batch: TrainBatch, device: torch.device, multiple: int = 1) -> TrainBatch:
+    """`batch` with every tensor on `device` (the same object's tensors when already there), its
+    positions right-padded to a multiple of `multiple` (padding: token 0, outside the response
+    mask, so it changes no loss term; with causal attention it never reaches a real position)."""
+    extra = -batch.input_ids.shape[1] % multiple
+
     def move(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(device)
+        return None if t is None else F.pad(t.to(device), (0, extra))
+
+    def move_routing(r: torch.Tensor) -> torch.Tensor:  # [B*T, k] -> [B*(T+extra), k], expert 0 on padding
+        b = batch.input_ids.shape[0]
+        return F.pad(r.to(device).view(b, -1, r.shape[-1]), (0, 0, 0, extra)).reshape(-1, r.shape[-1])
 
     return TrainBatch(
-        input_ids=batch.input_ids.to(device), response_mask=batch.response_mask.to(device),
-        advantages=batch.advantages.to(device), unit_ids=batch.unit_ids.to(device),
-        inf_logprobs=batch.inf_logprobs.to(device), old_logprobs=move(batch.old_logprobs),
-        routed_experts=None if batch.routed_experts is None else [r.to(device) for r in batch.routed_experts],
+        input_ids=move(batch.input_ids), response_mask=move(batch.response_mask),
+        advantages=move(batch.advantages), unit_ids=move(batch.unit_ids),
+        inf_logprobs=move(batch.inf_logprobs), old_logprobs=move(batch.old_logprobs),
+        routed_experts=None if batch.routed_experts is None else [move_routing(r) for r in batch.routed_experts],
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ling_rl.models.hf_io import (
@@ -44,9 +45,13 @@ def build_sharded(folder: str | Path, device: torch.device, mp_policy: MixedPrec
         raise NotImplementedError(f"{folder}: sharded loading does not support tie_word_embeddings: true")
     if convert is not None:
         convert(model)
+    # An explicit mesh of `device`'s type: without one FSDP2 builds its mesh on CUDA whenever the
+    # process sees a GPU, and a `learner.device: cpu` rank on a GPU machine would compute on the GPU
+    # (seen on an H200: embeddings on cuda:0, RoPE buffers on the CPU).
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp_policy)
-    fully_shard(model, mp_policy=mp_policy)
+        fully_shard(layer, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
     model.to_empty(device=device)
     fill_from_checkpoint(model, folder)
     init_computed_buffers(model, device)

@@ -70,6 +70,10 @@ class LearnerWorker:
         self.device = resolve_device(self.cfg.learner.device, self.rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        # torchao's float8 GEMMs on CUDA (`torch._scaled_mm`) need every dimension a multiple of 16,
+        # the token count too (it is the inner dimension of the weight-gradient GEMM): micro-batches
+        # are right-padded to a multiple of 16 positions there.
+        self.token_multiple = 16 if self.cfg.learner.precision == "fp8" and self.device.type == "cuda" else 1
         if not dist.is_initialized():
             dist.init_process_group(BACKENDS[self.device.type], init_method=init_method, rank=self.rank,
                                     world_size=self.world_size, timeout=timedelta(seconds=collective_timeout_s))
@@ -96,7 +100,7 @@ class LearnerWorker:
         """The model sharded from the start (built on the meta device, filled shard by shard from
         the checkpoint: see `ling_rl.learner.loading`), fp32 parameters on this rank's device."""
         def to_fp8(model: LingForCausalLM) -> None:  # before fully_shard: FSDP2 must see the Float8Linears
-            self.fp8_modules = apply_fp8(model, self.cfg.learner.fp8)
+            self.fp8_modules = apply_fp8(model, self.cfg.learner.fp8, self.device)
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if self.cfg.learner.precision in ("bf16", "fp8") else MixedPrecisionPolicy()
@@ -132,9 +136,11 @@ class LearnerWorker:
         return F.pad(out.head.logprobs, (1, 0)), out
 
     @staticmethod
-    def _trim(mb: TrainBatch) -> TrainBatch:
-        """Drop the right padding shared by all rows of a micro-batch."""
+    def _trim(mb: TrainBatch, multiple: int = 1) -> TrainBatch:
+        """Drop the right padding shared by all rows of a micro-batch, keeping the length a multiple
+        of `multiple` (the batch's own length is one: `batch_to`)."""
         length = int(_lengths(mb).max()) if len(mb) else 1
+        length = min(-(-length // multiple) * multiple, mb.input_ids.shape[1])
         trimmed = TrainBatch(
             input_ids=mb.input_ids[:, :length], response_mask=mb.response_mask[:, :length],
             advantages=mb.advantages[:, :length], unit_ids=mb.unit_ids[:, :length],
@@ -150,7 +156,7 @@ class LearnerWorker:
     def old_logprobs(self, batch: TrainBatch, record_routing: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Log-probs (and optionally the routing) of the current weights on the whole batch; every
         rank computes its rows and the result is all-gathered by summation (rows are disjoint)."""
-        batch = batch_to(batch, self.device)
+        batch = batch_to(batch, self.device, self.token_multiple)
         b, t = batch.input_ids.shape
         logp_all = torch.zeros(b, t, device=self.device)
         n_moe = sum(1 for layer in self.model.trunk_layers if layer.is_moe)
@@ -158,7 +164,7 @@ class LearnerWorker:
         routing = torch.zeros(n_moe, b, t, k, dtype=torch.long, device=self.device) if record_routing else None
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         for rows in plan:
-            mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])))
+            mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])), self.token_multiple)
             logp, out = self._token_logprobs(self.model, mb.input_ids, record=record_routing)
             if len(rows):
                 logp_all[rows, : logp.shape[1]] = logp
@@ -185,7 +191,7 @@ class LearnerWorker:
         self.__dict__.pop("sft_optimizer", None)
         if not carries_signal(batch, self.cfg.algorithm):
             return {"skipped": 1.0, "lr": lr}
-        batch = batch_to(batch, self.device)
+        batch = batch_to(batch, self.device, self.token_multiple)
         updates = min(cfg.updates_per_batch, len(batch))
         replay_mode = self.cfg.rollout.routing_replay
         if updates > 1 or replay_mode == "r2":
@@ -210,7 +216,7 @@ class LearnerWorker:
         for rows in plan:
             empty = len(rows) == 0
             # An empty micro-batch still runs (FSDP2 ranks must issue the same collectives) with zero loss.
-            mb = self._trim(batch.select(rows if not empty else torch.tensor([0])))
+            mb = self._trim(batch.select(rows if not empty else torch.tensor([0])), self.token_multiple)
             logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, with_mtp=self.train_mtp,
                                              record=loads is not None, entropy=True)
             if loads is not None and not empty:
@@ -260,13 +266,13 @@ class LearnerWorker:
         with its own AdamW so the RL optimizer's state starts clean after the warm start."""
         if not hasattr(self, "sft_optimizer"):
             self.sft_optimizer = torch.optim.AdamW(self.params, lr=lr, betas=self.cfg.learner.betas, foreach=False)
-        batch = batch_to(batch, self.device)
+        batch = batch_to(batch, self.device, self.token_multiple)
         denominator = max(float(batch.response_mask.sum()), 1.0)
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         sums: dict[str, float] = {}
         for rows in plan:
             empty = len(rows) == 0
-            mb = self._trim(batch.select(rows if not empty else torch.tensor([0])))
+            mb = self._trim(batch.select(rows if not empty else torch.tensor([0])), self.token_multiple)
             logp, _ = self._token_logprobs(self.model, mb.input_ids, behaviour=False)
             mask = mb.response_mask.bool()
             nll = -(logp * mask).sum() / denominator

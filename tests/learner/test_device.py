@@ -145,7 +145,8 @@ def test_one_learner_step_on_cuda_with_one_nccl_rank(tmp_path: Path, tiny_dir: P
     assert m["skipped"] == 0.0
     assert math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
     mask = gpu["mask"].bool()
-    diff = (gpu["old_logprobs"][mask] - cpu["old_logprobs"][mask]).abs()
+    t = mask.shape[1]  # fp8 on CUDA pads the positions to a multiple of 16
+    diff = (gpu["old_logprobs"][:, :t][mask] - cpu["old_logprobs"][mask]).abs()
     assert float(diff.mean()) < 0.1, f"mean |logp(cuda {precision}) - logp(cpu fp32)| = {float(diff.mean()):.4f}"
     assert m["grad_norm"] == pytest.approx(cpu["metrics"]["grad_norm"], rel=0.2)
     print(f"cuda {precision}: load peak {gpu['load_peak_bytes'] / 2**20:.2f} MiB, "
@@ -166,3 +167,35 @@ def test_the_gpu_check_helper_runs_on_cpu(tmp_path: Path, tiny_dir: Path) -> Non
     assert result["after_load"]["loss"] == result["after_save"]["loss"]
     assert result["after_load"]["grad_norm"] == result["after_save"]["grad_norm"]
     assert result["exported"] > 0
+
+
+def test_positions_padded_to_a_multiple_change_no_log_prob_or_step(tmp_path: Path, tiny_dir: Path) -> None:
+    """fp8 on CUDA pads every micro-batch to a multiple of 16 positions (`token_multiple`); here the
+    same padding on CPU: the log-probs and routing of the real positions, and a train step's loss and
+    gradient norm, are those of the unpadded batch."""
+    import torch.distributed as dist
+
+    from ling_rl.learner.worker import LearnerWorker
+
+    batch = random_batch(1024, seed=0)
+    t = batch.input_ids.shape[1]
+    assert t % 16
+    results = {}
+    for multiple in (1, 16):
+        worker = LearnerWorker(0, 1, _sections("cpu"), str(tiny_dir))
+        try:
+            worker.setup(f"file://{tmp_path}/pg-{multiple}")
+            worker.token_multiple = multiple
+            logp, routing = worker.old_logprobs(batch, record_routing=True)
+            results[multiple] = (logp, routing, worker.train_step(batch))
+        finally:
+            dist.destroy_process_group()
+    (logp, routing, step), (logp16, routing16, step16) = results[1], results[16]
+    assert logp16.shape == (batch.input_ids.shape[0], 32)
+    mask = batch.response_mask.bool()  # padding positions are never read; they may differ
+    torch.testing.assert_close(logp16[:, :t][mask], logp[mask], rtol=0, atol=1e-6)
+    b = batch.input_ids.shape[0]
+    for r, r16 in zip(routing, routing16, strict=True):
+        assert torch.equal(r16.view(b, 32, -1)[:, :t][mask], r.view(b, t, -1)[mask])
+    assert step16["loss"] == pytest.approx(step["loss"], rel=1e-6, abs=1e-9)
+    assert step16["grad_norm"] == pytest.approx(step["grad_norm"], rel=1e-5)
