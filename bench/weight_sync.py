@@ -11,7 +11,8 @@ reports its phases (ling_rl/rollout/sync.py):
 
 The methods run interleaved (shm, object, shm, object, ...) for `--repeats` rounds, so a change
 in the machine's load hits both alike; the table gives the median and the [min, max] spread. The
-baseline is one `Tensor.copy_` of the same number of bytes, the least any sync must do. The
+baseline is one `Tensor.copy_` of the same number of bytes (median of at least 20, after one
+untimed copy), the least any sync must do. The
 NCCL method needs CUDA and is not measured here.
 
     .venv/bin/python bench/weight_sync.py [--presets tiny small] [--repeats 5] [--bucket-mib 64]
@@ -67,7 +68,7 @@ def bench_preset(preset: str, repeats: int, bucket_mib: int, cluster) -> dict:
         dst = torch.empty_like(src)
         dst.copy_(src)  # touch the pages once: the baseline is a copy, not page faults
         copies = []
-        for _ in range(repeats):
+        for _ in range(max(repeats, 20)):  # a copy takes micro- to milliseconds: more repeats
             t0 = time.perf_counter()
             dst.copy_(src)
             copies.append(time.perf_counter() - t0)
@@ -99,7 +100,8 @@ def main() -> None:
     print(f"seconds: median [min, max] of {args.repeats} interleaved repeats; buckets of {args.bucket_mib} MiB")
     for preset, r in rows:
         copy = statistics.median(r["copy"])
-        print(f"\n{preset}: {r['bytes'] / 1e6:.1f} MB, plain copy {_spread(r['copy'])}")
+        ms = [c * 1e3 for c in r["copy"]]
+        print(f"\n{preset}: {r['bytes'] / 1e6:.1f} MB, plain copy {statistics.median(ms):.3f} ms [{min(ms):.3f}, {max(ms):.3f}]")
         print(f"{'method':13s} " + " ".join(f"{p + ' s':>30s}" for p in PHASES))
         for m, t in r["times"].items():
             print(f"{m:13s} " + " ".join(f"{_spread(t[p]):>30s}" for p in PHASES))
