@@ -43,9 +43,6 @@ class LearnerGroup:
         ref = ray.put(batch)
         return self._gather([w.sft_step.remote(ref, lr) for w in self.workers], "sft_step")[0]
 
-    def export_inference_weights(self, path: str) -> None:
-        self._gather([w.export_inference_weights.remote(path) for w in self.workers], "weight export")
-
     def submit(self, method: str, *args: Any) -> list[Any]:
         """Start `method(*args)` on every rank without waiting (weight sync: the learner's
         broadcast must run while the engines receive); `wait` collects it."""
