@@ -212,3 +212,37 @@ def test_nccl_sync_joins_every_engine_worker_and_receives_while_the_learner_send
     assert log.index(("rollout", "wait", "update_weights")) < log.index(("rollout", "submit", "finish_weight_update"))
     assert rollout.calls["update_weights"] == [(sync.update_info,)] * 3
     assert rollout.version == 4 and metrics["sync/gather_s"] == 0.1 and metrics["sync/load_s"] == 0.05
+
+
+@pytest.mark.gpu
+def test_gather_and_bucket_files_on_cuda_with_one_nccl_rank(tiny_dir: Path, tmp_path: Path) -> None:
+    """The learner side of the sync on CUDA (FSDP2 on one NCCL rank): the stream stays on the
+    device, in bf16 with the router in fp32, equals the full state's inference weights, and the
+    `shm_file` buckets land as CPU safetensors files. (The NCCL broadcast itself needs vLLM, which
+    the GPU check machine lacks.)"""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    from ling_rl.rollout.sync_sender import write_buckets
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        torch.cuda.set_device(0)
+        model = load_model(tiny_dir).to("cuda")
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        full = inference_weights(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+                                 model.config)
+        sent = {k: v for g in gather_layers(model, torch.bfloat16) for k, v in g.items()}
+        assert set(sent) == set(full) and all(t.is_cuda for t in sent.values())
+        for name, t in sent.items():
+            assert t.dtype == (torch.float32 if ".mlp.gate." in name else torch.bfloat16), name
+            assert torch.equal(t.cpu(), full[name].to(t.dtype)), name
+        out = write_buckets(model, torch.bfloat16, 256 << 10, str(tmp_path / "b"), sender=True)
+        files = {k: v for path in out["paths"] for k, v in load_file(path).items()}
+        assert len(out["paths"]) > 1 and set(files) == set(full)
+        assert all(torch.equal(files[k], sent[k].cpu()) for k in files)
+    finally:
+        dist.destroy_process_group()
