@@ -185,8 +185,9 @@ def test_nccl_sync_joins_every_engine_worker_and_receives_while_the_learner_send
     """The NCCL method's orchestration, without NCCL: one group of learner rank 0 + every engine
     worker with distinct ranks; the engines' `update_weights` is started before the learner's
     broadcast is waited on; what the engines get parses as vLLM's NCCL init/update infos."""
-    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferInitInfo, NCCLWeightTransferUpdateInfo
-
+    nccl_engine = pytest.importorskip("vllm.distributed.weight_transfer.nccl_engine")  # not on the GPU check box
+    NCCLWeightTransferInitInfo, NCCLWeightTransferUpdateInfo = (nccl_engine.NCCLWeightTransferInitInfo,
+                                                                nccl_engine.NCCLWeightTransferUpdateInfo)
     from ling_rl.rollout.sync import NcclSync
 
     log: list = []
