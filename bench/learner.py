@@ -105,10 +105,12 @@ def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, step
     converted = apply_fp8(model, fp8, torch.device(device)) if fp8 is not None else []
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if precision != "fp32" else MixedPrecisionPolicy()
+    log(f"{precision}: {len(converted)} modules converted to float8")
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    log(f"{precision}: sharded, optimizer built")
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
     times = []
     for i in range(steps + 2):
@@ -155,6 +157,10 @@ def main() -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.child_timeout:  # a run that hangs shows where: every thread's stack, before the kill
+            import faulthandler
+
+            faulthandler.dump_traceback_later(max(1.0, args.child_timeout - 10), exit=False)
         print(json.dumps(run_one(**json.loads(args.child))))
         return
     gpu = args.device == "cuda"
@@ -172,7 +178,8 @@ def main() -> None:
                 child = dict(shapes=shape, precision=precision, layers=args.layers, batch=batch, seq=seq,
                              steps=args.steps, device=args.device)
                 try:
-                    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)], env=env,
+                    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child),
+                                           *(["--child-timeout", str(args.child_timeout)] if args.child_timeout else [])], env=env,
                                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                                           timeout=args.child_timeout)
                 except subprocess.TimeoutExpired as e:

@@ -149,14 +149,39 @@ def test_one_learner_step_on_cuda_with_one_nccl_rank(tmp_path: Path, tiny_dir: P
     diff = (gpu["old_logprobs"][:, :t][mask] - cpu["old_logprobs"][mask]).abs()
     assert float(diff.mean()) < 0.1, f"mean |logp(cuda {precision}) - logp(cpu fp32)| = {float(diff.mean()):.4f}"
     assert m["grad_norm"] == pytest.approx(cpu["metrics"]["grad_norm"], rel=0.2)
+    # Printed, not asserted: on an H200 (2026-11-26) this read 73.2 MiB for 8.65 MiB of fp32 weights,
+    # a fixed cost of the first CUDA/NCCL work that a tiny model cannot amortise; the bound on the
+    # memory of loading is checked on a model that dominates it (next test).
     print(f"cuda {precision}: load peak {gpu['load_peak_bytes'] / 2**20:.2f} MiB, "
           f"policy + reference fp32 {gpu['model_bytes'] / 2**20:.2f} MiB")
-    assert gpu["load_peak_bytes"] <= 1.5 * gpu["model_bytes"]
     # Checkpoint round trip on the device: the reloaded step repeats the one after the save
     # (loosely: CUDA kernels may sum in another order), and the export has every weight.
     assert gpu["after_load"]["loss"] == pytest.approx(gpu["after_save"]["loss"], rel=1e-3, abs=1e-5)
     assert gpu["after_load"]["grad_norm"] == pytest.approx(gpu["after_save"]["grad_norm"], rel=1e-2)
     assert gpu["exported"] == cpu["exported"] > 0
+
+
+@pytest.mark.gpu
+def test_sharded_loading_peak_cuda_memory(tmp_path: Path) -> None:
+    """The peak CUDA memory of loading bench/load_memory.py's `wide` model (0.45 GB in fp32) with the
+    sharded path on one NCCL rank, over a baseline taken after loading a tiny model the same way:
+    at most 1.5x the fp32 model + one layer (issue 11's goal at one rank). Written after the first
+    GPU run; not run on a GPU yet."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from bench.load_memory import _rank, _sizes, _write_model
+    from ling_rl.models.tiny import init_tiny
+
+    warm = init_tiny(tmp_path / "warm", preset="tiny", seed=1)
+    model_dir = _write_model("wide", tmp_path / "wide")
+    total, layer = _sizes(model_dir)
+    out = tmp_path / "wide-sharded"
+    mp.spawn(_rank, args=(1, f"file://{out}.pg", "sharded", str(model_dir), str(warm), "cuda", str(out)), nprocs=1)
+    peak = json.loads(Path(f"{out}.rank0").read_text())["cuda_peak"]
+    print(f"wide model: CUDA peak of sharded loading {peak / 2**20:.1f} MiB, fp32 model {total / 2**20:.1f} MiB")
+    assert 0 < peak <= 1.5 * total + layer
 
 
 def test_the_gpu_check_helper_runs_on_cpu(tmp_path: Path, tiny_dir: Path) -> None:
