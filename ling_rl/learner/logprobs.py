@@ -83,7 +83,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                sampling: tuple[float, float, int], chunk: int, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                sampling: tuple[float, float, int], chunk: int,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # hidden [N, H]; targets in the outputs' shape (N elements). The outputs are allocated in
         # that shape and filled chunk by chunk: not views, which FSDP2 warns about in a model's output.
         logp = hidden.new_empty(targets.shape, dtype=torch.float32)

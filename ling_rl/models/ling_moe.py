@@ -288,7 +288,9 @@ class MTPLayer(DecoderLayer):
         self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         """The MTP step, as the module's own forward: called as `mtp(...)`, FSDP2's hooks gather
         this layer's parameters (a separately named method would bypass them)."""
         x = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(hidden)], dim=-1))
@@ -388,7 +390,8 @@ class LingForCausalLM(nn.Module):
             if ids is not None:
                 chosen.append(ids)
         hidden = self.model.norm(x)
-        out = LingOutput(logits=None if head is not None else self.lm_head(hidden), hidden=hidden,
+        logits = self.lm_head(hidden) if head is None else None
+        out = LingOutput(logits=logits, hidden=hidden,
                          routed_experts=chosen if return_routed_experts else None)
         if head is not None:
             out.head = head(hidden, self.lm_head.weight, 0)

@@ -102,8 +102,8 @@ def test_the_model_head_gives_the_logprobs_and_parameter_gradients_of_the_full_l
         model.zero_grad()
         main, mtp = _model_logprobs(model, ids, chunk, sampling)
         (main.sum() + sum(m.sum() for m in mtp)).backward()
-        results[chunk] = (main.detach(), [m.detach() for m in mtp], {n: p.grad.clone() for n, p in model.named_parameters()
-                                                                      if p.grad is not None})
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[chunk] = (main.detach(), [m.detach() for m in mtp], grads)
     (want, want_mtp, want_grads), (got, got_mtp, got_grads) = results[None], results[5]
     assert_close(got, want)
     for a, b in zip(got_mtp, want_mtp, strict=True):
