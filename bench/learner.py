@@ -7,11 +7,14 @@
 Each (shapes, precision) runs in a fresh subprocess so that peak memory (RSS on CPU, CUDA max
 allocated on GPU) is its own; with `--repeats N` the precisions alternate (bf16, fp8, bf16, ...)
 N times and the table gives the median step time and its spread (min-max over the repeats). One
-step: forward, token cross-entropy on all positions, backward, AdamW step; a run's time is the
-median of `--steps` steps after 2 warm-up steps. `--json PATH` writes every run and the summary.
-On CUDA the fp8 run converts the routed experts too where `learner.fp8.routed_experts: auto`
-allows it (sm90+); its `fp8_modules` count includes them. The CUDA path is written for CUDA and
-not run on a GPU yet (bench/gpu_check.sh runs it).
+step: forward, mean token log-prob loss on all positions, backward, AdamW step; a run's time is the
+median of `--steps` steps after 2 warm-up steps. `--head chunked` (default) computes the log-probs
+as the learner does (`chunked_token_logprobs`, 1024 positions at a time); `--head full` builds the
+whole [tokens, vocab] logits and a cross-entropy (what the 2026-11-26 H200 numbers in
+bench/RESULTS.md used). `--json PATH` writes every run and the summary. Precisions: fp32, bf16,
+fp8 (routed experts too where `learner.fp8.routed_experts: auto` allows it, sm90+; its
+`fp8_modules` count includes them), fp8-linears (experts stay bf16). The CUDA path ran on an H200
+in bf16 (bench/gpu_check.sh); fp8 did not finish a step there within the time limit.
 
 On CPU, fp8 is *emulated* by torchao (real casts and scales, GEMMs in high precision): its numbers
 show the wiring and the overhead of the casts, never an fp8 speed-up; and bf16 is slower than
@@ -81,13 +84,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, steps: int, device: str) -> dict:
+def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, steps: int, device: str,
+            head: str = "chunked") -> dict:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from ling_rl.learner.fp8 import apply_fp8
+    from ling_rl.learner.logprobs import chunked_token_logprobs
     from ling_rl.models.ling_moe import LingForCausalLM
 
     torch.manual_seed(0)
@@ -117,8 +122,12 @@ def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, step
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        logits = model(ids).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
+        if head == "chunked":  # the learner's path: log-probs 1024 positions at a time, no full logits
+            out = model(ids, head=lambda h, w, depth: chunked_token_logprobs(h[:, :-1], w, ids[:, 1:], chunk_tokens=1024))
+            loss = -out.head.logprobs.mean()
+        else:  # the whole [tokens, vocab] logits and a fused cross-entropy
+            logits = model(ids).logits
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -128,7 +137,7 @@ def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, step
         if i >= 2:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
-    out = {"shapes": shapes, "precision": precision, "layers": cfg.num_hidden_layers, "tokens": batch * seq,
+    out = {"shapes": shapes, "precision": precision, "head": head, "layers": cfg.num_hidden_layers, "tokens": batch * seq,
            "step_s": step, "tokens_per_s": batch * seq / step, "fp8_modules": len(converted),
            "fp8_experts": sum(n.endswith("mlp.experts") for n in converted), "loss": float(loss)}
     if device == "cuda":
@@ -150,6 +159,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs per (shapes, precision)")
+    parser.add_argument("--head", choices=["chunked", "full"], default="chunked",
+                        help="log-probs as the learner computes them (chunked) or from the full logits")
     parser.add_argument("--child-timeout", type=float, default=None,
                         help="seconds per (shapes, precision) run; one over it is reported and not repeated")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
@@ -176,7 +187,7 @@ def main() -> None:
                 if f"{shape}/{precision}" in failures:  # failed or timed out once: spend the time elsewhere
                     continue
                 child = dict(shapes=shape, precision=precision, layers=args.layers, batch=batch, seq=seq,
-                             steps=args.steps, device=args.device)
+                             steps=args.steps, device=args.device, head=args.head)
                 try:
                     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child),
                                            *(["--child-timeout", str(args.child_timeout)] if args.child_timeout else [])], env=env,
