@@ -80,7 +80,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             s.tracker.log(step, {**s.last_reward_metrics, **batch_metrics, **_rollout_metrics(kept), **cur_metrics,
                                  **dyn_metrics, **eval_metrics,
                                  **{f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()},
-                                 **sync_metrics, **timer.as_metrics()})
+                                 **sync_metrics, **timer.as_metrics(), **s.startup_metrics()})
             stalled = monitor.observe(step, s.last_reward_metrics, seen)  # why the signal is gone, or None
             if s.checkpointer.due(step, last) or stalled:
                 s.save(step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class Session:
     """The `WeightSync` method moving the learner's weights into the engines (ling_rl/rollout/sync.py)."""
     last_sync_metrics: dict[str, float] = field(default_factory=dict)
     """`sync/gather_s`, `sync/transfer_s`, `sync/load_s` of the latest sync (logged with its step)."""
+    startup: dict[str, float] = field(default_factory=dict)
+    """Seconds from this process's start to each start-up phase (Ray up, each role ready, roles
+    set up); logged once, with the first step this process runs (`startup_metrics`)."""
 
     @property
     def pad_id(self) -> int:
@@ -57,6 +61,18 @@ class Session:
         (and keeps in `last_sync_metrics`) the time of its gather / transfer / load phases."""
         self.last_sync_metrics = self.weight_sync.sync(version)
         return self.last_sync_metrics
+
+    def startup_metrics(self) -> dict[str, float]:
+        """The start-up times, plus the first generation and now (the end of the first step), in
+        seconds since the process started; empty after the first call (they are logged once)."""
+        if not self.startup:
+            return {}
+        metrics = dict(self.startup)
+        if self.rollout is not None and self.rollout.first_generation_at is not None:
+            metrics["startup/first_generation_s"] = self.rollout.first_generation_at - process_start_time()
+        metrics["startup/first_step_s"] = since_process_start()
+        self.startup = {}
+        return metrics
 
     def source(self, name: str) -> PromptSource:
         if name not in self.sources:
@@ -89,6 +105,18 @@ class Session:
             self.tracker.close()
         if self.weight_sync is not None:
             self.weight_sync.close()
+
+
+def process_start_time() -> float:
+    """When this process started (`time.time()` scale): start-up is measured from `ling-rl train`
+    itself, its imports included."""
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
+def since_process_start() -> float:
+    return time.time() - process_start_time()
 
 
 def prepare_model(recipe: Recipe, run_dir: Path) -> Path:
@@ -150,19 +178,28 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     if recipe.dft.enabled and resume_from is None:
         session.dft_data = _dft_data(recipe, tokenizer)
     init_ray(recipe.cluster)
+    session.startup["startup/ray_s"] = since_process_start()
     try:
         _check_resources(recipe)
-        session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
-                                     worker_cpus=recipe.cluster.reward.num_cpus)
-        session.learner = LearnerGroup(LearnerSections.of(recipe), str(model_dir), recipe.cluster)
         max_len = recipe.rollout.max_prompt_tokens + recipe.rollout.max_response_tokens
         # Whether the engines need vLLM's NCCL weight-transfer engine is known before they start;
         # where they landed (same node as learner rank 0 or not) only after.
         engines_on_cuda = recipe.cluster.rollout.num_gpus > 0
         nccl = SYNC_METHODS[choose_method(recipe.rollout.weight_sync.method, engines_on_cuda)].needs_nccl_engines
         dtype = recipe.rollout.engine_dtype(recipe.model.dtype)
+        # Every role's actors are created before any is waited for, so the engines, the learner
+        # ranks and the reward workers start concurrently (the engines, slowest, first). Each is
+        # stored as soon as it exists: a failure in any wait closes every role already started.
         session.rollout = RolloutGroup(str(model_dir), recipe.rollout, recipe.cluster, dtype, max_len,
-                                       nccl_weight_transfer=nccl)
+                                       nccl_weight_transfer=nccl, wait=False)
+        session.learner = LearnerGroup(LearnerSections.of(recipe), str(model_dir), recipe.cluster, wait=False)
+        session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
+                                     worker_cpus=recipe.cluster.reward.num_cpus, wait=False)
+        # Waited for in this order (the learner's setup starts once its rank 0 answers): a role's
+        # time below is when the driver saw it ready, at most later than it was.
+        for name, role in (("learner", session.learner), ("rewards", session.rewards), ("engines", session.rollout)):
+            role.wait_started()
+            session.startup[f"startup/{name}_s"] = since_process_start()
         method = choose_method(recipe.rollout.weight_sync.method, engines_on_cuda,
                                session.learner.wait(session.learner.submit("node_id"), "node id")[0],
                                session.rollout.node_ids())
@@ -179,6 +216,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
             session.skipped_steps = int(state.get("skipped_steps", 0))  # absent in older checkpoints
             session.sync_weights(session.start_step)
         session.tracker = Tracker(recipe, run_dir, resume_step=session.start_step - 1 if resume_from else None)
+        session.startup["startup/ready_s"] = since_process_start()
     except BaseException:
         session.close()
         raise

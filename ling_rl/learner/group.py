@@ -23,7 +23,8 @@ class LearnerError(RuntimeError):
 
 class LearnerGroup:
     def __init__(self, sections: LearnerSections, model_dir: str, cluster: ClusterConfig,
-                 call_timeout_s: float = 1800.0) -> None:
+                 call_timeout_s: float = 1800.0, wait: bool = True) -> None:
+        """Start the ranks; with `wait` (default) also join them and build the model (`wait_started`)."""
         self.timeout = call_timeout_s
         world = sections.learner.num_ranks
         threads = max(1, int(cluster.learner.num_cpus))
@@ -32,7 +33,15 @@ class LearnerGroup:
             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
         )
         self.workers = [actor.remote(rank, world, sections, model_dir, threads) for rank in range(world)]
-        address = self._gather([self.workers[0].rendezvous_address.remote()], "start")[0]
+        self._address_ref = self.workers[0].rendezvous_address.remote()
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Join the ranks' process group and build the model on each (the rendezvous address
+        comes from rank 0 once its actor runs); a failed or late rank tears the group down and
+        raises `LearnerError` naming it."""
+        address = self._gather([self._address_ref], "start")[0]
         self._gather([w.setup.remote(address) for w in self.workers], "setup")
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:

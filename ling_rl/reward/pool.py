@@ -68,7 +68,9 @@ class RewardPool:
         worker_cpus: float = 0.5,
         kill_grace_s: float = 1.0,
         start_timeout_s: float = 120.0,
+        wait: bool = True,
     ) -> None:
+        """Start the workers; with `wait` (default) also wait until their plugins are up (`wait_started`)."""
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if not ray.is_initialized():
@@ -82,8 +84,15 @@ class RewardPool:
         self._replaced = 0
         self._starting: dict[int, Any] = {}
         """Worker index -> ready ref of a replacement that is still starting."""
+        self._ready_refs = [w.ready.remote() for w in self._workers]
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Block until every worker has instantiated and checked the plugins (at most
+        `start_timeout_s`); on failure kill the workers and raise `RewardWorkerError`."""
         try:
-            start_errors = ray.get([w.ready.remote() for w in self._workers], timeout=start_timeout_s)
+            start_errors = ray.get(self._ready_refs, timeout=self.start_timeout_s)
         except Exception as e:
             self.shutdown()
             raise RewardWorkerError(f"reward workers failed to start: {e}") from e

@@ -3,11 +3,13 @@
 Two defects of the CPU build of vLLM 0.32 need them (the GPU build has neither, and this module
 is never imported there): seeded requests crash when a prefill is split over scheduler steps,
 and a weight reload skips the CPU MoE kernel's repacking of the routed experts. The second fix
-reaches into a vLLM-CPU internal (`CPUUnquantizedExperts`), hence this named adapter.
+reaches into a vLLM-CPU internal (`CPUUnquantizedExperts`), hence this named adapter. Also here:
+the environment that keeps a rollout engine in one process (`engine_env`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,6 +23,21 @@ def engine_kwargs(max_model_len: int) -> dict[str, Any]:
     is split over scheduler steps; whole prefills avoid that code path.
     """
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 16384)}
+
+
+def engine_env() -> dict[str, str]:
+    """Environment variables for vLLM-CPU, set before `vllm.LLM` is built (it reads them then).
+
+    With unbound OpenMP threads (`VLLM_CPU_OMP_THREADS_BIND=nobind`, what the rollout actors
+    use) the engine core and its worker run in the calling process: by default vLLM-CPU starts
+    an engine-core process which starts a worker process, each importing torch and vLLM again
+    (~15 s of a ~30 s engine start on 2 cores). Same kernels, same threads, same samples: checked
+    token for token and log-prob for log-prob, before and after a weight reload. An explicit
+    binding keeps the worker process, which is where vLLM applies it.
+    """
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") != "nobind":
+        return {}
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 def after_reload(model: torch.nn.Module) -> None:

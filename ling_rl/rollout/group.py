@@ -1,6 +1,7 @@
 """Data-parallel rollout engines as Ray actors, with bounded waits on every call.
 
     group = RolloutGroup(model_dir, recipe.rollout, recipe.cluster, dtype="float32", max_model_len=2048)
+    # or: RolloutGroup(..., wait=False) starts the engines, group.wait_started() waits for them
     generations = group.generate(requests, temperature=1.0, top_p=1.0, top_k=-1)  # request order kept
     group.load_weights("/dev/shm/policy.safetensors", version=step)
     group.shutdown()
@@ -42,7 +43,8 @@ class RolloutGroup:
     """`rollout_cfg.num_engines` `RolloutEngine` actors, each with `cluster_cfg.rollout` resources."""
 
     def __init__(self, model_dir: str, rollout_cfg: RolloutConfig, cluster_cfg: ClusterConfig, dtype: str,
-                 max_model_len: int, call_timeout_s: float = 600, nccl_weight_transfer: bool = False) -> None:
+                 max_model_len: int, call_timeout_s: float = 600, nccl_weight_transfer: bool = False,
+                 wait: bool = True) -> None:
         import ray
 
         init_ray(cluster_cfg)
@@ -66,15 +68,27 @@ class RolloutGroup:
                                                                    nccl_weight_transfer)
             for _ in range(rollout_cfg.num_engines)
         ]
-        started = time.perf_counter()
+        self._version = 0
+        self._launched = time.perf_counter()
+        # An exception in an actor's __init__ surfaces on its first call, with the traceback.
+        self._ping_refs = [e.ping.remote() for e in self._engines]
+        self.start_seconds: float | None = None
+        """Seconds from creating the engine actors to every engine answering (set by `wait_started`)."""
+        self.first_generation_at: float | None = None
+        """Wall-clock time (`time.time()`) when the first `generate` call returned (start-up metrics)."""
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Block until every engine has built its vLLM engine and answers; on a failed or late
+        engine, kill all of them and raise `RolloutError` naming the engine. The constructor calls
+        this unless `wait=False` (the session starts every role first, then waits for all)."""
         try:
-            # An exception in an actor's __init__ surfaces on its first call, with the traceback.
-            self._gather("start (ping)", [e.ping.remote() for e in self._engines])
+            self._gather("start (ping)", self._ping_refs)
         except RolloutError:
             self.shutdown()
             raise
-        self.start_seconds = time.perf_counter() - started
-        self._version = 0
+        self.start_seconds = time.perf_counter() - self._launched
 
     @property
     def engines(self) -> list[Any]:
@@ -96,6 +110,8 @@ class RolloutGroup:
         results = [gens for chunk in per_engine for gens in chunk]
         if len(results) != len(requests):
             raise RolloutError(f"generate: {len(requests)} requests gave {len(results)} results")
+        if self.first_generation_at is None:
+            self.first_generation_at = time.time()
         return results
 
     def load_weights(self, paths: str | list[str], version: int) -> list[float]:

@@ -19,8 +19,14 @@ def build_llm(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from vllm import LLM
 
+    cpu = on_cpu_platform()
+    if cpu:
+        from ling_rl.rollout import cpu_platform
+
+        for key, value in cpu_platform.engine_env().items():
+            os.environ.setdefault(key, value)
     kwargs = llm_kwargs(model_dir, dtype, seed, max_model_len, gpu_memory_utilization, enforce_eager, max_num_seqs,
-                        cpu=on_cpu_platform())
+                        cpu=cpu)
     kwargs.update(engine_kwargs)
     return LLM(**kwargs)
 

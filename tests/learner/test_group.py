@@ -21,6 +21,19 @@ def _group(tiny_dir: Path, timeout: float = 120.0) -> LearnerGroup:
     return LearnerGroup(LearnerSections.of(recipe), str(tiny_dir), ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=timeout)
 
 
+def test_ranks_started_without_waiting_report_a_failed_setup_when_waited_for(ray_session, tmp_path: Path) -> None:
+    """`wait=False`: the ranks start and the constructor returns; a model folder that cannot be
+    loaded fails `wait_started`, naming the rank and the phase, and the group is torn down."""
+    recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+                           "learner": {"precision": "fp32", "num_ranks": 2}})
+    group = LearnerGroup(LearnerSections.of(recipe), str(tmp_path / "no_model"),
+                         ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=120, wait=False)
+    assert len(group.workers) == 2
+    with pytest.raises(LearnerError, match=r"learner rank \d failed during setup"):
+        group.wait_started()
+    assert group.workers == []
+
+
 def test_a_raising_rank_fails_the_call_with_its_rank_and_phase(ray_session, tiny_dir: Path) -> None:
     group = _group(tiny_dir)
     assert "loss" in group.train_step(random_batch(1024))

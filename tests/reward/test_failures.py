@@ -96,6 +96,15 @@ def test_class_plugin_failing_to_initialize_fails_the_pool(ray_session: None, sa
         RewardPool([RewardSpec(name="t_bad_init")], worker_cpus=0.25)
 
 
+def test_a_pool_started_without_waiting_fails_when_waited_for(ray_session: None, sample_plugins: Any) -> None:
+    """`wait=False` (the session starts every role, then waits): the constructor returns at once;
+    the failing plugin surfaces in `wait_started`, which also kills the workers."""
+    pool = RewardPool([RewardSpec(name="t_bad_init")], worker_cpus=0.25, wait=False)
+    with pytest.raises(RewardWorkerError, match="cannot load the judge"):
+        pool.wait_started()
+    assert pool._workers == []
+
+
 def test_args_colliding_with_a_dataset_column_fail_loudly(ray_session: None, sample_plugins: Any) -> None:
     sample = Sample(id="s", prompt="p", prompt_ids=[1], columns={"factor": 2})
     rollout = Rollout(sample=sample, group=0, response_ids=[1], response_text="a", inf_logprobs=[0.0],

@@ -20,11 +20,14 @@ pytestmark = pytest.mark.vllm
 
 
 def test_engine_that_cannot_start_reports_its_error(tmp_path: Path, cluster_cfg: ClusterConfig, group) -> None:
+    """Started without waiting (as the session starts its roles), the error comes from `wait_started`."""
     missing = tmp_path / "no_such_model"
     started = time.monotonic()
+    starting = RolloutGroup(str(missing), RolloutConfig(num_engines=1), cluster_cfg, dtype="float32",
+                            max_model_len=256, call_timeout_s=120, wait=False)
     with pytest.raises(RolloutError, match=r"rollout engine 0 died during start") as info:
-        RolloutGroup(str(missing), RolloutConfig(num_engines=1), cluster_cfg, dtype="float32", max_model_len=256,
-                     call_timeout_s=120)
+        starting.wait_started()
+    assert starting.engines == []  # killed
     # The actor's own exception text comes through (vLLM/transformers complain about the path).
     assert "no_such_model" in str(info.value)
     print(f"start failure reported in {time.monotonic() - started:.1f} s")
