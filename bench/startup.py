@@ -63,7 +63,8 @@ def one_run(recipe: str, cwd: Path, env_extra: dict[str, str], timeout_s: float)
                               timeout=timeout_s)
         wall = time.time() - started
         if proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     metrics = {k.removeprefix("startup/"): float(v) for k, v in first.items() if k.startswith("startup/")}
     return {**metrics, "step0_wall_s": float(first["time"]) - started, "load_1min": load, "process_wall_s": wall}

@@ -206,7 +206,8 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
                                      worker_cpus=recipe.cluster.reward.num_cpus, wait=False)
         # Waited for in this order (the learner's setup starts once its rank 0 answers): a role's
         # time below is when the driver saw it ready, at most later than it was.
-        for name, role in (("learner", session.learner), ("rewards", session.rewards), ("engines", session.rollout)):
+        roles = {"learner": session.learner, "rewards": session.rewards, "engines": session.rollout}
+        for name, role in roles.items():
             role.wait_started()
             session.startup[f"startup/{name}_s"] = since_process_start()
         method = choose_method(recipe.rollout.weight_sync.method, engines_on_cuda,
