@@ -189,7 +189,7 @@ def table(preset: str, response_tokens: int, live: dict[str, float], local: dict
         f"| batch | {ms(live['time/batch'])} | `build_train_batch` on the driver (advantages, segmentation, padding) |",
         f"| learner | {ms(learner)} | driver wall of `learner.train_step` (Ray call + the rank's work) |",
         f"| - train_step in-process, FSDP2 1 rank | {ms(local['learner/train_step_fsdp_s'])} | the same batch, "
-        f"{int(local['threads'])} thread(s): learner phase minus this = RPC + serialization |",
+        f"{int(local['threads'])} thread(s): learner phase minus this = RPC, serialization and the rank sharing the cores with the other roles |",
         f"| - forward+backward, FSDP2 | {ms(local['learner/fwd_bwd_fsdp_s'])} | whole batch as one micro-batch |",
         f"| - forward+backward, plain model | {ms(local['learner/fwd_bwd_plain_s'])} | no FSDP2: the difference is "
         "FSDP2's all-gathers / hooks with one rank |",
