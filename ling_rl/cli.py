@@ -119,7 +119,7 @@ def train(
 
     folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
     try:
-        # Before Ray and the roles start (~45 s on CPU), before any download: GPUs, the model,
+        # Before Ray and the roles start (tens of seconds on CPU), before any download: GPUs, the model,
         # rewards, W&B; the data are read once, by session.start, also before Ray.
         ready = preflight(parsed, folder, data=False, resources=True)
     except PreflightError as e:
