@@ -40,9 +40,6 @@ def build_sharded(folder: str | Path, device: torch.device, mp_policy: MixedPrec
                   convert: Callable[[LingForCausalLM], None] | None = None) -> LingForCausalLM:
     """The model of `folder`, FSDP2-sharded over the default process group, on `device`, in fp32."""
     model = meta_model(folder)
-    if model.config.tie_word_embeddings:
-        # Tied weights would be untied by `to_empty` on sharded parameters; no Ling release ties them.
-        raise NotImplementedError(f"{folder}: sharded loading does not support tie_word_embeddings: true")
     if convert is not None:
         convert(model)
     # An explicit mesh of `device`'s type: without one FSDP2 builds its mesh on CUDA whenever the

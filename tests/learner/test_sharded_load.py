@@ -137,3 +137,41 @@ def test_a_bf16_checkpoint_loads_into_fp32_master_weights(tmp_path: Path, tiny_d
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert got[key].dtype == torch.float32 and torch.equal(got[key], value), key
+
+
+def test_tied_embeddings_load_sharded_and_stay_tied(tmp_path: Path) -> None:
+    """A config with tie_word_embeddings (no Ling release ties them, other BailingMoeV2 checkpoints
+    may): the sharded model equals `load_model`'s, its lm_head is the embedding parameter, and a
+    step's update of one is the update of the other. One in-process gloo rank."""
+    from dataclasses import replace
+
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from ling_rl.learner.loading import build_sharded
+    from ling_rl.models.hf_io import save_model
+    from ling_rl.models.tiny import TINY, build_tiny_model
+
+    tied_dir = save_model(build_tiny_model(replace(TINY, tie_word_embeddings=True), seed=0), tmp_path / "tied")
+    plain = load_model(tied_dir)
+    ids = torch.randint(10, 1024, (2, 9))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model = build_sharded(tied_dir, torch.device("cpu"), MixedPrecisionPolicy())
+        assert model.lm_head.weight is model.model.word_embeddings.weight
+        got = {k: v.clone() for k, v in  # on one CPU rank these can share the parameters' storage
+               get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)).items()}
+        torch.testing.assert_close(model(ids).logits, plain(ids).logits, rtol=0, atol=1e-5)
+        model(ids).logits.square().mean().backward()
+        torch.optim.SGD(model.parameters(), lr=1.0).step()
+        after = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    finally:
+        dist.destroy_process_group()
+    expected = plain.state_dict()
+    for key, value in expected.items():
+        if key != "lm_head.weight":  # the tied head is the embedding; the state dict may omit it
+            assert torch.equal(got[key], value), key
+    assert not torch.equal(after["model.word_embeddings.weight"], expected["model.word_embeddings.weight"])
+    if "lm_head.weight" in after:
+        assert torch.equal(after["lm_head.weight"], after["model.word_embeddings.weight"])
