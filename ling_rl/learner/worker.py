@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -35,7 +34,7 @@ from ling_rl.learner.logprobs import TokenLogprobs, chunked_token_logprobs
 from ling_rl.learner.microbatch import plan_micro_batches
 from ling_rl.learner.schedule import build_optimizer
 from ling_rl.learner.sections import LearnerSections
-from ling_rl.models.hf_io import inference_weights, save_model, write_safetensors_atomic
+from ling_rl.models.hf_io import save_model
 from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.types import TrainBatch
 
@@ -325,13 +324,6 @@ class LearnerWorker:
 
     def _full_state(self) -> dict[str, torch.Tensor]:
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def export_inference_weights(self, path: str) -> None:
-        """Write the policy (Hugging Face names, no MTP) for the rollout engines to reload."""
-        state = self._full_state()
-        if self.rank == 0:
-            write_safetensors_atomic(inference_weights(state, self.config), Path(path))
-        dist.barrier()
 
     # Weight sync to the rollout engines, layer by layer (ling_rl/rollout/sync.py drives these;
     # every rank takes part: gathering FSDP2 shards is a collective; rank 0 sends).

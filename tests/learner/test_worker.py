@@ -252,14 +252,15 @@ def _bias(rank: int, world: int, init: str, model_dir: str, out: str, learner: d
     loads = [torch.bincount(r.view(b, t, -1)[valid].reshape(-1), minlength=len(before[0])) for r in routed]
     worker.train_step(batch)
     after = [g.expert_bias.clone() for g in gates]
-    sync = os.path.join(ckpt, "sync.safetensors")
-    worker.export_inference_weights(sync)
+    # The weights the engines load: the sync's buckets (rank 0 writes them; the barrier in
+    # save_checkpoint orders the reads below after the writes).
+    worker.write_weight_buckets(os.path.join(ckpt, "sync"), "float32", 1 << 30)
     worker.save_checkpoint(ckpt)
     fresh = LearnerWorker(rank, world, _recipe(world, **learner), model_dir)
     fresh.setup(init)
     fresh.load_checkpoint(ckpt)
     restored = [layer.mlp.gate.expert_bias.clone() for layer in fresh.model.trunk_layers if layer.is_moe]
-    weights = load_file(sync)
+    weights = {k: v for path in sorted(Path(ckpt).glob("sync.*.safetensors")) for k, v in load_file(path).items()}
     names = [f"model.layers.{i}.mlp.gate.expert_bias" for i, layer in enumerate(worker.model.trunk_layers) if layer.is_moe]
     synced = [weights[name] for name in names]
     torch.save({"before": before, "after": after, "loads": loads, "restored": restored, "synced": synced},
