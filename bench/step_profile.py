@@ -111,7 +111,7 @@ def in_process(recipe: Any, model_dir: Path, batch: Any, shm_dir: Path) -> dict[
     from ling_rl.models.hf_io import inference_weights
     from ling_rl.models.ling_moe import LingForCausalLM
 
-    threads = max(1, int(recipe.cluster.learner.num_cpus))  # the learner actor's thread count
+    threads = recipe.cluster.learner.actor_threads  # the learner actor's thread count
     worker = LearnerWorker(0, 1, LearnerSections.of(recipe), str(model_dir), threads)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -41,12 +41,18 @@ PROMPTS, GROUP, LR = 8, 8, 1e-3
 TEMPLATE = "Question: {prompt}\nAnswer:"
 
 
-def run_ling_rl(steps: int, run_dir: Path, preset: str, response_tokens: int) -> dict[str, float]:
+LING_RL_THREADS = ["cluster.learner.threads=2", "cluster.rollout.threads=2"]
+"""Both sides compute with 2 threads (TRL's process: `torch.set_num_threads(2)`): the engine and
+the one learner rank take turns in ling-rl's synchronous loop, so each gets both cores."""
+
+
+def run_ling_rl(steps: int, run_dir: Path, preset: str, response_tokens: int,
+                extra: list[str] | None = None) -> dict[str, float]:
     from ling_rl.config import load_recipe
     from ling_rl.loop import train
     from ling_rl.tracking import read_metrics
 
-    recipe = load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", [
+    recipe = load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", [*LING_RL_THREADS, *(extra or []),
         f"run.steps={steps}", f"model.tiny={preset}", "learner.num_ranks=1", f"learner.lr={LR}", f"rollout.prompts_per_step={PROMPTS}",
         f"rollout.group_size={GROUP}", f"rollout.max_response_tokens={response_tokens}",
         "rewards=[{name: numeric_response}]", "tracking.wandb.enabled=false", "tracking.progress_bar=false",
@@ -57,7 +63,9 @@ def run_ling_rl(steps: int, run_dir: Path, preset: str, response_tokens: int) ->
     rows = read_metrics(run_dir)[1:]
     step = statistics.mean(r["time/step"] for r in rows)
     tokens = statistics.mean(r["rollout/response_len_mean"] * r["batch/responses"] for r in rows)
-    return {"wall_s": wall, "step_s": step, "tokens_per_step": tokens}
+    phases = {k.removeprefix("time/") + "_s": statistics.mean(r[k] for r in rows)
+              for k in rows[0] if k.startswith("time/") and k != "time/step"}
+    return {"wall_s": wall, "step_s": step, "tokens_per_step": tokens, **phases}
 
 
 def run_trl(steps: int, model_dir: Path, out_dir: Path, response_tokens: int, use_vllm: bool) -> dict[str, float]:

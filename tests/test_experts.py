@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ling_rl.models.ling_moe import Experts, grouped_ffn, padded_ffn
+from ling_rl.models.ling_moe import Experts, grouped_ffn, looped_ffn
 from ling_rl.models.tiny import TINY
 
 
@@ -56,7 +56,7 @@ def test_module_output_and_gradients_equal_per_expert_reference(skip_expert: boo
         assert got_grads[2][-1].abs().sum() == 0
 
 
-@pytest.mark.parametrize("kernel", [grouped_ffn, padded_ffn])
+@pytest.mark.parametrize("kernel", [grouped_ffn, looped_ffn])
 def test_both_kernels_agree_on_sorted_tokens(kernel) -> None:
     """`torch._grouped_mm` (the CUDA path) also runs on CPU, so both kernels are checked here."""
     experts, x, _, _ = _inputs(40, skip_expert=False)

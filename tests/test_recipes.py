@@ -118,3 +118,15 @@ def test_cli_init_tiny_rejects_unknown_preset(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown tiny preset 'huge'" in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_role_threads_default_to_reserved_cpus_and_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from ling_rl.cluster.config import RoleResources
+
+    assert RoleResources(num_cpus=0.5).actor_threads == 1
+    assert RoleResources(num_cpus=3).actor_threads == 3
+    assert RoleResources(num_cpus=1, threads=2).actor_threads == 2
+    with pytest.raises(ValidationError, match="threads"):
+        RoleResources(threads=0)

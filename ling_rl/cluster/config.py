@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ling_rl.schema import Section
+
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+"""Resources Ray defines itself; `resources:` takes only custom ones."""
 
 
 class RoleResources(Section):
@@ -15,6 +18,35 @@ class RoleResources(Section):
 
     num_gpus: float = Field(default=0, ge=0)
     """GPUs per actor (fractions allow colocation)."""
+
+    threads: int | None = Field(default=None, ge=1)
+    """torch/OpenMP threads of each actor (None: `num_cpus` rounded down, at least 1). `num_cpus`
+    is Ray's reservation; threads are what the actor computes with. In the synchronous loop the
+    rollout engines and the learner take turns (generate, then train), so on a small CPU box each
+    can use every core while the other waits: e.g. 1 engine and 1 learner rank with `threads: 2`
+    on 2 cores (bench/RESULTS.md, issue 12). Oversubscribing roles that run at the same time (2
+    learner ranks x 2 threads on 2 cores) slows them down."""
+
+    @property
+    def actor_threads(self) -> int:
+        """The thread count each actor of this role runs with."""
+        return self.threads if self.threads is not None else max(1, int(self.num_cpus))
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per actor, which pin the role to the nodes that offer them: a node
+    started with `ray start --resources='{"node_learner": 2}'` takes two actors asking
+    `{node_learner: 1}` (e.g. the two learner ranks), and no other node takes them. Empty: any node
+    with free CPUs/GPUs. Names are the cluster's own; CPU, GPU and memory go in `num_cpus`/`num_gpus`."""
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in RAY_BUILTIN_RESOURCES:
+                raise ValueError(f"{name!r} is a built-in Ray resource: use num_cpus / num_gpus, not resources")
+            if amount <= 0:
+                raise ValueError(f"{name}: {amount:g} units; a resource amount must be > 0")
+        return value
 
 
 class ClusterConfig(Section):

@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from ling_rl.cluster.config import ClusterConfig
+from ling_rl.cluster.placement import actor_options
 from ling_rl.learner.sections import LearnerSections
 from ling_rl.learner.worker import LearnerWorker
 from ling_rl.types import TrainBatch
@@ -27,12 +28,11 @@ class LearnerGroup:
         """Start the ranks; with `wait` (default) also join them and build the model (`wait_started`)."""
         self.timeout = call_timeout_s
         world = sections.learner.num_ranks
-        threads = max(1, int(cluster.learner.num_cpus))
-        actor = ray.remote(LearnerWorker).options(
-            num_cpus=cluster.learner.num_cpus, num_gpus=cluster.learner.num_gpus,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
-        )
-        self.workers = [actor.remote(rank, world, sections, model_dir, threads) for rank in range(world)]
+        threads = cluster.learner.actor_threads
+        actor = ray.remote(LearnerWorker)
+        env = {"OMP_NUM_THREADS": str(threads)}
+        self.workers = [actor.options(**actor_options(cluster.learner, f"learner-{rank}", env)).remote(
+                            rank, world, sections, model_dir, threads) for rank in range(world)]
         self._address_ref = self.workers[0].rendezvous_address.remote()
         if wait:
             self.wait_started()

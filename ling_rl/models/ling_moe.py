@@ -151,9 +151,11 @@ class Experts(nn.Module):
     sorted by expert (never a loop over tokens or experts).
 
     Two kernels compute the same thing: `torch._grouped_mm` (offsets from the per-expert counts, no
-    host sync) where it is fast, i.e. CUDA in bf16, and otherwise one padded `bmm` per projection
-    (each expert's tokens padded to the largest count). On CPU `_grouped_mm` is correct (also in
-    backward) but measured 2-6x slower than the padded bmm at the tiny/small shapes, so CPU pads.
+    host sync) where it is fast, i.e. CUDA in bf16, and otherwise one matmul per expert over its
+    contiguous slice of the sorted tokens (`looped_ffn`). On CPU `_grouped_mm` is correct (also in
+    backward) but measured 2-6x slower than a padded `bmm` at the tiny/small shapes, and the padded
+    `bmm` (each expert padded to the largest count) computes on the padding: the per-expert loop
+    made the small preset's forward+backward 1.3-2x faster (bench/RESULTS.md, issue 12).
 
     `group_align`: the grouped GEMM gets each expert's rows padded (with zero rows) to a multiple
     of this; 1 = no padding. The float8 grouped GEMM (`ling_rl.learner.fp8`) needs 16.
@@ -177,13 +179,13 @@ class Experts(nn.Module):
         if use_grouped_mm(x):
             ys = grouped_ffn(xs, counts, self.gate_proj, self.up_proj, self.down_proj, self.group_align)
         else:
-            ys = padded_ffn(xs, counts, self.gate_proj, self.up_proj, self.down_proj)
+            ys = looped_ffn(xs, counts, self.gate_proj, self.up_proj, self.down_proj)
         ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, ys.to(x.dtype))
 
 
 def use_grouped_mm(x: torch.Tensor) -> bool:
-    """`torch._grouped_mm` on CUDA needs bf16 operands; elsewhere the padded bmm is faster."""
+    """`torch._grouped_mm` on CUDA needs bf16 operands; elsewhere the per-expert loop is faster."""
     return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
 
 
@@ -221,16 +223,19 @@ def _align_groups(xs: torch.Tensor, counts: torch.Tensor, align: int) -> tuple[t
     return out, rows, offs.to(torch.int32)
 
 
-def padded_ffn(xs: torch.Tensor, counts: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
+def looped_ffn(xs: torch.Tensor, counts: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
                down: torch.Tensor) -> torch.Tensor:
-    """The same as `grouped_ffn` with batched matmuls over [E, max_count, H] padded groups."""
-    e = counts.shape[0]
-    cap = int(counts.max()) if counts.numel() else 0
-    slot = torch.arange(cap, device=xs.device)
-    valid = slot[None, :] < counts[:, None]  # [E, cap]; row-major order of True = expert-sorted order
-    padded = xs.new_zeros(e, cap, xs.shape[-1]).masked_scatter(valid[..., None], xs)
-    h = F.silu(torch.bmm(padded, gate.transpose(1, 2))) * torch.bmm(padded, up.transpose(1, 2))
-    return torch.bmm(h, down.transpose(1, 2))[valid]
+    """The same as `grouped_ffn` with one SwiGLU per expert over its rows of `xs` (rows are sorted by
+    expert, so each expert's tokens are one contiguous slice: no padding, no gather). The counts are
+    read on the host once per call; a loop of E small matmuls costs microseconds per expert."""
+    parts = []
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            x = xs[start : start + n]
+            parts.append(F.linear(F.silu(F.linear(x, gate[e])) * F.linear(x, up[e]), down[e]))
+            start += n
+    return torch.cat(parts) if parts else xs.new_zeros(0, down.shape[1])
 
 
 class MoE(nn.Module):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ling_rl.cluster.config import ClusterConfig
+from ling_rl.cluster.placement import actor_options
 from ling_rl.cluster.ray_init import init_ray
 from ling_rl.rollout.config import RolloutConfig
 from ling_rl.rollout.engine import Generation, GenerationRequest, RolloutEngine, check_seed_ranges
@@ -53,8 +54,9 @@ class RolloutGroup:
         env = {
             # vLLM's CPU backend reads its KV cache size from the environment, at import.
             "VLLM_CPU_KVCACHE_SPACE": str(rollout_cfg.kv_cache_gib),
-            # One OpenMP thread per reserved CPU: engines sharing a node must not oversubscribe it.
-            "OMP_NUM_THREADS": str(max(1, int(res.num_cpus))),
+            # Threads per engine (`cluster.rollout.threads`, default one per reserved CPU): engines
+            # generating at the same time on one node must not oversubscribe it.
+            "OMP_NUM_THREADS": str(res.actor_threads),
             # vLLM's default CPU binding ("auto") pins every engine's OpenMP threads to the same
             # cores of a NUMA node; two engines on one host then spin on each other's cores (two
             # engines took 4 min to start on 2 cores instead of ~1). Unbound threads let the OS
@@ -63,10 +65,9 @@ class RolloutGroup:
         }
         actor_cls = ray.remote(RolloutEngine)
         self._engines = [
-            actor_cls.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                              runtime_env={"env_vars": env}).remote(str(model_dir), rollout_cfg.model_dump(), dtype, max_model_len,
-                                                                   nccl_weight_transfer)
-            for _ in range(rollout_cfg.num_engines)
+            actor_cls.options(**actor_options(res, f"engine-{i}", env)).remote(
+                str(model_dir), rollout_cfg.model_dump(), dtype, max_model_len, nccl_weight_transfer)
+            for i in range(rollout_cfg.num_engines)
         ]
         self._version = 0
         self._launched = time.perf_counter()

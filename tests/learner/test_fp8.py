@@ -140,7 +140,7 @@ def test_apply_fp8_on_cpu_keeps_routed_experts_high_precision() -> None:
 
 def test_convert_routed_experts_wraps_weights_pads_groups_and_exports_plain_tensors() -> None:
     """The conversion itself is device-agnostic: torchao's wrapper only changes `_grouped_mm`, so
-    on CPU (padded bmm kernel) the converted model computes what the original does, and its state
+    on CPU (per-expert loop kernel) the converted model computes what the original does, and its state
     dict holds plain tensors (weight sync, checkpoints)."""
     from ling_rl.learner.fp8 import FP8_GROUP_ALIGN, _plain_weights, convert_routed_experts
     from ling_rl.models.ling_moe import Experts, LingForCausalLM
@@ -166,10 +166,10 @@ def test_convert_routed_experts_wraps_weights_pads_groups_and_exports_plain_tens
 
 
 @pytest.mark.parametrize("align", [1, 16])
-def test_grouped_ffn_with_aligned_groups_equals_padded_reference(align: int) -> None:
+def test_grouped_ffn_with_aligned_groups_equals_looped_reference(align: int) -> None:
     """`torch._grouped_mm` runs on CPU too, so the group padding the float8 GEMM needs is checked
     here (values and gradients), including empty groups and a group larger than `align`."""
-    from ling_rl.models.ling_moe import grouped_ffn, padded_ffn
+    from ling_rl.models.ling_moe import grouped_ffn, looped_ffn
 
     torch.manual_seed(0)
     e, h, i = 8, 32, 48
@@ -178,7 +178,7 @@ def test_grouped_ffn_with_aligned_groups_equals_padded_reference(align: int) -> 
     w = [(0.2 * torch.randn(e, i, h)).requires_grad_() for _ in range(2)]
     down = (0.2 * torch.randn(e, h, i)).requires_grad_()
     got = grouped_ffn(xs, counts, w[0], w[1], down, align)
-    want = padded_ffn(xs, counts, w[0], w[1], down)
+    want = looped_ffn(xs, counts, w[0], w[1], down)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     grads = torch.autograd.grad(got.square().sum(), (xs, w[0], w[1], down))
     ref = torch.autograd.grad(want.square().sum(), (xs, w[0], w[1], down))

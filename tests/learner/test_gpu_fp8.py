@@ -27,7 +27,7 @@ FP8_LOSS_TOL = 0.1
 
 @pytest.mark.parametrize("align", [1, 16])
 def test_grouped_experts_on_cuda_equal_per_expert_reference(align: int) -> None:
-    from ling_rl.models.ling_moe import grouped_ffn, padded_ffn
+    from ling_rl.models.ling_moe import grouped_ffn, looped_ffn
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -37,9 +37,9 @@ def test_grouped_experts_on_cuda_equal_per_expert_reference(align: int) -> None:
     ws = [(0.05 * torch.randn(e, i, h, device=dev)).bfloat16().requires_grad_() for _ in range(2)]
     down = (0.05 * torch.randn(e, h, i, device=dev)).bfloat16().requires_grad_()
     got = grouped_ffn(xs, counts, ws[0], ws[1], down, align)
-    # The reference: the padded per-expert bmm in fp32 on the same bf16 inputs.
+    # The reference: the per-expert loop in fp32 on the same bf16 inputs.
     ref_in = [t.detach().float().requires_grad_() for t in (xs, ws[0], ws[1], down)]
-    want = padded_ffn(ref_in[0], counts, ref_in[1], ref_in[2], ref_in[3])
+    want = looped_ffn(ref_in[0], counts, ref_in[1], ref_in[2], ref_in[3])
     torch.testing.assert_close(got.float(), want, **BF16_TOL)
     grads = torch.autograd.grad(got.float().square().sum(), (xs, ws[0], ws[1], down))
     ref = torch.autograd.grad(want.square().sum(), ref_in)

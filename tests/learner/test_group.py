@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from ling_rl.cluster.config import ClusterConfig, RoleResources
 from ling_rl.config import parse_recipe
@@ -15,10 +16,11 @@ from ling_rl.learner.sections import LearnerSections
 from tests.learner.helpers import random_batch
 
 
-def _group(tiny_dir: Path, timeout: float = 120.0) -> LearnerGroup:
+def _group(tiny_dir: Path, timeout: float = 120.0, threads: int | None = None) -> LearnerGroup:
     recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
                            "learner": {"precision": "fp32", "num_ranks": 2}, "algorithm": {"mismatch": {"type": "none"}}})
-    return LearnerGroup(LearnerSections.of(recipe), str(tiny_dir), ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=timeout)
+    resources = RoleResources(num_cpus=0.5, threads=threads)
+    return LearnerGroup(LearnerSections.of(recipe), str(tiny_dir), ClusterConfig(learner=resources), call_timeout_s=timeout)
 
 
 def test_ranks_started_without_waiting_report_a_failed_setup_when_waited_for(ray_session, tmp_path: Path) -> None:
@@ -35,7 +37,9 @@ def test_ranks_started_without_waiting_report_a_failed_setup_when_waited_for(ray
 
 
 def test_a_raising_rank_fails_the_call_with_its_rank_and_phase(ray_session, tiny_dir: Path) -> None:
-    group = _group(tiny_dir)
+    group = _group(tiny_dir, threads=2)
+    # `cluster.learner.threads` sets each rank's torch threads, independently of Ray's num_cpus (0.5).
+    assert ray.get([w.__ray_call__.remote(lambda self: torch.get_num_threads()) for w in group.workers]) == [2, 2]
     assert "loss" in group.train_step(random_batch(1024))
     bad = random_batch(1024)
     bad.unit_ids = bad.unit_ids.float()  # the loss refuses float unit ids on every rank
