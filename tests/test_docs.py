@@ -74,3 +74,12 @@ def test_every_recipe_key_has_a_docstring() -> None:
     undocumented = [path for path, doc, root in _schema_keys(Recipe) if not root and not (doc or "").strip()]
     assert not undocumented, f"recipe keys without an attribute docstring: {undocumented}"
 
+
+
+def test_readme_is_short_and_links_existing_pages() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert links, "the README links no docs/ page"
+    for link in links:
+        assert (ROOT / link).is_file(), f"README links {link}, which does not exist"
