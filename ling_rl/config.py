@@ -21,7 +21,7 @@ from ling_rl.evaluation import EvalConfig
 from ling_rl.curriculum.config import CurriculumConfig, DataConfig
 from ling_rl.learner.config import CheckpointConfig, LearnerConfig
 from ling_rl.models.config import ModelConfig
-from ling_rl.reward.config import RewardSignalConfig, RewardSpec
+from ling_rl.reward.config import RewardSignalConfig, RewardSpec, duplicate_keys
 from ling_rl.rollout.config import RolloutConfig
 from ling_rl.schema import Section
 from ling_rl.tracking.config import TrackingConfig
@@ -82,6 +82,9 @@ class Recipe(Section):
                                   f"rollout.max_response_tokens={self.rollout.max_response_tokens} (the engines' length budget)")
         if self.eval.every > 0 and self.eval.data is None:
             raise _CrossField("eval.data", f"is missing but eval.every={self.eval.every}: name the held-out prompts")
+        duplicate = duplicate_keys(self.rewards)
+        if duplicate:
+            raise _CrossField("rewards", duplicate)
         labels = [r.key for r in self.rewards]
         filters_on_correctness = self.curriculum.dynamic_sampling and self.curriculum.filter_on == "correctness"
         if (self.curriculum.stages or self.eval.every or filters_on_correctness) and self.curriculum.correctness not in labels:

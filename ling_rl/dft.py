@@ -9,12 +9,12 @@ so the RL prompt template should be `think_off_template`.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from ling_rl.curriculum.data import DatasetError
+from ling_rl.curriculum.data import DatasetError, chat_messages, render_chat_reply
 from ling_rl.schema import Section
 from ling_rl.types import TrainBatch
 
@@ -47,7 +47,13 @@ class DFTConfig(Section):
     """Prompt of the thinking mode."""
 
     solution_key: str = "solution"
-    """Column with the step-by-step solution (think-on responses)."""
+    """Column with the step-by-step solution (think-on responses, and think-off ones with
+    `think_off_response: solution`)."""
+
+    think_off_response: Literal["answer", "solution"] = "answer"
+    """What the think-off (instant) mode answers: `answer`, the answer column alone; `solution`,
+    the solution column as plain sentences without tags (Ling's instant mode still writes its
+    reasoning, briefly; the solution should then state its final answer, e.g. "The answer is 7.")."""
 
     seed: int = 0
     """Order of examples and choice of modes."""
@@ -64,14 +70,20 @@ def response_text(row: dict[str, Any], think: bool, cfg: DFTConfig, answer_key: 
     answer = str(row[answer_key])
     if think:
         return f" <think>{row[cfg.solution_key]}</think><answer>{answer}</answer>"
-    return f" {answer}"
+    return f" {row[cfg.solution_key]}" if cfg.think_off_response == "solution" else f" {answer}"
 
 
 class DFTData:
-    """Tokenized DFT examples, served in seeded random batches."""
+    """Tokenized DFT examples, served in seeded random batches.
+
+    With `chat_template` (`data.chat_template`), the prompt is the mode's template as the user's
+    message (after `system_prompt`, if any) rendered as RL prompts are, and the response is the
+    chat template's rendering of the assistant's turn, up to and including the EOS token (appended
+    when the template's turn does not contain it), so the model learns to stop where generation stops.
+    """
 
     def __init__(self, rows: list[dict[str, Any]], cfg: DFTConfig, tokenizer: Any, prompt_key: str, answer_key: str,
-                 source: str) -> None:
+                 source: str, *, chat_template: bool = False, system_prompt: str | None = None) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         eos = tokenizer.eos_token_id
@@ -82,8 +94,13 @@ class DFTData:
                     raise DatasetError(f"{source}: row {i}: DFT needs column {key!r}; columns: {sorted(row)}")
             think = self.rng.random() < cfg.think_on_fraction
             template = cfg.think_on_template if think else cfg.think_off_template
-            prompt = tokenizer.encode(template.format(prompt=row[prompt_key]), add_special_tokens=False)
-            response = tokenizer.encode(response_text(row, think, cfg, answer_key), add_special_tokens=False) + [eos]
+            prompt_text, reply = template.format(prompt=row[prompt_key]), response_text(row, think, cfg, answer_key)
+            if chat_template:
+                # The reply's leading space follows "Answer:" in a plain prompt; a chat message has none.
+                prompt_text, reply = render_chat_reply(tokenizer, chat_messages(prompt_text, system_prompt), reply.lstrip())
+            prompt = tokenizer.encode(prompt_text, add_special_tokens=False)
+            response = tokenizer.encode(reply, add_special_tokens=False)
+            response = response[: response.index(eos) + 1] if eos in response else [*response, eos]
             self.examples.append((prompt, response))
 
     def batch(self, pad_id: int) -> TrainBatch:

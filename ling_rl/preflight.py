@@ -251,10 +251,11 @@ def _tiny_tokenizer(recipe: Recipe) -> Any:
     """The tokenizer `init-tiny` writes (deterministic from the seed; ~1 s), without the weights."""
     import transformers
 
-    from ling_rl.models.tiny import EOS, PAD, PRESETS, build_tokenizer
+    from ling_rl.models.tiny import CHAT_TEMPLATE, EOS, PAD, PRESETS, build_tokenizer
 
     tok = build_tokenizer(PRESETS[str(recipe.model.tiny)].vocab_size, recipe.model.seed)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
+                                                chat_template=CHAT_TEMPLATE)
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -305,4 +306,5 @@ def _dft(recipe: Recipe, tokenizer: Any | None, notes: list[str]) -> None:
     if tokenizer is None:
         notes.append(f"dft.data: {source} not checked: no tokenizer")
         return
-    DFTData(rows, recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source)  # DatasetError
+    DFTData(rows, recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source,  # DatasetError
+            chat_template=recipe.data.chat_template, system_prompt=recipe.data.system_prompt)

@@ -24,6 +24,9 @@ class Sample:
     """Tokenized prompt."""
     columns: dict[str, Any] = field(default_factory=dict)
     """The other dataset columns (e.g. `answer`), passed to reward plugins as keyword arguments."""
+    messages: list[dict[str, str]] | None = None
+    """The conversation rendered into `prompt` (`data.chat_template`: system and user messages as
+    `{role, content}`), passed to TRL-style reward plugins; None when the prompt is plain text."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ling_rl.curriculum.buckets import DEFAULT_ALPHA
 from ling_rl.schema import Section
@@ -22,7 +22,20 @@ class DataConfig(Section):
     """Column holding the prompt text."""
 
     prompt_template: str = "{prompt}"
-    """Format of the text given to the model; `{prompt}` is replaced by the prompt column."""
+    """Format of the text given to the model; `{prompt}` is replaced by the prompt column. With
+    `chat_template`, this text is the user's message."""
+
+    chat_template: bool = False
+    """Render each prompt with the tokenizer's chat template (`apply_chat_template` with
+    `add_generation_prompt=True`): an optional system message (`system_prompt`), then the user's
+    message (`prompt_template` filled in), then the opening of the assistant's turn. DFT examples
+    are rendered the same way, the response being the template's assistant turn. The data is then
+    conversational: reward plugins written as TRL reward functions get prompts and completions as
+    lists of `{role, content}` messages, as TRL passes them (`ling_rl.reward.contract`). The
+    tokenizer must have a chat template."""
+
+    system_prompt: str | None = None
+    """System message put before every prompt (needs `chat_template: true`); None: no system message."""
 
     max_rows: int | None = Field(default=None, ge=1)
     """Use only the first N rows (quick runs)."""
@@ -35,6 +48,13 @@ class DataConfig(Section):
 
     seed: int = 0
     """Shuffle seed."""
+
+    @model_validator(mode="after")
+    def _system_prompt_needs_chat(self) -> DataConfig:
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError("system_prompt is set but chat_template is false: a system message exists only in a "
+                             "chat template; set chat_template: true")
+        return self
 
 
 class StageConfig(Section):
@@ -109,7 +129,7 @@ class CurriculumConfig(Section):
     """Stages in order; empty runs one implicit stage (default alpha table, rollout settings, data.train)."""
 
     correctness: str = "exact_answer"
-    """Reward key (a `rewards:` entry's `label`, default its `name`) whose score decides whether a
+    """Reward key (a `rewards:` entry's `alias`, default its function's name) whose score decides whether a
     response is correct. A response without that score is not counted."""
 
     correct_threshold: float = 1.0

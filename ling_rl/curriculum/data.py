@@ -64,6 +64,33 @@ def cached_hub_dataset(name: str) -> Path:
         raise NotCachedError(f"{name}: not a local file and not in the Hugging Face cache") from None
 
 
+def chat_messages(user: str, system_prompt: str | None) -> list[dict[str, str]]:
+    """The conversation of one prompt (`data.chat_template`): an optional system message, then the user's."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    return [*system, {"role": "user", "content": user}]
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """`messages` through the tokenizer's chat template, ending with the opening of the assistant's
+    turn (`add_generation_prompt`): the text the model continues. The text is tokenized afterwards
+    without special tokens added, since the template already writes the ones it wants."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DatasetError(f"data.chat_template is true but the tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) "
+                           "has no chat template (no `chat_template` in tokenizer_config.json or chat_template.jinja)")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_chat_reply(tokenizer: Any, messages: list[dict[str, str]], reply: str) -> tuple[str, str]:
+    """(prompt, response) texts of a supervised example (DFT) in the chat template: the prompt as
+    `render_chat` renders it, and the response as the template renders the assistant's turn after it."""
+    prompt = render_chat(tokenizer, messages)
+    whole = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": reply}], tokenize=False)
+    if not whole.startswith(prompt):
+        raise DatasetError("data.chat_template: the tokenizer's chat template does not render an assistant message "
+                           "as a continuation of its generation prompt, so a DFT response cannot be cut from it")
+    return prompt, whole[len(prompt):]
+
+
 @dataclass
 class Cursor:
     """Position in the shuffled stream of prompts: part of every checkpoint."""
@@ -95,13 +122,18 @@ class PromptSource:
             text = self.cfg.prompt_template.format(prompt=row[self.cfg.prompt_key])
         except (KeyError, IndexError) as e:
             raise DatasetError(f"data.prompt_template: unknown placeholder {e}; only {{prompt}} is available") from None
+        messages = None
+        if self.cfg.chat_template:
+            messages = chat_messages(text, self.cfg.system_prompt)
+            if tokenizer is not None:  # without one (check), the prompt stays the user's message
+                text = render_chat(tokenizer, messages)
         ids = tokenizer.encode(text, add_special_tokens=False) if tokenizer is not None else []
         if len(ids) > max_prompt_tokens:
             raise DatasetError(f"{where}: prompt has {len(ids)} tokens, above rollout.max_prompt_tokens={max_prompt_tokens}")
         columns = {k: v for k, v in row.items() if k != self.cfg.prompt_key}
         if self.cfg.answer_key in columns:
             columns["answer"] = columns[self.cfg.answer_key]
-        return Sample(id=str(row.get("id", i)), prompt=text, prompt_ids=ids, columns=columns)
+        return Sample(id=str(row.get("id", i)), prompt=text, prompt_ids=ids, columns=columns, messages=messages)
 
     def _permutation(self, epoch: int) -> list[int]:
         order = list(range(len(self.samples)))

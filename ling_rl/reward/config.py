@@ -16,9 +16,12 @@ class RewardSpec(Section):
     """Registered name (`math`), dotted path (`my_pkg.rewards:func`), file (`rewards.py:func`) or the
     name of a `ling_rl.rewards` entry point (resolution order: see `ling_rl.reward.loading`)."""
 
-    label: str | None = None
-    """Key of this plugin in the score breakdown and metrics (default: `name`). Needed only when
-    one plugin is listed twice, e.g. with different `args`."""
+    alias: str | None = Field(default=None, min_length=1, pattern=r"^[^/]+$")
+    """Name of this plugin in the score breakdown and metrics (`reward/<alias>/mean`) and in
+    `curriculum.correctness`. Default: the function's name, the last part of `name`
+    (`rewards/mine.py:score` and `my_pkg.rewards.score` give `score`, `math` gives `math`). Needed
+    when two entries would share a name, e.g. one plugin listed twice with different `args` (an
+    error otherwise, naming both entries). No `/`: it would nest W&B panels."""
 
     weight: float = 1.0
     """Weight of this plugin in the total reward."""
@@ -46,8 +49,27 @@ class RewardSpec(Section):
 
     @property
     def key(self) -> str:
-        """The plugin's key in breakdowns and metrics."""
-        return self.label or self.name
+        """The plugin's name in breakdowns and metrics: `alias`, else the function's name."""
+        return self.alias or function_name(self.name)
+
+
+def function_name(name: str) -> str:
+    """The last part of a plugin `name`: the attribute after `:` (a file or dotted path with an
+    attribute), else the part after the last `.` (a dotted path), else `name` itself (a registered
+    name or an entry point)."""
+    _, sep, attr = name.rpartition(":")
+    return attr if sep else name.rpartition(".")[2]
+
+
+def duplicate_keys(specs: list[RewardSpec]) -> str | None:
+    """Why two `rewards:` entries cannot be told apart in breakdowns and metrics, or None."""
+    first: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        j = first.setdefault(spec.key, i)
+        if j != i:
+            return (f"rewards.{j} (name {specs[j].name!r}) and rewards.{i} (name {spec.name!r}) both log as "
+                    f"{spec.key!r} (reward/{spec.key}/...); give one of them a distinct `alias`")
+    return None
 
 
 class RewardSignalConfig(Section):

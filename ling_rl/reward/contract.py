@@ -6,7 +6,9 @@ A reward plugin has the signature of a TRL reward function, so TRL functions wor
 
 It is called with keyword arguments only:
 
-- `prompts`, `completions`: aligned lists, one entry per scored response;
+- `prompts`, `completions`: aligned lists, one entry per scored response: strings, or, when the
+  data is conversational (`data.chat_template: true`) and the plugin follows TRL's conventions,
+  TRL's conversational form (see below);
 - `completion_ids`: the response token ids (list of lists), as TRL passes them;
 - every dataset column of the samples (e.g. `answer`), as a list aligned with `prompts`
   (a row without the column gives None; a plugin that names a column without a default gets a
@@ -30,6 +32,20 @@ exception from `__init__` or from it stops the run before the first step with on
 plugin, e.g. a judge plugin whose endpoint does not answer), and
 group-level plugins (registered with `group_level=True`: called once per prompt with all of its
 responses, e.g. for group-aware rewards). See `ling_rl.reward.registry.reward`.
+
+Conversational data. With `data.chat_template: true` every prompt is a conversation rendered by
+the tokenizer's chat template, and, as TRL's `GRPOTrainer` does for a conversational dataset, a
+plugin written as a TRL reward function gets:
+
+- `prompts`: per response, the prompt's messages, `[{"role": "system", ...}, {"role": "user", "content": ...}]`
+  (the system message only with `data.system_prompt`);
+- `completions`: per response, `[{"role": "assistant", "content": <response text>}]`.
+
+So TRL's built-in rewards (`trl.rewards:think_format_reward`, `trl.rewards:accuracy_reward`, which
+read `completion[0]["content"]`) and the user's own TRL reward functions work unchanged. A plugin
+marked with ling-rl's `@reward` decorator (every built-in plugin of the `rewards` package) is
+written for ling-rl and always gets strings: the rendered prompt and the response text
+(`takes_conversations`). Without a chat template every plugin gets strings, as in TRL.
 
 This module is imported by the reward workers: it must stay free of torch, ray and pydantic.
 """
@@ -76,6 +92,13 @@ def plugin_info(obj: object) -> PluginInfo:
     """The decorator's record of `obj`, or the defaults for an undecorated (e.g. TRL) function."""
     info = getattr(obj, PLUGIN_INFO_ATTR, None)
     return info if isinstance(info, PluginInfo) else PluginInfo(name=None)
+
+
+def takes_conversations(obj: object) -> bool:
+    """Whether a plugin gets TRL's conversational form when the data is conversational: True for a
+    plugin that follows TRL's conventions (any callable not marked with `@reward`, e.g. TRL's own
+    reward functions), False for one marked with `@reward` (written for ling-rl: strings always)."""
+    return not hasattr(obj, PLUGIN_INFO_ATTR)
 
 
 def accepted_keywords(fn: Callable[..., Any]) -> frozenset[str] | None:

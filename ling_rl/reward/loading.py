@@ -25,7 +25,8 @@ from types import ModuleType
 from typing import Any
 
 from ling_rl.reward.config import RewardSpec
-from ling_rl.reward.contract import INPUT_KEYWORDS, accepted_keywords, is_async_callable, plugin_info
+from ling_rl.reward.contract import (INPUT_KEYWORDS, accepted_keywords, is_async_callable, plugin_info,
+                                     takes_conversations)
 from ling_rl.reward.registry import REWARDS, load_builtins
 
 ENTRY_POINT_GROUP = "ling_rl.rewards"
@@ -57,6 +58,9 @@ class ResolvedPlugin:
     is_class: bool
     is_async: bool
     group_level: bool
+    conversational: bool
+    """Takes prompts and completions as lists of messages when the data is conversational, as TRL
+    passes them (`ling_rl.reward.contract.takes_conversations`)."""
 
 
 def resolve_rewards(specs: Sequence[RewardSpec]) -> list[ResolvedPlugin]:
@@ -66,7 +70,7 @@ def resolve_rewards(specs: Sequence[RewardSpec]) -> list[ResolvedPlugin]:
     for plugin in plugins:
         if plugin.key in seen:
             raise RewardResolutionError(
-                f"reward plugin {plugin.key!r} is listed twice; give the entries distinct `label`s"
+                f"reward plugin {plugin.key!r} is listed twice; give the entries distinct `alias`es"
             )
         seen.add(plugin.key)
     return plugins
@@ -90,6 +94,7 @@ def resolve_reward(spec: RewardSpec) -> ResolvedPlugin:
         is_class=is_class,
         is_async=is_async_callable(target.__call__ if is_class else target),
         group_level=plugin_info(target).group_level,
+        conversational=takes_conversations(target),
     )
 
 

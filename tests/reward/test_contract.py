@@ -26,7 +26,7 @@ SPECS = [
     RewardSpec(name="t_longest_in_group"),
     RewardSpec(name="t_scaled", weight=0.0, args={"factor": 3}),
     RewardSpec(name="t_strict"),
-    RewardSpec(name=f"{PLUGIN_DIR}/trl_style.py:format_reward", label="format"),
+    RewardSpec(name=f"{PLUGIN_DIR}/trl_style.py:format_reward", alias="format"),
     RewardSpec(name="trl_style:solution_match", required=False),  # None where a row has no solution
     RewardSpec(name="t_skip_odd", required=False),
     RewardSpec(name="t_with_metrics"),
@@ -78,7 +78,7 @@ def test_trl_function_from_file_path_unchanged(batch: tuple[list[Any], Any]) -> 
 
 
 def test_trl_function_from_dotted_path_gets_dataset_columns(batch: tuple[list[Any], Any]) -> None:
-    assert column(batch, "trl_style:solution_match") == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, None, None]
+    assert column(batch, "solution_match") == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, None, None]
 
 
 def test_none_skips_the_plugin_for_that_sample(batch: tuple[list[Any], Any]) -> None:
@@ -165,8 +165,8 @@ def test_a_column_no_row_has_reaches_a_plugin_that_names_it_as_none(ray_session:
     with RewardPool([RewardSpec(name="trl_style:solution_match"), RewardSpec(name="t_length")],
                     worker_cpus=0.25) as pool:
         scored, metrics = pool.score(rollouts)
-    assert metrics.plugins["trl_style:solution_match"].failures == 0
-    assert [s.breakdown["trl_style:solution_match"] for s in scored] == [None] * 4
+    assert metrics.plugins["solution_match"].failures == 0
+    assert [s.breakdown["solution_match"] for s in scored] == [None] * 4
     assert all(s.skipped for s in scored)  # solution_match is weighted, so required
 
 

@@ -41,10 +41,10 @@ def test_bad_specs_fail_before_the_run(sample_plugins: Any, name: str, args: dic
         resolve_rewards([RewardSpec(name=name, args=args)])
 
 
-def test_same_plugin_twice_needs_labels(sample_plugins: Any) -> None:
+def test_same_plugin_twice_needs_aliases(sample_plugins: Any) -> None:
     with pytest.raises(RewardResolutionError, match="listed twice"):
         resolve_rewards([RewardSpec(name="t_length"), RewardSpec(name="t_length")])
-    keys = [p.key for p in resolve_rewards([RewardSpec(name="t_length"), RewardSpec(name="t_length", label="len2")])]
+    keys = [p.key for p in resolve_rewards([RewardSpec(name="t_length"), RewardSpec(name="t_length", alias="len2")])]
     assert keys == ["t_length", "len2"]
 
 
@@ -117,7 +117,7 @@ def test_args_colliding_with_a_dataset_column_fail_loudly(ray_session: None, sam
 def test_file_plugin_is_resolved_relative_to_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(PLUGIN_DIR)
     plugin, = resolve_rewards([RewardSpec(name="trl_style.py:format_reward")])
-    assert plugin.source == "file" and plugin.key == "trl_style.py:format_reward"
+    assert plugin.source == "file" and plugin.key == "format_reward"
 
 
 def test_plugin_module_that_fails_to_import_names_the_plugin(tmp_path: Any) -> None:

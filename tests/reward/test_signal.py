@@ -130,7 +130,7 @@ def test_run_without_signal_saves_a_checkpoint_and_stops(tmp_path: Path) -> None
     """A tiny run whose only plugin always raises: steps 0 and 1 run, step 1 is saved, exit 1, one line."""
     overrides = {
         "run.steps": 4, "run.output_dir": str(tmp_path), "run.name": "no-signal", "reward_signal.max_failed_steps": 2,
-        "rewards": '[{name: "tests/reward/plugins/ling_test_rewards.py:raises", label: broken}]',
+        "rewards": '[{name: "tests/reward/plugins/ling_test_rewards.py:raises", alias: broken}]',
         "learner.num_ranks": 1, "rollout.prompts_per_step": 2, "rollout.group_size": 2, "rollout.max_response_tokens": 8,
         "checkpoint.every": 0,
         "tracking.progress_bar": False,

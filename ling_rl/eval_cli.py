@@ -1,0 +1,178 @@
+"""`ling-rl eval`: the held-out evaluation of a model outside training.
+
+    ling-rl eval runs/quickstart/hf_final --data data/arith/eval.jsonl
+    ling-rl eval runs/quickstart/checkpoints/step-000040 --data data/arith/eval.jsonl --samples 8
+    ling-rl eval path/to/model --data org/dataset --rewards math --rewards format model.dtype=float32
+
+The model is an exported Hugging Face folder (or a hub name) or a ling-rl checkpoint (exported to
+a temporary folder first). The settings are a recipe's: `--recipe`, else the `recipe.yaml` of the
+run folder the model belongs to (RUN_DIR/hf_final, RUN_DIR/checkpoints/step-N), else the schema's
+defaults; the options and dotted overrides change them. The prompts are read and rendered as in
+training (`data:` keys, chat template), and `ling_rl.evaluation.run_evaluation`, the code of the
+in-run evaluation, generates (one rollout engine group) and scores (reward workers).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ling_rl.checkpoint import DRIVER_STATE
+from ling_rl.config import Recipe, RecipeError, apply_override, parse_recipe
+from ling_rl.evaluation import EvalOutcome
+from ling_rl.reward.config import function_name
+
+
+@dataclass
+class EvalSetup:
+    """What `ling-rl eval` runs: the recipe it evaluates with, where it came from, the model."""
+
+    recipe: Recipe
+    recipe_source: str
+    """The recipe file the settings came from, or `defaults`."""
+    model: str
+    """The model argument as given (a folder, a hub name or a checkpoint)."""
+    checkpoint: Path | None
+    """The checkpoint to export first, when the model is one."""
+    run_dir: Path | None
+    """The run folder the model belongs to, if any (the default place of the generations file)."""
+
+
+def eval_setup(model: str, data: str, recipe_file: Path | None = None, rewards: list[str] | None = None,
+               samples: int | None = None, max_prompts: int | None = None, correctness: str | None = None,
+               overrides: list[str] | None = None) -> EvalSetup:
+    """The recipe of one evaluation; `RecipeError` names what is wrong (a missing model or recipe,
+    a bad override, a correctness plugin that is not among the rewards)."""
+    given_recipe, path = recipe_file, Path(model)
+    checkpoint = path if (path / DRIVER_STATE).is_file() else None
+    run_dir = path.parent.parent if checkpoint else (path.parent if (path.parent / "recipe.yaml").is_file() else None)
+    if recipe_file is None and run_dir is not None and (run_dir / "recipe.yaml").is_file():
+        recipe_file = run_dir / "recipe.yaml"
+    if not path.exists() and (model.count("/") != 1 or path.parent.exists()):  # neither a folder nor a hub name
+        raise RecipeError(f"{model}: no such model folder or checkpoint (give an exported Hugging Face folder, "
+                          "e.g. RUN_DIR/hf_final, a checkpoint RUN_DIR/checkpoints/step-N, or a hub name org/model)")
+    tree = _recipe_tree(recipe_file, data, rewards)
+    tree["model"] = {**{k: v for k, v in tree.get("model", {}).items() if k != "tiny"}, "path": model}
+    tree["eval"] = {**tree.get("eval", {}), "data": data, "every": 1}
+    if samples is not None:
+        tree["eval"]["samples"] = samples
+    if max_prompts is not None:
+        tree["eval"]["max_prompts"] = max_prompts
+    curriculum = tree.setdefault("curriculum", {})
+    keys = [entry.get("alias") or function_name(str(entry.get("name", ""))) for entry in tree["rewards"]]
+    if correctness is not None:
+        curriculum["correctness"] = correctness
+    elif rewards and curriculum.get("correctness", "exact_answer") not in keys:
+        curriculum["correctness"] = keys[0]  # --rewards replaced the recipe's: the first one judges
+    for item in overrides or []:
+        apply_override(tree, item)
+    try:
+        parsed = parse_recipe(tree, source=str(recipe_file or "ling-rl eval"))
+    except RecipeError as e:
+        if given_recipe is None and recipe_file is not None:  # the run folder's own recipe.yaml
+            raise RecipeError(f"{e}\n(the run folder's recipe.yaml does not fit this version of ling-rl: give the "
+                              "settings with --recipe RECIPE.yaml)") from None
+        raise
+    return EvalSetup(parsed, str(recipe_file or "defaults"), model, checkpoint, run_dir)
+
+
+def _recipe_tree(recipe_file: Path | None, data: str, rewards: list[str] | None) -> dict[str, Any]:
+    if recipe_file is None:
+        if not rewards:
+            raise RecipeError("ling-rl eval: the model is not in a run folder (no recipe.yaml beside it) and no "
+                              "--recipe was given: name the reward plugins with --rewards (e.g. --rewards exact_answer)")
+        tree: dict[str, Any] = {"data": {"train": data}}
+    else:
+        if not recipe_file.is_file():
+            raise RecipeError(f"{recipe_file}: recipe file not found")
+        tree = yaml.safe_load(recipe_file.read_text())
+        if not isinstance(tree, dict):
+            raise RecipeError(f"{recipe_file}: a recipe is a YAML mapping of sections")
+    if rewards:
+        tree["rewards"] = [{"name": name} for name in rewards]
+    return tree
+
+
+def default_output(setup: EvalSetup) -> Path:
+    """Where the generations go by default: RUN_DIR/eval/ for a model of a run folder, else ./eval/,
+    named after the model and the data (`hf_final.eval.jsonl` for data/arith/eval.jsonl)."""
+    name = Path(setup.model).name or "model"
+    data_name = Path(str(setup.recipe.eval.data)).stem.replace("/", "_")
+    return (setup.run_dir or Path(".")) / "eval" / f"{name}.{data_name}.jsonl"
+
+
+def run(setup: EvalSetup, out: Path, progress: Any = print) -> EvalOutcome:
+    """Evaluate: export a checkpoint if needed, read the prompts, start the engines and reward
+    workers, run the in-run evaluation's code, write the generations to `out` (JSONL)."""
+    from ling_rl.reward.loading import resolve_rewards
+
+    resolve_rewards(setup.recipe.rewards)  # an unknown plugin fails now, before an export or an engine starts
+    with tempfile.TemporaryDirectory(prefix="ling-rl-eval-") as tmp:
+        model_dir = _model_folder(setup, Path(tmp), progress)
+        return _evaluate(setup.recipe, model_dir, out, progress)
+
+
+def _model_folder(setup: EvalSetup, tmp: Path, progress: Any) -> Path:
+    from ling_rl.session import prepare_model
+
+    if setup.checkpoint is None:
+        return prepare_model(setup.recipe, tmp)  # the folder, checked (or a hub model, downloaded)
+    from ling_rl.learner.export import export_checkpoint
+
+    progress(f"exporting checkpoint {setup.checkpoint} to a temporary Hugging Face folder")
+    return export_checkpoint(setup.checkpoint, tmp / "hf")
+
+
+def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any) -> EvalOutcome:
+    import transformers
+
+    from ling_rl.cluster.ray_init import init_ray
+    from ling_rl.evaluation import eval_prompts, run_evaluation
+    from ling_rl.reward.pool import RewardPool
+    from ling_rl.rollout.group import RolloutGroup
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+    prompts = eval_prompts(recipe, tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("")  # a folder we cannot write to fails now, not after the generation
+    cfg = recipe.rollout
+    progress(f"{len(prompts.samples)} prompts from {recipe.eval.data}; 1 greedy + {recipe.eval.samples} sampled "
+             f"responses each, up to {cfg.max_response_tokens} tokens; starting {cfg.num_engines} engine(s) and "
+             f"{recipe.cluster.reward_workers} reward worker(s)")
+    init_ray(recipe.cluster)
+    engines = rewards = None
+    try:
+        engines = RolloutGroup(str(model_dir), cfg, recipe.cluster, cfg.engine_dtype(recipe.model.dtype),
+                               cfg.max_prompt_tokens + cfg.max_response_tokens, wait=False)
+        rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
+                             worker_cpus=recipe.cluster.reward.num_cpus, wait=False)
+        rewards.wait_started()
+        engines.wait_started()
+        outcome = run_evaluation(prompts.samples, engines, rewards, recipe.eval, cfg.max_response_tokens,
+                                 recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=0)
+    finally:
+        for role in (engines, rewards):
+            if role is not None:
+                role.shutdown()
+    with open(out, "w") as f:
+        for record in outcome.generations:
+            f.write(json.dumps(record) + "\n")
+    return outcome
+
+
+def summary(outcome: EvalOutcome, recipe: Recipe) -> list[str]:
+    """The lines `ling-rl eval` prints: accuracy and mean length per mode, then each plugin's mean."""
+    m = outcome.metrics
+    judge = f"{recipe.curriculum.correctness} >= {recipe.curriculum.correct_threshold:g}"
+    lines = [f"{'':<32}{'greedy':>10}{'sampled':>10}",
+             f"{'accuracy (' + judge + ')':<32}{m['eval/accuracy_greedy']:>10.3f}{m['eval/accuracy_sampled']:>10.3f}",
+             f"{'mean length (tokens)':<32}{m['eval/response_len_greedy']:>10.1f}{m['eval/response_len_sampled']:>10.1f}"]
+    for key, label in [("", "reward (total)")] + [(f"/{r.key}", f"reward {r.key}") for r in recipe.rewards]:
+        values = [m.get(f"eval/reward_{mode}{key}") for mode in ("greedy", "sampled")]
+        lines.append(f"{label:<32}" + "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in values))
+    return lines
