@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+from ling_rl import run_logs
 from ling_rl.cluster.config import ClusterConfig
 from ling_rl.cluster.reaper import start_reaper
 
@@ -28,8 +29,12 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # A driver that routes the run's output (`ling_rl.run_logs.route`, the quiet console) keeps
+    # Ray's own messages in its log file and the actors' output in theirs.
+    quiet = not run_logs.forward_role_output()
+    output = {"log_to_driver": not quiet, "configure_logging": not quiet}
     if cluster_cfg.address is not None:
-        ray.init(address=cluster_cfg.address, log_to_driver=True)
+        ray.init(address=cluster_cfg.address, **output)
         return
     # A local, single-user Ray: token authentication only gets in the way here.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -41,6 +46,7 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
         # Metrics collection makes the dashboard agent export node stats; only the dashboard shows them.
         _system_config=None if cluster_cfg.dashboard else {"enable_metrics_collection": False},
         _temp_dir=temp_dir,
+        **output,
     )
     global _reaper
     if _reaper is None:  # one per driver: it watches the whole tree, a later local Ray included

@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
+from ling_rl import run_logs
 from ling_rl.algorithms import policy_loss
 from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.algorithms.losses import aggregation_count
@@ -46,6 +47,7 @@ _SUMMED = {"loss", "pg_loss", "kl", "mtp_loss"}
 class LearnerWorker:
     def __init__(self, rank: int, world_size: int, sections: LearnerSections, model_dir: str, threads: int = 1) -> None:
         """Cheap construction; `setup` joins the process group and builds the model."""
+        run_logs.to_role_log()  # this rank's output to its file in the run folder, when routed
         torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
         self.cfg = sections  # the learner's sections of the recipe (learner, algorithm, model, run, rollout)
