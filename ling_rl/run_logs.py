@@ -42,7 +42,8 @@ _log_dir: Path | None = None
 
 def route(run_dir: Path, verbose: bool = False) -> Path | None:
     """Route this driver's run output. Quiet (default): role output to `run_dir/logs/<role>.log`,
-    the driver's own library warnings and Ray's driver messages to `driver.log`, W&B silent.
+    the driver's library warnings and Ray's driver messages to `driver.log` (ling-rl's own
+    warnings also on stderr), W&B silent.
     `verbose`: nothing is redirected. Returns the logs folder (None when verbose)."""
     global _log_dir
     if verbose:
@@ -59,6 +60,11 @@ def route(run_dir: Path, verbose: bool = False) -> Path | None:
     # Python warnings (FutureWarning, DeprecationWarning, library version notes) become log
     # records of `py.warnings`, which reach the file through the root logger.
     logging.captureWarnings(True)
+    # ling-rl's own warnings (a reward worker replaced, failed plugin calls) stay on the console.
+    own = logging.StreamHandler(sys.stderr)
+    own.setLevel(logging.WARNING)
+    own.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.getLogger("ling_rl").addHandler(own)
     # W&B prints its banner and run summary on the console; its own files keep them.
     os.environ.setdefault("WANDB_SILENT", "true")
     _transformers_to_root()
