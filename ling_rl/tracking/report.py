@@ -39,6 +39,9 @@ TRAIN_ACCURACY_KEY = "curriculum/accuracy"
 EVAL_ACCURACY_KEYS = ("eval/accuracy_greedy", "eval/accuracy_sampled")
 PHASE_ORDER = ("generate", "reward", "learner", "sync", "other")
 _PLUGIN_REWARD = re.compile(r"^reward/([^/]+)/mean$")
+# Accuracy of an `eval.extra_data` set (e.g. eval/ood/accuracy_greedy).
+_EXTRA_EVAL_ACCURACY = re.compile(r"^eval/([^/]+)/accuracy_(greedy|sampled)$")
+UNITS_KEYS = ("eval/units_greedy", "eval/units_sampled")
 _FIRST_LAST = 5
 
 
@@ -171,13 +174,19 @@ def _draw_reward(run: RunData, fig: Figure) -> bool:
     return drew
 
 
+def eval_accuracy_keys(run: RunData) -> list[str]:
+    """`eval/accuracy_<mode>`, then each `eval.extra_data` set's, the run has."""
+    extra = sorted(k for k in run.keys() if _EXTRA_EVAL_ACCURACY.match(k))
+    return [k for k in (*EVAL_ACCURACY_KEYS, *extra) if run.has(k)]
+
+
 def _draw_eval_accuracy(run: RunData, fig: Figure) -> bool:
     ax = fig.add_subplot()
-    drew = _lines(ax, run, list(EVAL_ACCURACY_KEYS), marker="o")
+    drew = _lines(ax, run, eval_accuracy_keys(run), marker="o")
     if drew:
         _lines(ax, run, [TRAIN_ACCURACY_KEY], linewidth=0.8, alpha=0.5)
     _stage_marks(ax, run.stages)
-    ax.set(xlabel="step", ylabel="accuracy", title="Eval accuracy (greedy / sampled)")
+    ax.set(xlabel="step", ylabel="accuracy", title="Eval accuracy (greedy / sampled; per held-out set)")
     return drew
 
 
@@ -413,11 +422,19 @@ def _summary_rows(run: RunData) -> list[tuple[str, str]]:
         if len(values):
             rows.append((f"{key}, first {_FIRST_LAST} steps", fmt(values[:_FIRST_LAST].mean())))
             rows.append((f"{key}, last {_FIRST_LAST} steps", fmt(values[-_FIRST_LAST:].mean())))
-    for key in (*EVAL_ACCURACY_KEYS, TRAIN_ACCURACY_KEY):
+    for key in eval_accuracy_keys(run):
+        steps_k, values = run.series(key)
+        rows.append((f"{key}: first eval -> final", f"{fmt(values[0])} (step {int(steps_k[0])}) -> "
+                     f"{fmt(values[-1])} (step {int(steps_k[-1])}), {_points(values[-1] - values[0])}"))
+    for key in (*eval_accuracy_keys(run), TRAIN_ACCURACY_KEY):
         steps_k, values = run.series(key)
         if len(values):
             best = int(np.argmax(values))
             rows.append((f"best {key}", f"{fmt(values[best])} at step {int(steps_k[best])}"))
+    for key in (*UNITS_KEYS, "eval/response_len_greedy"):
+        steps_k, values = run.series(key)
+        if len(values):
+            rows.append((f"{key}: first eval -> final", f"{fmt(values[0])} -> {fmt(values[-1])}"))
     for key in ("sync/gap_mean", "sync/gap_max", "train/loss"):
         steps_k, values = run.series(key)
         if len(values):
@@ -446,6 +463,11 @@ def _phases(run: RunData) -> list[str]:
     present = {k.removeprefix("time/") for k in run.keys()
                if k.startswith("time/") and k != "time/step" and run.has(k)}
     return [p for p in PHASE_ORDER if p in present] + sorted(present - set(PHASE_ORDER))
+
+
+def _points(delta: float) -> str:
+    """An accuracy difference in percentage points, signed."""
+    return f"{100 * delta:+.1f} points"
 
 
 def fmt(value: float) -> str:
