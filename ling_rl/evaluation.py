@@ -16,6 +16,10 @@ from pydantic import Field
 from ling_rl.schema import Section
 
 
+EVAL_SET = "eval_set"
+"""Column that marks the rows of an `eval.extra_data` set (its name) among the held-out prompts."""
+
+
 class EvalConfig(Section):
     """The `eval:` section."""
 
@@ -28,7 +32,13 @@ class EvalConfig(Section):
     """Held-out prompts (same columns as `data.train`); required when `every` > 0."""
 
     max_prompts: int = Field(default=64, ge=1)
-    """First N rows of `data`."""
+    """First N rows of `data` (and of each `extra_data` set)."""
+
+    extra_data: dict[str, str] = Field(default_factory=dict)
+    """More held-out sets, name -> dataset (e.g. `{ood: data/reasoning/ood.jsonl}`, an
+    out-of-distribution split), evaluated with `data` and logged apart as `eval/<name>/accuracy_greedy`,
+    `eval/<name>/accuracy_sampled`, `eval/<name>/response_len_<mode>`, `eval/<name>/units_<mode>`.
+    The `eval/...` metrics without a name stay those of `data` alone."""
 
     samples: int = Field(default=4, ge=1)
     """Sampled responses per prompt (temperature `temperature`), beside one greedy response."""
@@ -47,7 +57,9 @@ class EvalOutcome:
     metrics: dict[str, float]
     """`eval/accuracy_<mode>`, `eval/response_len_<mode>`, `eval/reward_<mode>` (mean total reward of
     the responses not skipped), `eval/reward_<mode>/<plugin>` (mean score, None left out), for
-    mode greedy and sampled, and `eval/response_len_mean` (the sampled responses')."""
+    mode greedy and sampled, and `eval/response_len_mean` (the sampled responses'); with a
+    segmenter, `eval/units_<mode>` (mean linguistic units per response); the same accuracy, length
+    and units metrics per `eval.extra_data` set as `eval/<name>/...`."""
     generations: list[dict[str, Any]]
     """One record per response (greedy first, then sampled): `mode`, `id` (dataset row), `sample`
     (index among the prompt's responses), `prompt`, `completion`, `response_tokens`,
@@ -56,10 +68,12 @@ class EvalOutcome:
 
 
 def run_evaluation(samples: list[Any], rollout: Any, rewards: Any, cfg: EvalConfig, max_tokens: int, correctness: str,
-                   correct_threshold: float, version: int) -> EvalOutcome:
+                   correct_threshold: float, version: int, segmenter: Any = None) -> EvalOutcome:
     """Generate one greedy and `cfg.samples` sampled responses per prompt with the `rollout` engines
     (a `RolloutGroup`), score them with `rewards` (a `RewardPool`) and summarise. A response is
-    correct when the `correctness` plugin scores it at least `correct_threshold`."""
+    correct when the `correctness` plugin scores it at least `correct_threshold`. Samples whose
+    `EVAL_SET` column names an `eval.extra_data` set are summarised apart (see `EvalOutcome`);
+    `segmenter` (a `Segmenter`) adds the units per response."""
     from ling_rl.rollout.engine import GenerationRequest
     from ling_rl.rollout.requests import to_rollouts
 
@@ -71,19 +85,35 @@ def run_evaluation(samples: list[Any], rollout: Any, rewards: Any, cfg: EvalConf
         rollouts = to_rollouts(samples, rollout.generate(requests, temperature, 1.0, -1), version=version)
         scored, _ = rewards.score(rollouts)
         verdicts = [x.breakdown.get(correctness) for x in scored]
-        counted = [v for v in verdicts if v is not None]
-        metrics[f"eval/accuracy_{mode}"] = sum(v >= correct_threshold for v in counted) / max(len(counted), 1)
-        metrics[f"eval/response_len_{mode}"] = sum(len(r.response_ids) for r in rollouts) / len(rollouts)
-        kept = [x.reward for x in scored if not x.skipped]
+        sets = [x.rollout.sample.columns.get(EVAL_SET) for x in scored]
+        for name in dict.fromkeys(sets):
+            rows = [i for i, s in enumerate(sets) if s == name]
+            prefix = "eval/" if name is None else f"eval/{name}/"
+            metrics.update(_summary(prefix, mode, [scored[i] for i in rows], [verdicts[i] for i in rows],
+                                    correct_threshold, segmenter))
+        main = [x for x, name in zip(scored, sets) if name is None]
+        kept = [x.reward for x in main if not x.skipped]
         if kept:
             metrics[f"eval/reward_{mode}"] = sum(kept) / len(kept)
-        for key in scored[0].breakdown if scored else ():
-            values = [x.breakdown[key] for x in scored if x.breakdown[key] is not None]
+        for key in main[0].breakdown if main else ():
+            values = [x.breakdown[key] for x in main if x.breakdown[key] is not None]
             if values:
                 metrics[f"eval/reward_{mode}/{key}"] = sum(values) / len(values)
         generations += [_record(mode, x, i % n, verdict, correct_threshold) for i, (x, verdict) in enumerate(zip(scored, verdicts))]
     metrics["eval/response_len_mean"] = metrics["eval/response_len_sampled"]
     return EvalOutcome(metrics, generations)
+
+
+def _summary(prefix: str, mode: str, scored: list[Any], verdicts: list[float | None], threshold: float,
+             segmenter: Any) -> dict[str, float]:
+    """Accuracy, mean response tokens and (with a segmenter) mean units of one set's responses."""
+    counted = [v for v in verdicts if v is not None]
+    out = {f"{prefix}accuracy_{mode}": sum(v >= threshold for v in counted) / max(len(counted), 1),
+           f"{prefix}response_len_{mode}": sum(len(x.rollout.response_ids) for x in scored) / max(len(scored), 1)}
+    if segmenter is not None:
+        units = [max(segmenter.segment(x.rollout.response_ids), default=-1) + 1 for x in scored]
+        out[f"{prefix}units_{mode}"] = sum(units) / max(len(units), 1)
+    return out
 
 
 def _record(mode: str, scored: Any, index: int, verdict: float | None, threshold: float) -> dict[str, Any]:
@@ -101,12 +131,38 @@ def eval_prompts(recipe: Any, tokenizer: Any) -> Any:
     rendered like the training prompts (`data:` keys: template, chat template, columns)."""
     from ling_rl.curriculum.data import PromptSource
 
+    from ling_rl.curriculum.data import load_rows
+
     cfg = recipe.data.model_copy(update={"train": recipe.eval.data, "shuffle": False, "max_rows": recipe.eval.max_prompts})
-    return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens)
+    if not recipe.eval.extra_data:
+        return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens)
+    rows = load_rows(recipe.eval.data, recipe.eval.max_prompts)
+    for name, path in recipe.eval.extra_data.items():
+        rows += [{**row, EVAL_SET: name} for row in load_rows(path, recipe.eval.max_prompts)]
+    return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens, rows=rows)
 
 
 def evaluate(s: Any, step: int) -> dict[str, float]:
     """Metrics of the held-out evaluation with the run's current weights, engines and reward workers."""
     recipe = s.recipe
+    segmenter = s.segmenter or unit_counter(s.tokenizer, recipe)
     return run_evaluation(s.eval_data.samples, s.rollout, s.rewards, recipe.eval, s.curriculum.max_response_tokens(),
-                          recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=step).metrics
+                          recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=step,
+                          segmenter=segmenter).metrics
+
+
+_UNIT_COUNTERS: dict[tuple[int, str], Any] = {}
+
+
+def unit_counter(tokenizer: Any, recipe: Any) -> Any:
+    """A `Segmenter` to count the units of responses in runs whose loss needs none (ppo_token,
+    gspo), so that every loss type reports `eval/units_<mode>` as LPO cuts them. Built once per
+    tokenizer and segmentation settings (a run evaluates many times)."""
+    from ling_rl.algorithms import Segmenter
+    from ling_rl.algorithms.segmentation import token_bytes_from_tokenizer
+
+    cfg = recipe.algorithm.segmentation
+    key = (id(tokenizer), cfg.model_dump_json())
+    if key not in _UNIT_COUNTERS:
+        _UNIT_COUNTERS[key] = Segmenter(token_bytes_from_tokenizer(tokenizer), cfg)
+    return _UNIT_COUNTERS[key]
