@@ -23,7 +23,8 @@ EVAL = str(ROOT / "data/arith/eval.jsonl")
 
 
 def _cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
+    # --verbose: in this test process, leave logging as it is (no routing into a logs folder).
+    result = CliRunner().invoke(app, [*args, "--verbose"])
     return result.exit_code, result.output
 
 
@@ -32,8 +33,9 @@ def test_a_missing_model_is_named(tmp_path: Path) -> None:
     assert code == 2 and f"{tmp_path / 'nope'}: no such model folder or checkpoint" in out, out
 
 
-def test_an_unknown_reward_is_named(tiny_dir: Path) -> None:
-    code, out = _cli("eval", str(tiny_dir), "--data", EVAL, "--rewards", "exact_answer", "--rewards", "no_such_reward")
+def test_an_unknown_reward_is_named(tiny_dir: Path, tmp_path: Path) -> None:
+    code, out = _cli("eval", str(tiny_dir), "--data", EVAL, "--rewards", "exact_answer", "--rewards", "no_such_reward",
+                     "--out", str(tmp_path / "g.jsonl"))
     assert code == 1 and "unknown reward plugin 'no_such_reward'" in out, out
 
 
@@ -81,6 +83,7 @@ def test_chat_template_run_with_trl_rewards_then_eval_of_export_and_checkpoint(t
     proc = _run(["eval", str(run_dir / "hf_final"), "--data", EVAL])
     generations = run_dir / "eval" / "hf_final.eval.jsonl"
     assert f"settings of {run_dir / 'recipe.yaml'}" in proc.stdout and str(generations) in proc.stdout
+    assert (run_dir / "eval" / "logs" / "engine-0.log").is_file() and "vLLM" not in proc.stdout + proc.stderr
     records = [json.loads(line) for line in generations.read_text().splitlines()]
     assert len(records) == 3 * (1 + 2) and [r["mode"] for r in records] == ["greedy"] * 3 + ["sampled"] * 6
     assert all(r["prompt"].startswith("<|im_start|>system\nAnswer with the number.<|im_end|>\n") for r in records)
