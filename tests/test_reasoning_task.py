@@ -119,9 +119,10 @@ def test_splits_are_disjoint_and_differ_in_difficulty(splits) -> None:
             assert not prompts[a] & prompts[b], f"{a} and {b} share prompts"
     for split in ("train", "eval", "dft"):
         assert {r["steps"] for r in splits[split]} == {2, 3, 4, 5}
-        assert max(r["max_number"] for r in splits[split]) <= 60 + 15  # a misread loss may pass the cap
+    for split in ("train", "eval"):
+        assert max(r["max_number"] for r in splits[split]) == 40
     assert {r["steps"] for r in splits["ood"]} == {6, 7, 8}
-    assert max(r["max_number"] for r in splits["ood"]) > 60
+    assert max(r["max_number"] for r in splits["ood"]) == 50
 
 
 def test_sentences_and_tokens_per_response(splits, tiny_dir: Path) -> None:

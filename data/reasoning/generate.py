@@ -11,9 +11,10 @@ start, then writes one sentence per event and a final one:
 
 So a response has steps + 2 sentences. Difficulty is the number of steps and the size of the numbers:
 
-- `train.jsonl`  RL prompts, in distribution (ID): 2-5 steps, amounts <= 60 (4-7 sentences).
+- `train.jsonl`  RL prompts, in distribution (ID): 2-5 steps, changes of 1-9, amounts <= 40 (4-7 sentences).
 - `eval.jsonl`   held-out ID prompts, same distribution.
-- `ood.jsonl`    held-out out-of-distribution prompts: 6-8 steps and amounts up to 99 (8-10 sentences).
+- `ood.jsonl`    held-out out-of-distribution prompts: 6-8 steps, changes up to 12 and amounts up to 50
+                 (8-10 sentences): longer chains and arithmetic facts the ID splits never show.
 - `dft.jsonl`    the SFT traces of the DFT warm start, imperfect the way real SFT data is (below).
 
 Every row: id, prompt, answer (the correct final amount), solution (the reference trace), steps,
@@ -74,8 +75,8 @@ class Level:
     """No amount (start, k, or running total) exceeds this."""
 
 
-ID_LEVEL = Level(min_steps=2, max_steps=5, start=(5, 30), change=(1, 15), cap=60)
-OOD_LEVEL = Level(min_steps=6, max_steps=8, start=(30, 70), change=(5, 30), cap=99)
+ID_LEVEL = Level(min_steps=2, max_steps=5, start=(5, 25), change=(1, 9), cap=40)
+OOD_LEVEL = Level(min_steps=6, max_steps=8, start=(20, 45), change=(1, 12), cap=50)
 
 
 @dataclass(frozen=True)
