@@ -192,6 +192,51 @@ def export(
     console.print(f"wrote [bold]{out_dir}[/] from {checkpoint}")
 
 
+@app.command("eval")
+def eval_model(
+    model: Annotated[str, typer.Argument(help="An exported Hugging Face folder (RUN_DIR/hf_final), a checkpoint "
+                                              "(RUN_DIR/checkpoints/step-N) or a hub name.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted recipe overrides, e.g. eval.temperature=0.7.")] = None,
+    data: Annotated[str, typer.Option("--data", help="Held-out prompts: a JSONL/JSON/parquet/CSV file or a hub dataset.")] = ...,
+    rewards: Annotated[list[str] | None, typer.Option("--rewards", help="Reward plugin (repeatable; default: the recipe's).")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", min=1, help="Sampled responses per prompt (default: eval.samples).")] = None,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", min=1, help="First N rows (default: eval.max_prompts).")] = None,
+    correctness: Annotated[str | None, typer.Option(help="Plugin whose score decides accuracy (default: curriculum.correctness).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe to take the settings from (default: the run folder's recipe.yaml).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Generations JSONL (default: RUN_DIR/eval/ or ./eval/).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the engines' and reward workers' output on the "
+                                                            "console instead of logs/ beside the generations file.")] = False,
+) -> None:
+    """Evaluate a model on held-out prompts with the in-run evaluation's code: accuracy (greedy and
+    sampled), mean length, per-plugin rewards; writes every generation to a JSONL file."""
+    from ling_rl.config import RecipeError
+    from ling_rl.eval_cli import default_output, eval_setup
+
+    try:
+        setup = eval_setup(model, data, recipe, rewards, samples, max_prompts, correctness, overrides or [])
+    except RecipeError as e:
+        _fail(str(e))
+    from ling_rl import run_logs
+    from ling_rl.errors import USER_ERRORS
+    from ling_rl.eval_cli import run, summary
+
+    target = out or default_output(setup)
+    console.print(f"evaluating [bold]{model}[/] with the settings of {setup.recipe_source}", highlight=False, soft_wrap=True)
+    logs = run_logs.route(target.parent, verbose)
+    if logs is not None:
+        console.print(f"engines' and reward workers' output in {logs}/; --verbose shows it here", markup=False,
+                      highlight=False, soft_wrap=True)
+    try:
+        outcome = run(setup, target, progress=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    except USER_ERRORS as e:
+        for line in run_logs.failure_report(e):
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        _fail(str(e), code=1)
+    for line in summary(outcome, setup.recipe):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"wrote [bold]{target}[/] ({len(outcome.generations)} generations)", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (holds metrics.jsonl).")],

@@ -153,6 +153,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
 
     from ling_rl.algorithms import Segmenter, needs_segmentation, token_bytes_from_tokenizer
     from ling_rl.cluster.ray_init import init_ray
+    from ling_rl.evaluation import eval_prompts
     from ling_rl.learner.group import LearnerGroup
     from ling_rl.learner.sections import LearnerSections
     from ling_rl.reward.pool import RewardPool
@@ -168,10 +169,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
     data = PromptSource(recipe.data, tokenizer, recipe.rollout.max_prompt_tokens)
     curriculum = Curriculum(recipe.curriculum, recipe.rollout.max_response_tokens, train_source=recipe.data.train)
-    eval_data = None
-    if recipe.eval.every > 0:
-        eval_cfg = recipe.data.model_copy(update={"train": recipe.eval.data, "shuffle": False, "max_rows": recipe.eval.max_prompts})
-        eval_data = PromptSource(eval_cfg, tokenizer, recipe.rollout.max_prompt_tokens)
+    eval_data = eval_prompts(recipe, tokenizer) if recipe.eval.every > 0 else None
     segmenter = None
     if needs_segmentation(recipe.algorithm.loss):
         segmenter = Segmenter(token_bytes_from_tokenizer(tokenizer), recipe.algorithm.segmentation)
@@ -238,7 +236,8 @@ def _dft_data(recipe: Recipe, tokenizer: Any) -> Any:
     from ling_rl.dft import DFTData
 
     source = recipe.dft.data or recipe.data.train
-    return DFTData(load_rows(source), recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source)
+    return DFTData(load_rows(source), recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source,
+                   chat_template=recipe.data.chat_template, system_prompt=recipe.data.system_prompt)
 
 
 def cpu_demand(recipe: Recipe) -> float:

@@ -150,7 +150,7 @@ class RewardPool:
             else:  # one call per task, so a hung call takes down only its own worker's task
                 shares = [[u] for u in units]
             for share in shares:
-                jobs.append(_Job(p, share, [_call_input(rollouts, idx, columns) for idx in share]))
+                jobs.append(_Job(p, share, [_call_input(rollouts, idx, columns, plugin.conversational) for idx in share]))
         return jobs
 
     def _column_names(self, rollouts: Sequence[Rollout]) -> list[str]:
@@ -315,14 +315,29 @@ def _serialize(plugins: list[ResolvedPlugin]) -> bytes:
     return cloudpickle.dumps(plugins)
 
 
-def _call_input(rollouts: Sequence[Rollout], indices: list[int], columns: list[str]) -> CallInput:
+def _call_input(rollouts: Sequence[Rollout], indices: list[int], columns: list[str], conversational: bool) -> CallInput:
     rows = [rollouts[i] for i in indices]
     return CallInput(
-        prompts=[r.sample.prompt for r in rows],
-        completions=[r.response_text for r in rows],
+        prompts=[_prompt(r, conversational) for r in rows],
+        completions=[_completion(r, conversational) for r in rows],
         completion_ids=[list(r.response_ids) for r in rows],
         columns={name: [r.sample.columns.get(name) for r in rows] for name in columns},
     )
+
+
+def _prompt(rollout: Rollout, conversational: bool) -> Any:
+    """The prompt as the plugin takes it: its messages (TRL's conversational form) when the data is
+    conversational and the plugin follows TRL (`ResolvedPlugin.conversational`), else its text."""
+    messages = rollout.sample.messages
+    return [dict(m) for m in messages] if conversational and messages is not None else rollout.sample.prompt
+
+
+def _completion(rollout: Rollout, conversational: bool) -> Any:
+    """The response as the plugin takes it: one assistant message (as TRL passes a completion of
+    conversational data), or its text."""
+    if conversational and rollout.sample.messages is not None:
+        return [{"role": "assistant", "content": rollout.response_text}]
+    return rollout.response_text
 
 
 def _failed(job: _Job, latency: float, message: str) -> list[CallResult]:

@@ -28,8 +28,10 @@ from ling_rl.reward.contract import STARTUP_CHECK, RewardOutput, accepted_keywor
 class CallInput:
     """Arguments of one plugin call: aligned lists of one slice of the batch (or one group)."""
 
-    prompts: list[str]
-    completions: list[str]
+    prompts: list[Any]
+    """Prompt texts, or per prompt its messages (conversational data, TRL-style plugin)."""
+    completions: list[Any]
+    """Response texts, or per response `[{"role": "assistant", "content": text}]` (same case)."""
     completion_ids: list[list[int]]
     columns: dict[str, list[Any]]
 
