@@ -14,6 +14,7 @@ in-run evaluation, generates (one rollout engine group) and scores (reward worke
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def eval_setup(model: str, data: str, recipe_file: Path | None = None, rewards: 
     if not path.exists() and (model.count("/") != 1 or path.parent.exists()):  # neither a folder nor a hub name
         raise RecipeError(f"{model}: no such model folder or checkpoint (give an exported Hugging Face folder, "
                           "e.g. RUN_DIR/hf_final, a checkpoint RUN_DIR/checkpoints/step-N, or a hub name org/model)")
-    tree = _recipe_tree(recipe_file, data, rewards)
+    tree = _recipe_tree(recipe_file, data, rewards, from_run=given_recipe is None)
     tree["model"] = {**{k: v for k, v in tree.get("model", {}).items() if k != "tiny"}, "path": model}
     tree["eval"] = {**tree.get("eval", {}), "data": data, "every": 1}
     if samples is not None:
@@ -64,24 +65,28 @@ def eval_setup(model: str, data: str, recipe_file: Path | None = None, rewards: 
     if max_prompts is not None:
         tree["eval"]["max_prompts"] = max_prompts
     curriculum = tree.setdefault("curriculum", {})
-    keys = [entry.get("alias") or function_name(str(entry.get("name", ""))) for entry in tree["rewards"]]
+    keys = [entry.get("alias") or function_name(str(entry.get("name", ""))) for entry in tree.get("rewards") or []]
     if correctness is not None:
         curriculum["correctness"] = correctness
     elif rewards and curriculum.get("correctness", "exact_answer") not in keys:
         curriculum["correctness"] = keys[0]  # --rewards replaced the recipe's: the first one judges
     for item in overrides or []:
         apply_override(tree, item)
-    try:
-        parsed = parse_recipe(tree, source=str(recipe_file or "ling-rl eval"))
-    except RecipeError as e:
-        if given_recipe is None and recipe_file is not None:  # the run folder's own recipe.yaml
-            raise RecipeError(f"{e}\n(the run folder's recipe.yaml does not fit this version of ling-rl: give the "
-                              "settings with --recipe RECIPE.yaml)") from None
-        raise
+    parsed = parse_recipe(tree, source=str(recipe_file or "ling-rl eval"))
     return EvalSetup(parsed, str(recipe_file or "defaults"), model, checkpoint, run_dir)
 
 
-def _recipe_tree(recipe_file: Path | None, data: str, rewards: list[str] | None) -> dict[str, Any]:
+def _check_run_recipe(tree: dict[str, Any], recipe_file: Path) -> None:
+    """A run folder's own recipe.yaml, as written by the run, must fit this version's schema (a run
+    of an older ling-rl may have a key renamed since): say so, rather than blame the options."""
+    try:
+        parse_recipe(copy.deepcopy(tree), source=str(recipe_file))
+    except RecipeError as e:
+        raise RecipeError(f"{e}\n(the run folder's recipe.yaml does not fit this version of ling-rl: give the "
+                          "settings with --recipe RECIPE.yaml)") from None
+
+
+def _recipe_tree(recipe_file: Path | None, data: str, rewards: list[str] | None, from_run: bool) -> dict[str, Any]:
     if recipe_file is None:
         if not rewards:
             raise RecipeError("ling-rl eval: the model is not in a run folder (no recipe.yaml beside it) and no "
@@ -90,9 +95,14 @@ def _recipe_tree(recipe_file: Path | None, data: str, rewards: list[str] | None)
     else:
         if not recipe_file.is_file():
             raise RecipeError(f"{recipe_file}: recipe file not found")
-        tree = yaml.safe_load(recipe_file.read_text())
+        try:
+            tree = yaml.safe_load(recipe_file.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{recipe_file}: invalid YAML: {e}".replace("\n", " ")) from None
         if not isinstance(tree, dict):
             raise RecipeError(f"{recipe_file}: a recipe is a YAML mapping of sections")
+        if from_run:
+            _check_run_recipe(tree, recipe_file)
     if rewards:
         tree["rewards"] = [{"name": name} for name in rewards]
     return tree

@@ -103,3 +103,11 @@ def test_chat_template_run_with_trl_rewards_then_eval_of_export_and_checkpoint(t
     assert "accuracy (think_format_reward >= 1)" in proc.stdout, proc.stdout
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2 * 2 and all(set(r["rewards"]) == {"think_format_reward"} for r in records)
+
+
+def test_a_run_folder_recipe_older_than_the_schema_says_so(tmp_path: Path) -> None:
+    (tmp_path / "hf_final").mkdir()
+    (tmp_path / "recipe.yaml").write_text("model: {tiny: tiny}\ndata: {train: x.jsonl}\nrewards: [{name: exact_answer, label: null}]\n")
+    code, out = _cli("eval", str(tmp_path / "hf_final"), "--data", EVAL)
+    assert code == 2 and "rewards.0.label: unknown key 'label'" in out, out
+    assert "the run folder's recipe.yaml does not fit this version of ling-rl: give the settings with --recipe" in out
