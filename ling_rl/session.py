@@ -201,16 +201,18 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
                                        nccl_weight_transfer=nccl, wait=False)
         session.learner = LearnerGroup(LearnerSections.of(recipe), str(model_dir), recipe.cluster, wait=False)
         session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
-                                     worker_cpus=recipe.cluster.reward.num_cpus, wait=False)
+                                     worker_resources=recipe.cluster.reward, wait=False)
         # Waited for in this order (the learner's setup starts once its rank 0 answers): a role's
         # time below is when the driver saw it ready, at most later than it was.
         roles = {"learner": session.learner, "rewards": session.rewards, "engines": session.rollout}
         for name, role in roles.items():
             role.wait_started()
             session.startup[f"startup/{name}_s"] = since_process_start()
-        method = choose_method(recipe.rollout.weight_sync.method, engines_on_cuda,
-                               session.learner.wait(session.learner.submit("node_id"), "node id")[0],
-                               session.rollout.node_ids())
+        placement = {"learner": session.learner.wait(session.learner.submit("node_id"), "node id"),
+                     "engines": session.rollout.node_ids(), "rewards": session.rewards.node_ids()}
+        method = choose_method(recipe.rollout.weight_sync.method, engines_on_cuda, placement["learner"][0],
+                               placement["engines"])
+        _record_placement(run_dir, placement, method)
         session.weight_sync = SYNC_METHODS[method](session.learner, session.rollout, recipe.rollout, dtype,
                                                    sync_tag(recipe.run.name))
         session.weight_sync.setup()
@@ -250,12 +252,44 @@ def _check_resources(recipe: Recipe) -> None:
     """Fail now, naming the keys, rather than wait forever for actors Ray can never place."""
     import ray
 
-    have = ray.cluster_resources().get("CPU", 0.0)
+    cluster = ray.cluster_resources()
+    have = cluster.get("CPU", 0.0)
     need = cpu_demand(recipe)
     if need > have:
         raise RecipeError(f"cluster: the roles ask for {need:g} CPUs (rollout engines x cluster.rollout.num_cpus + "
                           f"learner ranks x cluster.learner.num_cpus + reward workers x cluster.reward.num_cpus) "
                           f"but Ray has {have:g}; lower them or raise cluster.num_cpus")
+    for name, (key, want) in custom_demand(recipe).items():
+        if want > cluster.get(name, 0.0):
+            raise RecipeError(f"{key}: the roles ask for {want:g} units of Ray resource {name!r} in all but the cluster "
+                              f"offers {cluster.get(name, 0.0):g} (its nodes declare custom resources with "
+                              f"`ray start --resources='{{\"{name}\": N}}'`)")
+
+
+def custom_demand(recipe: Recipe) -> dict[str, tuple[str, float]]:
+    """Per custom Ray resource (`cluster.<role>.resources`): the recipe keys asking for it and the
+    units all actors of those roles need together."""
+    c = recipe.cluster
+    roles = (("cluster.rollout.resources", c.rollout, recipe.rollout.num_engines),
+             ("cluster.learner.resources", c.learner, recipe.learner.num_ranks),
+             ("cluster.reward.resources", c.reward, c.reward_workers))
+    demand: dict[str, tuple[str, float]] = {}
+    for key, res, actors in roles:
+        for name, amount in res.resources.items():
+            keys, total = demand.get(name, ("", 0.0))
+            demand[name] = (f"{keys}, {key}" if keys else key, total + amount * actors)
+    return demand
+
+
+def _record_placement(run_dir: Path, nodes: dict[str, list[str]], weight_sync: str) -> None:
+    """`placement.json` in the run folder: the Ray node id of every role's actors (in actor order)
+    and the weight-sync method `auto` chose from them."""
+    import json
+    import logging
+
+    record = {**nodes, "weight_sync": weight_sync}
+    (run_dir / "placement.json").write_text(json.dumps(record, indent=1) + "\n")
+    logging.getLogger(__name__).info("placement: %s", record)
 
 
 def clean_run_dir(run_dir: Path) -> None:

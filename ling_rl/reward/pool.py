@@ -29,6 +29,8 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
+from ling_rl.cluster.config import RoleResources
+from ling_rl.cluster.placement import actor_options
 from ling_rl.reward.config import RewardSpec
 from ling_rl.reward.contract import INPUT_KEYWORDS
 from ling_rl.reward.loading import ResolvedPlugin, RewardResolutionError, resolve_rewards
@@ -69,8 +71,11 @@ class RewardPool:
         kill_grace_s: float = 1.0,
         start_timeout_s: float = 120.0,
         wait: bool = True,
+        worker_resources: RoleResources | None = None,
     ) -> None:
-        """Start the workers; with `wait` (default) also wait until their plugins are up (`wait_started`)."""
+        """Start the workers; with `wait` (default) also wait until their plugins are up (`wait_started`).
+        `worker_resources`: each worker's resources (`cluster.reward`: CPUs, GPUs, node placement);
+        None: `worker_cpus` CPUs."""
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if not ray.is_initialized():
@@ -79,7 +84,10 @@ class RewardPool:
         self.kill_grace_s = kill_grace_s
         self.start_timeout_s = start_timeout_s
         self._payload = _serialize(self.plugins)
-        self._actor_cls = ray.remote(num_cpus=worker_cpus, max_restarts=0)(RewardWorker)
+        self._resources = worker_resources or RoleResources(num_cpus=worker_cpus)
+        self._spawned = 0
+        """Workers started so far, replacements included (each gets its own log, `reward-<k>`)."""
+        self._actor_cls = ray.remote(max_restarts=0)(RewardWorker)
         self._workers: list[Any] = [self._spawn() for _ in range(num_workers)]
         self._replaced = 0
         self._starting: dict[int, Any] = {}
@@ -115,6 +123,10 @@ class RewardPool:
         elapsed = time.monotonic() - start
         metrics = self._metrics(scored, scores, jobs, results, elapsed, self._replaced - replaced_before)
         return scored, metrics
+
+    def node_ids(self) -> list[str]:
+        """Each worker's Ray node id, in worker order."""
+        return ray.get([w.node_id.remote() for w in self._workers], timeout=self.start_timeout_s)
 
     def shutdown(self) -> None:
         """Kill the workers (idempotent)."""
@@ -222,7 +234,9 @@ class RewardPool:
     def _spawn(self) -> Any:
         # The driver's sys.path travels with the worker: plugins found through paths added after
         # Ray started (entry points, packages in temp folders) must unpickle there too.
-        return self._actor_cls.remote(self._payload, list(sys.path))
+        options = actor_options(self._resources, f"reward-{self._spawned}")
+        self._spawned += 1
+        return self._actor_cls.options(**options).remote(self._payload, list(sys.path))
 
     def _replace(self, w: int) -> Any:
         ray.kill(self._workers[w], no_restart=True)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ling_rl import run_logs
 from ling_rl.reward.contract import STARTUP_CHECK, RewardOutput, accepted_keywords, required_keywords
 
 
@@ -52,6 +53,7 @@ class RewardWorker:
     """Plugins of one pool, instantiated in this process; `run` executes calls of one plugin."""
 
     def __init__(self, payload: bytes, driver_sys_path: list[str]) -> None:
+        run_logs.to_role_log()  # this worker's output to its file in the run folder, when routed
         # The driver may have extended sys.path after Ray started (an entry point or package in a
         # temp folder): put its path first so the plugins unpickle to the same modules.
         sys.path[:] = list(driver_sys_path) + [p for p in sys.path if p not in driver_sys_path]
@@ -81,6 +83,11 @@ class RewardWorker:
     def ready(self) -> str | None:
         """Returns once the plugins are instantiated and checked: None, or why one could not start."""
         return self.start_error
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def run(self, plugin_index: int, calls: list[CallInput]) -> list[CallResult]:
         plugin = self.plugins[plugin_index]
