@@ -31,6 +31,13 @@ pytestmark = pytest.mark.vllm
 STEPS = 3
 
 
+def _train(run_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", "recipes/tiny_cpu.yaml", *overrides,
+                           "--run-dir", str(run_dir)],
+                          cwd=ROOT, env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True,
+                          timeout=600)
+
+
 def _weights(folder: Path) -> dict:
     tensors: dict = {}
     for path in sorted(folder.glob("*.safetensors")):
@@ -67,10 +74,7 @@ def test_roles_on_three_nodes_sync_weights_through_the_object_store(three_nodes,
         "cluster.rollout.resources={node_rollout: 1}",
         "cluster.reward.resources={node_reward: 1}",
     ]
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", "recipes/tiny_cpu.yaml", *overrides,
-                           "--run-dir", str(run_dir)],
-                          cwd=ROOT, env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True,
-                          timeout=600)
+    proc = _train(run_dir, overrides)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
     placement = json.loads((run_dir / "placement.json").read_text())
@@ -92,3 +96,10 @@ def test_roles_on_three_nodes_sync_weights_through_the_object_store(three_nodes,
     for row in rows[1:]:
         assert row["sync/transfer_s"] > 0
         assert row["sync/gap_mean"] < 1e-5, row
+
+    # A resource no node offers: refused before any actor starts, naming the recipe key (Ray
+    # would otherwise wait forever for the engine).
+    missing = _train(tmp_path / "missing", [*overrides, "cluster.rollout.resources={node_gpu_box: 1}"])
+    assert missing.returncode == 1, (missing.stdout + missing.stderr)[-4000:]
+    assert ("cluster.rollout.resources: the roles ask for 1 units of Ray resource 'node_gpu_box' in all but the "
+            "cluster offers 0") in missing.stderr
