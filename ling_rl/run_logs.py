@@ -79,6 +79,18 @@ def _transformers_to_root() -> None:
     transformers.logging.enable_propagation()
 
 
+def ray_driver_to_file() -> None:
+    """When routed: Ray's driver-side messages (its `ray` logger writes to stderr through its own
+    handler from import on) go to the root logger, hence `driver.log`. Called once Ray is imported,
+    before `ray.init` (which then runs with `configure_logging=False`)."""
+    if _log_dir is None:
+        return
+    ray_logger = logging.getLogger("ray")
+    for handler in list(ray_logger.handlers):
+        ray_logger.removeHandler(handler)
+    ray_logger.propagate = True
+
+
 def logs_dir() -> Path | None:
     """The routed logs folder, or None when role output is forwarded to the console."""
     return _log_dir

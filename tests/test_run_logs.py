@@ -122,6 +122,9 @@ def test_route_keeps_library_warnings_in_driver_log_and_ling_rl_warnings_on_the_
               "warnings.warn('a library FutureWarning', FutureWarning)\n"
               "logging.getLogger('transformers.x').warning('a transformers warning')\n"
               "logging.getLogger('ling_rl.reward.pool').warning('reward plugin replaced')\n"
+              "import ray\n"
+              "run_logs.ray_driver_to_file()\n"
+              "logging.getLogger('ray._private.worker').warning('a ray driver warning')\n"
               "print('progress line')\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -129,3 +132,4 @@ def test_route_keeps_library_warnings_in_driver_log_and_ling_rl_warnings_on_the_
     assert proc.stderr == "WARNING: reward plugin replaced\n"
     driver = (tmp_path / "logs" / "driver.log").read_text()
     assert "a library FutureWarning" in driver and "a transformers warning" in driver and "reward plugin replaced" in driver
+    assert "a ray driver warning" in driver

@@ -32,6 +32,7 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
     # A driver that routes the run's output (`ling_rl.run_logs.route`, the quiet console) keeps
     # Ray's own messages in its log file and the actors' output in theirs.
     quiet = not run_logs.forward_role_output()
+    run_logs.ray_driver_to_file()
     output = {"log_to_driver": not quiet, "configure_logging": not quiet}
     if cluster_cfg.address is not None:
         ray.init(address=cluster_cfg.address, **output)
