@@ -66,6 +66,9 @@ class RolloutEngine:
             # log-probs of the same processed distribution.
             logprobs_mode="processed_logprobs", **extra,
         )
+        # The text of a generation: the ids decoded without special tokens (vLLM's own default,
+        # and TRL's `batch_decode(..., skip_special_tokens=True)`).
+        self._tokenizer = self._llm.get_tokenizer()
         self._version = 0
         self.start_seconds = time.perf_counter() - started
 
@@ -75,6 +78,10 @@ class RolloutEngine:
         from vllm import SamplingParams
 
         check_seed_ranges(requests)
+        # detokenize=False: vLLM would detokenize every sequence incrementally at every decode
+        # step (and the sampled token of each log-prob entry); one batch decode of the finished
+        # ids at the end gives the same text and made a tiny-model decode step ~12% cheaper on
+        # CPU (bench/RESULTS.md, issue 12). Stopping is by token id (EOS), never by string.
         params = [SamplingParams(n=r.n, seed=r.seed, max_tokens=r.max_tokens, temperature=temperature, top_p=top_p,
                                  top_k=top_k, logprobs=0, detokenize=False) for r in requests]
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
@@ -82,10 +89,6 @@ class RolloutEngine:
         completions = [sorted(out.outputs, key=lambda c: c.index) for out in outputs]
         texts = iter(generation_texts(self._tokenizer, [list(c.token_ids) for cs in completions for c in cs]))
         return [[_generation(c, next(texts)) for c in cs] for cs in completions]
-        # detokenize=False: vLLM would detokenize every sequence incrementally at every decode
-        # step (and the sampled token of each log-prob entry); one batch decode of the finished
-        # ids at the end gives the same text and made a tiny-model decode step ~12% cheaper on
-        # CPU (bench/RESULTS.md, issue 12). Stopping is by token id (EOS), never by string.
 
     def load_weights(self, paths: str | list[str], version: int) -> float:
         """Reload all weights from the safetensors file(s) at `paths` and record `version`;
