@@ -237,7 +237,7 @@ def main() -> None:
     header = (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()}-core CPU box, "
               f"1-min load average before / between parts / after: {loads}; "
               f"`bench/step_profile.py --preset {args.preset} --steps {args.steps} "
-              f"--response-tokens {args.response_tokens}`")
+              f"--response-tokens {args.response_tokens}{''.join(' ' + o for o in args.overrides)}`")
     lines = [header, "", *table(args.preset, args.response_tokens, live, local)]
     print("\n".join(lines))
     if args.write_results:
