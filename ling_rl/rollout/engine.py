@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ling_rl import run_logs
 from ling_rl.rollout.vllm_engine import build_llm
 from ling_rl.rollout.weight_sync import EXTENSION_CLS
 
@@ -50,6 +51,7 @@ class RolloutEngine:
         """`rollout` is `RolloutConfig.model_dump()` (a dict: it crosses into a Ray actor).
         `nccl_weight_transfer`: give the engine vLLM's NCCL weight-transfer engine (the `nccl`
         sync method; written for CUDA, not run on a GPU yet)."""
+        run_logs.to_role_log()  # vLLM's output to this engine's file in the run folder, when routed
         started = time.perf_counter()
         extra: dict[str, Any] = {}
         if nccl_weight_transfer:
