@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,9 @@ def test_roles_on_three_nodes_sync_weights_through_the_object_store(three_nodes,
     ]
     proc = _train(run_dir, overrides)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    # Joining a cluster keeps the console quiet too: Ray's and the roles' messages are in RUN_DIR/logs.
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines() if re.search(r"WARNING|INFO|pid=", line)]
+    assert not noise, noise
 
     placement = json.loads((run_dir / "placement.json").read_text())
     head_id = cluster.head_node.node_id
