@@ -121,7 +121,7 @@ def test_splits_are_disjoint_and_differ_in_difficulty(splits) -> None:
         assert {r["steps"] for r in splits[split]} == {2, 3, 4, 5}
     for split in ("train", "eval"):
         assert max(r["max_number"] for r in splits[split]) == 40
-    assert {r["steps"] for r in splits["ood"]} == {6, 7, 8}
+    assert {r["steps"] for r in splits["ood"]} == {6, 7}
     assert max(r["max_number"] for r in splits["ood"]) == 50
 
 

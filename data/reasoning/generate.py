@@ -13,8 +13,8 @@ So a response has steps + 2 sentences. Difficulty is the number of steps and the
 
 - `train.jsonl`  RL prompts, in distribution (ID): 2-5 steps, changes of 1-9, amounts <= 40 (4-7 sentences).
 - `eval.jsonl`   held-out ID prompts, same distribution.
-- `ood.jsonl`    held-out out-of-distribution prompts: 6-8 steps, changes up to 12 and amounts up to 50
-                 (8-10 sentences): longer chains and arithmetic facts the ID splits never show.
+- `ood.jsonl`    held-out out-of-distribution prompts: 6-7 steps, changes up to 12 and amounts up to 50
+                 (8-9 sentences): longer chains and arithmetic facts the ID splits never show.
 - `dft.jsonl`    the SFT traces of the DFT warm start, imperfect the way real SFT data is (below).
 
 Every row: id, prompt, answer (the correct final amount), solution (the reference trace), steps,
@@ -76,7 +76,7 @@ class Level:
 
 
 ID_LEVEL = Level(min_steps=2, max_steps=5, start=(5, 25), change=(1, 9), cap=40)
-OOD_LEVEL = Level(min_steps=6, max_steps=8, start=(20, 45), change=(1, 12), cap=50)
+OOD_LEVEL = Level(min_steps=6, max_steps=7, start=(10, 30), change=(1, 12), cap=50)
 
 
 @dataclass(frozen=True)
@@ -184,12 +184,13 @@ SPLITS: dict[str, Level] = {"train": ID_LEVEL, "eval": ID_LEVEL, "dft": ID_LEVEL
 
 
 def generate(sizes: dict[str, int], seed: int) -> dict[str, list[dict[str, object]]]:
-    """Rows of each split; prompts are unique across all splits. Held-out splits are drawn first,
-    so their rows do not depend on the sizes of the training splits."""
-    rng = random.Random(seed)
+    """Rows of each split; prompts are unique across all splits. Each split has its own random
+    stream, and held-out splits are drawn first, so their rows do not depend on the other splits'
+    sizes or levels."""
     seen: set[str] = set()
     out: dict[str, list[dict[str, object]]] = {}
     for split in ("eval", "ood", "train", "dft"):
+        rng = random.Random(f"{seed}-{split}")
         rows: list[dict[str, object]] = []
         while len(rows) < sizes[split]:
             problem = make_problem(rng, SPLITS[split])
