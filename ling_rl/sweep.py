@@ -1,0 +1,259 @@
+"""`ling-rl sweep RECIPE --seeds 0,1,2 --grid KEY=A,B,C`: a multi-seed A/B of one recipe.
+
+Every combination of a grid point (one value per `--grid` key) and a seed is one `ling-rl train`
+run in its own folder, `OUT/<point>/seed-<s>`; then one comparison report, `OUT/sweep.md` and
+`OUT/sweep_accuracy.png`, gives per grid point the mean +- std over seeds of:
+
+- final and best held-out greedy accuracy (`eval/accuracy_greedy` and each `eval.extra_data` set's);
+- steps to reach `--target` greedy accuracy (the first eval at or above it; runs that never reach
+  it are counted apart);
+- stability: the largest drop of the rolling mean reward (window `ROLLING` steps: its largest fall
+  below an earlier peak), grad-norm spikes (steps above `SPIKE` x the run's median
+  `train/grad_norm`), mean clip fraction, mean entropy.
+
+A seed sets `run.seed`, `rollout.seed` and `data.seed` (the RL's randomness: sampling and prompt
+order); `model.seed` and `dft.seed` stay the recipe's, so every run starts from the same DFT
+weights. Each run repeats that DFT (the warm start is not exported and reused yet). A run folder
+that already holds its last step is not run again, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ling_rl.tracking.report import RunData, eval_accuracy_keys, load_run
+
+ROLLING = 5
+"""Steps in the rolling mean reward whose largest drop measures (in)stability."""
+SPIKE = 3.0
+"""A grad-norm spike: a step's `train/grad_norm` above this many times the run's median."""
+SEED_KEYS = ("run.seed", "rollout.seed", "data.seed")
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One run of the sweep: a grid point (key -> value) and a seed."""
+
+    point: tuple[tuple[str, str], ...]
+    seed: int
+
+    @property
+    def point_name(self) -> str:
+        return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.point) or "recipe"
+
+    def overrides(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.point] + [f"{k}={self.seed}" for k in SEED_KEYS]
+
+    def run_dir(self, out: Path) -> Path:
+        return out / self.point_name / f"seed-{self.seed}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` -> [0, 1, 2]; a clear error for anything else."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: give integers separated by commas, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: give at least one seed, each once; got {text!r}")
+    return seeds
+
+
+def parse_grid(items: list[str]) -> list[tuple[tuple[str, str], ...]]:
+    """`["algorithm.loss.type=lpo,gspo", "learner.lr=1e-4,2e-4"]` -> every combination of values."""
+    axes: list[list[tuple[str, str]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        options = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not options:
+            raise ValueError(f"--grid: expected KEY=VALUE1,VALUE2,...; got {item!r}")
+        if any(key.strip() == k for axis in axes for k, _ in axis):
+            raise ValueError(f"--grid: key {key.strip()!r} is given twice")
+        axes.append([(key.strip(), v) for v in options])
+    return [tuple(point) for point in itertools.product(*axes)]
+
+
+def plan(seeds: list[int], grid: list[tuple[tuple[str, str], ...]]) -> list[Combo]:
+    """Seeds interleaved across grid points (seed 0 of every point first), so a sweep cut short
+    still compares every point."""
+    return [Combo(point, seed) for seed in seeds for point in grid]
+
+
+def is_done(run_dir: Path, steps: int) -> bool:
+    """Whether `run_dir` holds the metrics of RL step `steps - 1`."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    return any(json.loads(line).get("step") == steps - 1 for line in metrics.read_text().splitlines() if line.strip())
+
+
+def run_combo(recipe: Path, combo: Combo, out: Path, overrides: list[str]) -> int:
+    """`ling-rl train` of one combination in a subprocess; returns its exit code."""
+    cmd = [sys.executable, "-m", "ling_rl.cli", "train", str(recipe), *overrides, *combo.overrides(),
+           "--run-dir", str(combo.run_dir(out))]
+    return subprocess.run(cmd, check=False).returncode
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation over seeds.
+
+
+def steps_to(run: RunData, key: str, target: float) -> int | None:
+    """The first eval step whose `key` is >= target; None if never."""
+    for step, value in zip(*run.series(key)):
+        if value >= target:
+            return int(step)
+    return None
+
+
+def largest_rolling_drop(values: np.ndarray, window: int = ROLLING) -> float:
+    """Largest fall of the rolling mean below an earlier peak of it (0 for a curve that never falls).
+
+    >>> largest_rolling_drop(np.array([0.0, 1.0, 2.0, 1.0, 0.0, 3.0]), window=1)
+    2.0
+    """
+    if len(values) < window:
+        return 0.0
+    rolling = np.convolve(values, np.ones(window) / window, mode="valid")
+    return float(np.max(np.maximum.accumulate(rolling) - rolling))
+
+
+def grad_norm_spikes(values: np.ndarray, factor: float = SPIKE) -> int:
+    """Steps whose grad norm is above `factor` x the median."""
+    if not len(values):
+        return 0
+    return int(np.sum(values > factor * float(np.median(values))))
+
+
+def run_measures(run: RunData, target: float) -> dict[str, float | None]:
+    """One run's numbers (None: the run lacks the metric, or never reached the target)."""
+    out: dict[str, float | None] = {}
+    for key in eval_accuracy_keys(run):
+        if not key.endswith("_greedy"):
+            continue
+        _, values = run.series(key)
+        out[f"final {key}"] = float(values[-1])
+        out[f"best {key}"] = float(values.max())
+    reached = steps_to(run, "eval/accuracy_greedy", target)
+    out[f"steps to eval/accuracy_greedy >= {target:g}"] = None if reached is None else float(reached)
+    _, reward = run.series("reward/mean")
+    out[f"largest drop of the {ROLLING}-step rolling reward"] = largest_rolling_drop(reward) if len(reward) else None
+    _, grad = run.series("train/grad_norm")
+    out[f"grad-norm spikes (> {SPIKE:g}x median)"] = float(grad_norm_spikes(grad)) if len(grad) else None
+    for key, name in (("policy/clip_frac_token", "mean clip fraction (token)"), ("train/entropy", "mean entropy")):
+        _, values = run.series(key)
+        out[name] = float(values.mean()) if len(values) else None
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    """`mean +- std` (sample std; 0 for one value), 4 significant digits."""
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4g} +- {std:.2g}"
+
+
+def aggregate(runs: dict[str, list[RunData]], target: float) -> list[list[str]]:
+    """Rows of the comparison table: header, then one row per measure with a cell per grid point;
+    a measure some seeds lack says how many seeds it has."""
+    measures = {point: [run_measures(r, target) for r in point_runs] for point, point_runs in runs.items()}
+    names = list(dict.fromkeys(name for rows in measures.values() for row in rows for name in row))
+    table = [["measure", *(f"{point} ({len(runs[point])} seeds)" for point in runs)]]
+    for name in names:
+        cells = [name]
+        for point, rows in measures.items():
+            values = [row[name] for row in rows if row.get(name) is not None]
+            cell = mean_std([v for v in values if v is not None and math.isfinite(v)])
+            if len(values) < len(rows):
+                cell += f" ({len(values)} of {len(rows)})"
+            cells.append(cell)
+        table.append(cells)
+    return table
+
+
+def _draw_bands(runs: dict[str, list[RunData]], fig: Figure) -> None:
+    ax = fig.add_subplot()
+    for i, (point, point_runs) in enumerate(runs.items()):
+        for j, key in enumerate(k for k in eval_accuracy_keys(point_runs[0]) if k.endswith("_greedy")):
+            series = [dict(zip(*(a.tolist() for a in r.series(key)))) for r in point_runs]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if not steps:
+                continue
+            values = np.array([[s[step] for step in steps] for s in series])
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            color = f"C{i % 10}"
+            ax.plot(steps, mean, color=color, linestyle="-" if j == 0 else "--", marker="o", markersize=3,
+                    label=f"{point}: {key}")
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+    ax.set(xlabel="step", ylabel="greedy accuracy", title="Held-out accuracy: mean over seeds, band +- 1 std")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+
+
+def write_report(out: Path, runs: dict[str, list[RunData]], target: float, missing: list[str]) -> Path:
+    """sweep.md (the table) and sweep_accuracy.png (seed bands) in `out`; returns sweep.md."""
+    table = aggregate(runs, target)
+    fig = Figure(figsize=(10, 4.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    _draw_bands(runs, fig)
+    fig.savefig(out / "sweep_accuracy.png")
+    lines = ["# Sweep", "", "Mean +- sample std over seeds; each seed a separate run from the same DFT start.", "",
+             "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    if missing:
+        lines += ["", "Runs without metrics (failed or not run): " + ", ".join(missing)]
+    lines += ["", "![accuracy with seed bands](sweep_accuracy.png)", ""]
+    path = out / "sweep.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def collect(out: Path, combos: list[Combo]) -> tuple[dict[str, list[RunData]], list[str]]:
+    """Each grid point's finished runs (any RL step logged) and the run folders without metrics."""
+    runs: dict[str, list[RunData]] = {}
+    missing: list[str] = []
+    for combo in combos:
+        folder = combo.run_dir(out)
+        run = load_run(folder) if (folder / "metrics.jsonl").is_file() else None
+        if run is None or not run.records:
+            missing.append(str(folder))
+            continue
+        runs.setdefault(combo.point_name, []).append(run)
+    return runs, missing
+
+
+def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple[tuple[str, str], ...]], out: Path,
+          target: float, report_only: bool = False, echo=print) -> Path:
+    """Run every combination not done yet (unless `report_only`), then write the report; returns sweep.md.
+
+    Every combination's recipe is loaded first, so a bad key or value fails before any run starts."""
+    from ling_rl.config import load_recipe
+
+    combos = plan(seeds, grid)
+    steps = {combo: load_recipe(recipe, [*overrides, *combo.overrides()]).run.steps for combo in combos}
+    out.mkdir(parents=True, exist_ok=True)
+    if not report_only:
+        for i, combo in enumerate(combos, 1):
+            where = combo.run_dir(out)
+            if is_done(where, steps[combo]):
+                echo(f"[{i}/{len(combos)}] {where}: done already")
+                continue
+            echo(f"[{i}/{len(combos)}] {where}: ling-rl train {recipe} {' '.join([*overrides, *combo.overrides()])}")
+            code = run_combo(recipe, combo, out, overrides)
+            if code != 0:
+                echo(f"[{i}/{len(combos)}] {where}: exit code {code}; its metrics so far are reported")
+    runs, missing = collect(out, combos)
+    if not runs:
+        raise ValueError(f"{out}: no run of the sweep has metrics yet")
+    return write_report(out, runs, target, missing)
