@@ -448,7 +448,8 @@ def _summary_rows(run: RunData) -> list[tuple[str, str]]:
 
 def _time_rows(run: RunData) -> list[tuple[str, str]]:
     phases = _phases(run)
-    means = {p: float(run.series(f"time/{p}")[1].mean()) for p in phases}
+    # Per RL step, over every step: a phase that runs only on some steps (eval) counts 0 on the others.
+    means = {p: float(run.series(f"time/{p}")[1].sum()) / len(run.records) for p in phases}
     _, step_time = run.series("time/step")
     total = float(step_time.mean()) if len(step_time) else sum(means.values())
     if not phases and not len(step_time):

@@ -77,3 +77,14 @@ def test_cli_report_with_two_runs(two_runs) -> None:
     assert result.exit_code == 0, result.output
     assert (two_runs[0] / "report" / "compare" / "compare.md").is_file()
     assert (two_runs[1] / "report" / "report.md").is_file()
+
+
+def test_time_share_of_a_phase_on_some_steps_is_per_step_over_all_steps(tmp_path: Path) -> None:
+    """An eval every 3rd step taking 6 s adds 2 s per step, not 6 (nor a share above 100%)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    records = [{"step": s, "time/step": 4.0, "time/generate": 2.0, **({"time/eval": 6.0} if s == 2 else {})}
+               for s in range(3)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = build_report(folder).read_text()
+    assert "| time share: eval | 50.0% (2 s) |" in text and "| time share: generate | 50.0% (2 s) |" in text
