@@ -12,9 +12,10 @@ run in its own folder, `OUT/<point>/seed-<s>`; then one comparison report, `OUT/
   `train/grad_norm`), mean clip fraction, mean entropy.
 
 A seed sets `run.seed`, `rollout.seed` and `data.seed` (the RL's randomness: sampling and prompt
-order); `model.seed` and `dft.seed` stay the recipe's, so every run starts from the same DFT
-weights. Each run repeats that DFT (the warm start is not exported and reused yet). A run folder
-that already holds its last step is not run again, so an interrupted sweep resumes.
+order). With `dft.enabled`, the DFT runs once, in `OUT/dft` (the recipe with one RL step at
+learning rate 1e-12, whose exported `hf_final` is the DFT weights: the trick of bench/ab_losses.py),
+and every run starts from that folder with `dft.enabled=false`. A run folder that already holds
+its last step (and a DFT folder with its export) is not run again, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -98,10 +99,18 @@ def is_done(run_dir: Path, steps: int) -> bool:
     return any(json.loads(line).get("step") == steps - 1 for line in metrics.read_text().splitlines() if line.strip())
 
 
-def run_combo(recipe: Path, combo: Combo, out: Path, overrides: list[str]) -> int:
-    """`ling-rl train` of one combination in a subprocess; returns its exit code."""
-    cmd = [sys.executable, "-m", "ling_rl.cli", "train", str(recipe), *overrides, *combo.overrides(),
-           "--run-dir", str(combo.run_dir(out))]
+DFT_ONLY = ["run.steps=1", "learner.lr=1e-12", "eval.every=0", "checkpoint.every=0", "checkpoint.export_hf=true"]
+"""Overrides of the shared DFT run: one RL step that leaves the DFT weights (lr 1e-12), exported."""
+
+
+def from_dft(dft_dir: Path) -> list[str]:
+    """Overrides that start a run from the shared DFT's export instead of running DFT again."""
+    return ["model.tiny=null", f"model.path={dft_dir / 'hf_final'}", "dft.enabled=false"]
+
+
+def train(recipe: Path, overrides: list[str], run_dir: Path) -> int:
+    """`ling-rl train` in a subprocess; returns its exit code."""
+    cmd = [sys.executable, "-m", "ling_rl.cli", "train", str(recipe), *overrides, "--run-dir", str(run_dir)]
     return subprocess.run(cmd, check=False).returncode
 
 
@@ -243,14 +252,23 @@ def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple
     combos = plan(seeds, grid)
     steps = {combo: load_recipe(recipe, [*overrides, *combo.overrides()]).run.steps for combo in combos}
     out.mkdir(parents=True, exist_ok=True)
+    shared: list[str] = []
+    if load_recipe(recipe, overrides).dft.enabled:
+        dft_dir = out / "dft"
+        shared = from_dft(dft_dir)
+        if not report_only and not (dft_dir / "hf_final" / "config.json").is_file():
+            echo(f"shared DFT: ling-rl train {recipe} {' '.join([*overrides, *DFT_ONLY])} --run-dir {dft_dir}")
+            if train(recipe, [*overrides, *DFT_ONLY], dft_dir) != 0:
+                raise ValueError(f"the shared DFT run failed; see {dft_dir}")
     if not report_only:
         for i, combo in enumerate(combos, 1):
             where = combo.run_dir(out)
             if is_done(where, steps[combo]):
                 echo(f"[{i}/{len(combos)}] {where}: done already")
                 continue
-            echo(f"[{i}/{len(combos)}] {where}: ling-rl train {recipe} {' '.join([*overrides, *combo.overrides()])}")
-            code = run_combo(recipe, combo, out, overrides)
+            args = [*overrides, *shared, *combo.overrides()]
+            echo(f"[{i}/{len(combos)}] {where}: ling-rl train {recipe} {' '.join(args)}")
+            code = train(recipe, args, where)
             if code != 0:
                 echo(f"[{i}/{len(combos)}] {where}: exit code {code}; its metrics so far are reported")
     runs, missing = collect(out, combos)

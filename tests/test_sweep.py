@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from ling_rl.cli import app
 from ling_rl.sweep import (
+    DFT_ONLY,
     Combo,
     aggregate,
+    from_dft,
     collect,
     grad_norm_spikes,
     is_done,
@@ -108,3 +110,16 @@ def test_cli_report_only_and_bad_grid(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "algorithm.loss.type=nope", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "nope" in bad.output
     assert load_run(combos[0].run_dir(tmp_path)).records
+
+
+def test_shared_dft_overrides_are_valid_recipe_keys(tmp_path: Path) -> None:
+    """The DFT-only run and the runs started from its export load as recipes (keys exist, types fit)."""
+    from ling_rl.config import load_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    dft_run = load_recipe(recipe, DFT_ONLY)
+    assert dft_run.run.steps == 1 and dft_run.learner.lr == 1e-12 and dft_run.dft.enabled
+    (tmp_path / "dft" / "hf_final").mkdir(parents=True)
+    started = load_recipe(recipe, [*from_dft(tmp_path / "dft"), *Combo((), 1).overrides()])
+    assert started.model.path == str(tmp_path / "dft" / "hf_final") and started.model.tiny is None
+    assert not started.dft.enabled and started.run.seed == 1 and started.rollout.seed == 1
