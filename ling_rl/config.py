@@ -118,7 +118,9 @@ class _CrossField(ValueError):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def read_recipe_tree(path: str | Path) -> dict[str, Any]:
+    """The recipe file at `path` as a plain YAML mapping, not yet validated; a missing file,
+    invalid YAML or a non-mapping is a `RecipeError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
@@ -128,6 +130,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    data = read_recipe_tree(path)
     for item in overrides or []:
         apply_override(data, item)
     return parse_recipe(data, source=str(path))

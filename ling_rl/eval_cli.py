@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ling_rl.checkpoint import DRIVER_STATE
-from ling_rl.config import Recipe, RecipeError, apply_override, parse_recipe
+from ling_rl.config import Recipe, RecipeError, apply_override, parse_recipe, read_recipe_tree
 from ling_rl.evaluation import EvalOutcome
 from ling_rl.reward.config import function_name
 
@@ -93,14 +91,7 @@ def _recipe_tree(recipe_file: Path | None, data: str, rewards: list[str] | None,
                               "--recipe was given: name the reward plugins with --rewards (e.g. --rewards exact_answer)")
         tree: dict[str, Any] = {"data": {"train": data}}
     else:
-        if not recipe_file.is_file():
-            raise RecipeError(f"{recipe_file}: recipe file not found")
-        try:
-            tree = yaml.safe_load(recipe_file.read_text())
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{recipe_file}: invalid YAML: {e}".replace("\n", " ")) from None
-        if not isinstance(tree, dict):
-            raise RecipeError(f"{recipe_file}: a recipe is a YAML mapping of sections")
+        tree = read_recipe_tree(recipe_file)
         if from_run:
             _check_run_recipe(tree, recipe_file)
     if rewards:
