@@ -240,22 +240,59 @@ def eval_model(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (holds metrics.jsonl).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Folder to write (default: RUN_DIR/report).")] = None,
+    others: Annotated[list[Path] | None, typer.Argument(help="More run folders: each gets its report, and all are "
+                                                              "compared on one figure (e.g. an A/B of one recipe).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder to write (default: RUN_DIR/report; with more "
+                                                           "runs, the comparison's: RUN_DIR/report/compare).")] = None,
 ) -> None:
-    """PNG plots (reward, eval accuracy, length, gap, stages, accuracy-vs-length frontier) and a report.md."""
-    if not (run_dir / "metrics.jsonl").is_file():
-        _fail(f"{run_dir}: no metrics.jsonl (not a run folder, or tracking.jsonl was off)")
+    """PNG plots (reward, eval accuracy, length, gap, stages, accuracy-vs-length frontier) and a report.md;
+    given several run folders, also one comparison (frontiers on one figure, accuracy curves, a table)."""
+    runs = [run_dir, *(others or [])]
+    for folder in runs:
+        if not (folder / "metrics.jsonl").is_file():
+            _fail(f"{folder}: no metrics.jsonl (not a run folder, or tracking.jsonl was off)")
+    from ling_rl.tracking.compare import build_comparison
     from ling_rl.tracking.report import build_report, upload_report
 
     try:
-        path = build_report(run_dir, out)
+        for folder in runs[1:]:
+            console.print(f"wrote [bold]{build_report(folder)}[/]", highlight=False, soft_wrap=True)
+        path = build_report(run_dir, None if others else out)
+        if others:
+            compared = build_comparison(runs, out or run_dir / "report" / "compare")
     except (OSError, ValueError) as e:
         _fail(str(e))
     console.print(f"wrote [bold]{path}[/]", highlight=False, soft_wrap=True)
+    if others:
+        console.print(f"wrote [bold]{compared}[/]", highlight=False, soft_wrap=True)
     try:
         console.print(upload_report(run_dir, path.parent), highlight=False, soft_wrap=True)
     except Exception as e:  # noqa: BLE001 - any W&B failure (network, unknown run id) is one line
         _fail(f"W&B upload failed (the report is written): {type(e).__name__}: {e}", code=1)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides for every run.")] = None,
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (run.seed, rollout.seed, data.seed).")] = "0,1,2",
+    grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2,... (repeatable): every combination is run.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep folder (default: runs/sweep-<recipe file name>).")] = None,
+    target: Annotated[float, typer.Option(help="Greedy accuracy whose first step is reported.")] = 0.7,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Only aggregate the runs already there.")] = False,
+) -> None:
+    """Multi-seed A/B: one `ling-rl train` per seed and grid point, then one report with mean +- std over
+    seeds (final/best ID and OOD accuracy, steps to a target, stability) and seed-band plots."""
+    from ling_rl.config import RecipeError
+    from ling_rl.sweep import parse_grid, parse_seeds, sweep
+
+    try:
+        path = sweep(recipe, overrides or [], parse_seeds(seeds), parse_grid(grid or []),
+                     out or Path("runs") / f"sweep-{recipe.stem}", target, report_only,
+                     echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    except (RecipeError, OSError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"wrote [bold]{path}[/]", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
