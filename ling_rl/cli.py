@@ -106,9 +106,12 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learner.lr=1e-6.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: run.output_dir/run.name).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the roles' output (vLLM, Ray, libraries) on the "
+                                                            "console instead of RUN_DIR/logs/.")] = False,
 ) -> None:
     """Train with RL: vLLM rollouts, reward workers, FSDP2 learner. Resumes from the run folder's
-    latest checkpoint unless checkpoint.resume=never."""
+    latest checkpoint unless checkpoint.resume=never. The console shows progress and errors; the
+    roles' output goes to RUN_DIR/logs/ (`--verbose`: to the console)."""
     from ling_rl.config import RecipeError, load_recipe
 
     try:
@@ -132,13 +135,20 @@ def train(
     if ready.complete_step is not None:
         console.print(_complete_line(ready.complete_step), highlight=False, soft_wrap=True)
         raise typer.Exit(0)
+    from ling_rl import run_logs
     from ling_rl.errors import USER_ERRORS
     from ling_rl.interrupt import Interrupted
     from ling_rl.loop import train as run_training
 
+    logs = run_logs.route(folder, verbose)
+    if logs is not None:
+        console.print(f"run folder {folder}; roles' output in {logs}/ (engine-*.log, learner-*.log, reward-*.log, "
+                      "driver.log); --verbose shows it here", markup=False, highlight=False, soft_wrap=True)
     try:
         final = run_training(parsed, folder)
     except USER_ERRORS as e:
+        for line in run_logs.failure_report(e):
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
         _fail(str(e), code=1)
     except Interrupted as e:
         console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
