@@ -46,7 +46,8 @@ def test_console_shows_progress_and_the_log_files_hold_the_roles_output(tmp_path
     assert str(logs) in lines[0]  # named in the first line printed
     assert [line.split(" |")[0] for line in lines if line.startswith("step ")] == ["step 1/2", "step 2/2"]
     engine_log = (logs / "engine-0.log").read_text()
-    assert "Loading safetensors" in engine_log and "WARNING" in engine_log  # vLLM's own output
+    # vLLM's own output (its WARNING lines vary from run to run: a fresh-clone CI run had none).
+    assert "Loading safetensors" in engine_log
     assert {p.name for p in logs.glob("*.log")} >= {"engine-0.log", "learner-0.log", "learner-1.log", "reward-0.log",
                                                      "driver.log"}
 
