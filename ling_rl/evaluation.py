@@ -8,6 +8,7 @@ model or checkpoint, `ling_rl.eval_cli`). Correctness is the score of the reward
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,9 +130,7 @@ def _record(mode: str, scored: Any, index: int, verdict: float | None, threshold
 def eval_prompts(recipe: Any, tokenizer: Any) -> Any:
     """The held-out prompts (`eval.data`, its first `eval.max_prompts` rows, in file order), read and
     rendered like the training prompts (`data:` keys: template, chat template, columns)."""
-    from ling_rl.curriculum.data import PromptSource
-
-    from ling_rl.curriculum.data import load_rows
+    from ling_rl.curriculum.data import PromptSource, load_rows
 
     cfg = recipe.data.model_copy(update={"train": recipe.eval.data, "shuffle": False, "max_rows": recipe.eval.max_prompts})
     if not recipe.eval.extra_data:
@@ -151,7 +150,9 @@ def evaluate(s: Any, step: int) -> dict[str, float]:
                           segmenter=segmenter).metrics
 
 
-_UNIT_COUNTERS: dict[tuple[int, str], Any] = {}
+_UNIT_COUNTERS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+"""tokenizer -> segmentation settings (JSON) -> Segmenter. Weakly keyed by the tokenizer object:
+keyed by `id()`, a new tokenizer allocated where a collected one lived would get its segmenter."""
 
 
 def unit_counter(tokenizer: Any, recipe: Any) -> Any:
@@ -162,7 +163,8 @@ def unit_counter(tokenizer: Any, recipe: Any) -> Any:
     from ling_rl.algorithms.segmentation import token_bytes_from_tokenizer
 
     cfg = recipe.algorithm.segmentation
-    key = (id(tokenizer), cfg.model_dump_json())
-    if key not in _UNIT_COUNTERS:
-        _UNIT_COUNTERS[key] = Segmenter(token_bytes_from_tokenizer(tokenizer), cfg)
-    return _UNIT_COUNTERS[key]
+    by_settings = _UNIT_COUNTERS.setdefault(tokenizer, {})
+    key = cfg.model_dump_json()
+    if key not in by_settings:
+        by_settings[key] = Segmenter(token_bytes_from_tokenizer(tokenizer), cfg)
+    return by_settings[key]
