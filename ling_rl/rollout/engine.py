@@ -82,8 +82,8 @@ class RolloutEngine:
         check_seed_ranges(requests)
         # detokenize=False: vLLM would detokenize every sequence incrementally at every decode
         # step (and the sampled token of each log-prob entry); one batch decode of the finished
-        # ids at the end gives the same text and made a tiny-model decode step ~12% cheaper on
-        # CPU (bench/RESULTS.md, issue 12). Stopping is by token id (EOS), never by string.
+        # ids at the end gives the same text without that per-step work. Stopping is by token id
+        # (EOS), never by string.
         params = [SamplingParams(n=r.n, seed=r.seed, max_tokens=r.max_tokens, temperature=temperature, top_p=top_p,
                                  top_k=top_k, logprobs=0, detokenize=False) for r in requests]
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
