@@ -10,6 +10,7 @@ from collections import Counter
 import torch
 
 from ling_rl.algorithms import AlgorithmConfig, Segmenter, compute_advantages
+from ling_rl.routing import batch_routes
 from ling_rl.types import ScoredRollout, TrainBatch
 
 
@@ -44,8 +45,11 @@ def build_train_batch(scored: list[ScoredRollout], algo: AlgorithmConfig, segmen
         if trainable[i]:
             mask[i, len(p) : len(p) + len(r)] = True
     unit_ids = segmenter.segment_padded(input_ids, mask) if segmenter is not None else torch.zeros(b, t, dtype=torch.long)
+    routes = batch_routes([s.rollout.routed_experts for s in scored],
+                          [len(s.rollout.sample.prompt_ids) + len(s.rollout.response_ids) for s in scored], t,
+                          [s.rollout.sample.id for s in scored])
     batch = TrainBatch(input_ids=input_ids, response_mask=mask, advantages=advantages[:, None] * mask,
-                       unit_ids=unit_ids, inf_logprobs=inf)
+                       unit_ids=unit_ids, inf_logprobs=inf, routed_experts=routes)
     n_groups = len({s.rollout.group for s in scored})
     flat_groups = len({s.rollout.group for s, f in zip(scored, flat.tolist()) if f})
     metrics = {

@@ -37,6 +37,7 @@ from ling_rl.learner.schedule import build_optimizer
 from ling_rl.learner.sections import LearnerSections
 from ling_rl.models.hf_io import save_model
 from ling_rl.models.ling_moe import LingForCausalLM
+from ling_rl.routing import check_routes, mismatch_counts, mismatch_metrics
 from ling_rl.types import TrainBatch
 
 # Metrics reduced across micro-batches and ranks by sum (already normalised by the whole batch),
@@ -156,7 +157,8 @@ class LearnerWorker:
     @torch.no_grad()
     def old_logprobs(self, batch: TrainBatch, record_routing: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Log-probs (and optionally the routing) of the current weights on the whole batch; every
-        rank computes its rows and the result is all-gathered by summation (rows are disjoint)."""
+        rank computes its rows and the result is all-gathered by summation (rows are disjoint).
+        The batch's routes, when it carries some (r3), are replayed."""
         batch = batch_to(batch, self.device, self.token_multiple)
         b, t = batch.input_ids.shape
         logp_all = torch.zeros(b, t, device=self.device)
@@ -166,7 +168,7 @@ class LearnerWorker:
         plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
         for rows in plan:
             mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])), self.token_multiple)
-            logp, out = self._token_logprobs(self.model, mb.input_ids, record=record_routing)
+            logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, record=record_routing)
             if len(rows):
                 logp_all[rows, : logp.shape[1]] = logp
                 if routing is not None:
@@ -195,15 +197,50 @@ class LearnerWorker:
         batch = batch_to(batch, self.device, self.token_multiple)
         updates = min(cfg.updates_per_batch, len(batch))
         replay_mode = self.cfg.rollout.routing_replay
+        routing: dict[str, float] = {}
+        if replay_mode == "r3":  # the engine's routes, replayed in every forward below
+            routing = self.routing_mismatch(batch)
+        else:
+            batch.routed_experts = None
         if updates > 1 or replay_mode == "r2":
-            batch.old_logprobs, replay = self.old_logprobs(batch, record_routing=replay_mode == "r2")
+            # r2 records the old-policy pass's routing; r3 too, so the positions the engine gave no
+            # route for are routed alike in every update (the given ones stay the engine's).
+            batch.old_logprobs, replay = self.old_logprobs(batch, record_routing=replay_mode != "none")
             batch.routed_experts = replay
         sums: dict[str, float] = {}
         for u in range(updates):
             mini = batch.select(torch.arange(u, len(batch), updates))
             self._accumulate(sums, self._update(mini, measure_gap=u == 0))
         self.scheduler.step()
-        return {**_finalize(sums, updates), "skipped": 0.0, "lr": lr}
+        return {**_finalize(sums, updates), **routing, "skipped": 0.0, "lr": lr}
+
+    @torch.no_grad()
+    def routing_mismatch(self, batch: TrainBatch) -> dict[str, float]:
+        """R3's numbers: per MoE layer, the share of real tokens whose experts in a forward of the
+        current weights without replay differ from the engine's (`ling_rl.routing`), and that
+        forward's train/inference gap (`routing/gap_mean_without_replay`, to set beside
+        `sync/gap_mean`, measured with replay). One extra forward per step. `batch` is on the device."""
+        moe = [i for i, layer in enumerate(self.model.trunk_layers) if layer.is_moe]
+        if batch.routed_experts is None:
+            raise ValueError("rollout.routing_replay is r3, but the batch carries no routed experts "
+                             "(the engines return them only with routing_replay r3 on GPU)")
+        b, t = batch.input_ids.shape
+        check_routes(batch.routed_experts, b, t, len(moe), self.config.num_experts_per_tok, self.config.num_experts)
+        counts = torch.zeros(len(moe), 2, dtype=torch.long, device=self.device)
+        gap = torch.zeros(2, dtype=torch.float64, device=self.device)
+        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
+        for rows in plan:
+            mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])), self.token_multiple)
+            logp, out = self._token_logprobs(self.model, mb.input_ids, record=True)
+            if len(rows):
+                n, length = mb.input_ids.shape
+                real = torch.arange(length, device=self.device)[None, :] < _lengths(mb)[:, None]
+                counts += mismatch_counts(out.routed_experts, mb.routed_experts, real.reshape(-1))
+                response = mb.response_mask.bool()
+                gap += torch.stack([(logp - mb.inf_logprobs).abs()[response].sum().double(), response.sum().double()])
+        dist.all_reduce(counts)
+        dist.all_reduce(gap)
+        return {**mismatch_metrics(counts, moe), "routing/gap_mean_without_replay": float(gap[0] / gap[1].clamp(min=1))}
 
     def _update(self, batch: TrainBatch, measure_gap: bool) -> dict[str, float]:
         algo = self.cfg.algorithm

@@ -256,6 +256,13 @@ class MoE(nn.Module):
         elif expert_ids.shape != (flat.shape[0], self.gate.top_k):
             raise ValueError(f"replayed expert ids have shape {tuple(expert_ids.shape)}, "
                              f"expected {(flat.shape[0], self.gate.top_k)}")
+        else:
+            # Replay. A token without a recorded route (ids < 0: e.g. a row's last token, which the
+            # engine never ran) goes where the router sends it; no host sync to find out whether any.
+            missing = (expert_ids < 0).any(-1, keepdim=True)
+            expert_ids = torch.where(missing, self.gate.select(scores), expert_ids)
+        # The gate weights are the router's scores of the experts used, replayed or not: the router
+        # gets its gradient through them either way.
         out = self.experts(flat, expert_ids, self.gate.weights(scores, expert_ids))
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
@@ -368,7 +375,8 @@ class LingForCausalLM(nn.Module):
         """Run the model on right-padded `input_ids` [B, T].
 
         `routed_experts` (one [B*T, top_k] tensor per MoE layer) replays a recorded routing instead
-        of selecting experts; `return_routed_experts` returns the routing used.
+        of selecting experts (a token whose ids are negative is routed by the router: see
+        `ling_rl.routing`); `return_routed_experts` returns the routing used.
 
         `head`: computed from the final hidden states and the lm_head weight instead of the full
         logits (`logits` and `mtp_logits` stay None; see `Head`), e.g. chunked log-probs that never

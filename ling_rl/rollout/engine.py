@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ling_rl import run_logs
+from ling_rl.routing import engine_routes
 from ling_rl.rollout.vllm_engine import build_llm
 from ling_rl.rollout.weight_sync import EXTENSION_CLS
 
@@ -41,6 +42,10 @@ class Generation:
     text: str
     finish_reason: str
     """`stop` (EOS or a stop token) or `length` (hit `max_tokens`)."""
+    routed_experts: Any | None = None
+    """With `rollout.routing_replay: r3`, the experts each position of prompt + response went to
+    in each MoE layer, [positions, MoE layers, top_k] int16 from position 0 (all but the last
+    token: `ling_rl.routing`); None otherwise."""
 
 
 class RolloutEngine:
@@ -58,6 +63,15 @@ class RolloutEngine:
             from vllm.config import WeightTransferConfig
 
             extra["weight_transfer_config"] = WeightTransferConfig(backend="nccl")
+        # R3: vLLM returns the experts each token was routed to (written for GPU, not run on one:
+        # it needs vLLM's Model Runner V2, which the CPU build cannot run; build_llm refuses there).
+        self._moe_layers: list[int] | None = None
+        if rollout["routing_replay"] == "r3":
+            from ling_rl.models.ling_config import LingConfig
+
+            extra["enable_return_routed_experts"] = True
+            cfg = LingConfig.from_folder(model_dir)
+            self._moe_layers = [i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)]
         self._llm = build_llm(
             model_dir, dtype=dtype, seed=rollout["seed"], max_model_len=max_model_len,
             kv_cache_gib=rollout["kv_cache_gib"], gpu_memory_utilization=rollout["gpu_memory_utilization"],
@@ -90,7 +104,8 @@ class RolloutEngine:
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
         completions = [sorted(out.outputs, key=lambda c: c.index) for out in outputs]
         texts = iter(generation_texts(self._tokenizer, [list(c.token_ids) for cs in completions for c in cs]))
-        return [[_generation(c, next(texts)) for c in cs] for cs in completions]
+        return [[_generation(c, next(texts), len(r.prompt_ids), self._moe_layers) for c in cs]
+                for r, cs in zip(requests, completions, strict=True)]
 
     def load_weights(self, paths: str | list[str], version: int) -> float:
         """Reload all weights from the safetensors file(s) at `paths` and record `version`;
@@ -188,10 +203,17 @@ def generation_texts(tokenizer: Any, token_ids: list[list[int]]) -> list[str]:
     return [text.rstrip("\ufffd") for text in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
 
 
-def _generation(completion: Any, text: str) -> Generation:
+def _generation(completion: Any, text: str, prompt_len: int, moe_layers: list[int] | None) -> Generation:
+    """One vLLM completion as a `Generation`; with `moe_layers` (R3), its routed experts too."""
     ids = list(completion.token_ids)
+    routes = None
+    if moe_layers is not None:
+        if completion.routed_experts is None:
+            raise RuntimeError("rollout.routing_replay is r3, but vLLM returned no routed experts for a completion")
+        routes = engine_routes(completion.routed_experts, moe_layers, prompt_len + len(ids))
     # With logprobs=0 vLLM returns, per step, a dict holding just the sampled token's entry.
     logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, ids)]
     if completion.finish_reason not in ("stop", "length"):
         raise RuntimeError(f"vLLM finished a generation with reason {completion.finish_reason!r}")
-    return Generation(token_ids=ids, logprobs=logprobs, text=text, finish_reason=completion.finish_reason)
+    return Generation(token_ids=ids, logprobs=logprobs, text=text, finish_reason=completion.finish_reason,
+                      routed_experts=routes)

@@ -27,5 +27,6 @@ def to_rollouts(samples: list[Sample], outputs: list[list[Generation]], version:
     for group, (sample, gens) in enumerate(zip(samples, outputs, strict=True), start=group_offset):
         for g in gens:
             rollouts.append(Rollout(sample=sample, group=group, response_ids=list(g.token_ids), response_text=g.text,
-                                    inf_logprobs=list(g.logprobs), finish_reason=g.finish_reason, policy_version=version))
+                                    inf_logprobs=list(g.logprobs), finish_reason=g.finish_reason, policy_version=version,
+                                    routed_experts=g.routed_experts))
     return rollouts

