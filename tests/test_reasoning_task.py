@@ -37,6 +37,7 @@ _START = re.compile(r"^(\w+) has (\d+) (\w+)\.")
 _EVENT = re.compile(r"(\w+) (buys|finds|gives away|loses) (\d+)(?: more)?\.")
 _SIGN = {"buys": 1, "finds": 1, "gives away": -1, "loses": -1}
 _STEP = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
+_RESTATED = re.compile(r"\w+ (?:buys|finds|gives away|loses) \d+, so \d+ [+-] \d+ = \d+\.")
 
 
 def _recompute(prompt: str) -> tuple[int, list[int]]:
@@ -94,6 +95,9 @@ def test_dft_traces_reach_the_answer_they_state(splits) -> None:
         if not {"misread", "slip"} & set(row["flaws"]):
             assert row["answer"] == row["correct_answer"], row
         assert ("verbose" in row["flaws"]) == ("Then check:" in text)
+        # terse: every step the bare equation; full: every step restates its event first
+        restated = len(_RESTATED.findall(text))
+        assert restated == (0 if row["style"] == "terse" else row["steps"]), row
 
 
 def test_flaw_shares(splits) -> None:
@@ -103,6 +107,7 @@ def test_flaw_shares(splits) -> None:
     share = {flaw: sum(flaw in r["flaws"] for r in rows) / n for flaw in ("misread", "slip", "verbose")}
     assert abs(share["verbose"] - gen.VERBOSE_SHARE) < 0.03
     assert abs(share["slip"] - gen.SLIP_SHARE) < 0.02
+    assert abs(sum(r["style"] == "terse" for r in rows) / n - gen.TERSE_SHARE) < 0.03
     with_loss = [r for r in rows if " loses " in r["prompt"]]
     # at least one of its losses misread: 0.6 with one loss, more with several
     assert 0.6 < sum("misread" in r["flaws"] for r in with_loss) / len(with_loss) < 0.8

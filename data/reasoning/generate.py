@@ -29,6 +29,12 @@ instead: `solution` is that trace, `answer` the answer the trace reaches (wrong 
 - `verbose`: a redundant re-check sentence after every step ("Then check: 8 + 6 = 14."), in
   VERBOSE_SHARE of traces, so the imitating policy is longer than it needs to be.
 
+and `style` says how the steps are written: `full` (the reference's "Ann gives away 6, so 14 - 6 =
+8.") or, in TERSE_SHARE of traces, `terse` (the bare equation "14 - 6 = 8."). Both are equally
+right; terse traces are ~30% shorter. Real SFT data mixes styles like this, and it is what gives
+Evo-CoT's length term something to choose that a correctness reward does not: the imitating policy
+can write either, and only a reward for brevity prefers the shorter one.
+
 All prompts are distinct across the four files (eval and OOD prompts never reach DFT or RL).
 Numbers 1-106 are single tokens of the tiny tokenizer (ling_rl/models/tiny.py), so every amount here
 is one token. Deterministic from `--seed`.
@@ -59,6 +65,7 @@ MISREAD_EVENT = "loses"
 MISREAD_SHARE = 0.6
 SLIP_SHARE = 0.1
 VERBOSE_SHARE = 0.6
+TERSE_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -130,11 +137,12 @@ def make_problem(rng: random.Random, level: Level) -> Problem:
 
 
 def trace(problem: Problem, misread: set[int] = frozenset(), slip: tuple[int, int] | None = None,
-          verbose: bool = False) -> tuple[str, int]:
+          verbose: bool = False, terse: bool = False) -> tuple[str, int]:
     """A solution trace and the answer it reaches.
 
     `misread`: indices of events read with the wrong sign; `slip`: (event index, offset added to
-    that step's result); `verbose`: a re-check sentence after each step. Later steps always follow
+    that step's result); `verbose`: a re-check sentence after each step; `terse`: each step as the
+    bare equation, without restating the event. Later steps always follow
     from the amount the trace has, so a wrong step carries through to the answer.
     """
     who = problem.who
@@ -146,7 +154,8 @@ def trace(problem: Problem, misread: set[int] = frozenset(), slip: tuple[int, in
         if slip is not None and slip[0] == i:
             result += slip[1]
         op, inverse = ("+", "-") if sign > 0 else ("-", "+")
-        sentences.append(f"{EVENTS[name][1].format(who=who, k=k)}, so {value} {op} {k} = {result}.")
+        equation = f"{value} {op} {k} = {result}."
+        sentences.append(equation if terse else f"{EVENTS[name][1].format(who=who, k=k)}, so {equation}")
         if verbose:
             sentences.append(f"Then check: {result} {inverse} {k} = {value}.")
         value = result
@@ -171,12 +180,13 @@ def dft_row(problem: Problem, rng: random.Random) -> dict[str, object]:
         if rng.random() < SLIP_SHARE:
             slip = (rng.randrange(len(problem.events)), rng.choice([-3, -2, -1, 1, 2, 3]))
         verbose = rng.random() < VERBOSE_SHARE
-        solution, reached = trace(problem, misread, slip, verbose)
+        terse = rng.random() < TERSE_SHARE
+        solution, reached = trace(problem, misread, slip, verbose, terse)
         if not re.search(r"= (-\d+|0)\.", solution):
             break
     flaws = [name for name, present in (("misread", misread), ("slip", slip), ("verbose", verbose)) if present]
     return {"prompt": problem.prompt, "answer": str(reached), "correct_answer": str(problem.answer),
-            "solution": solution, "flaws": flaws, "steps": len(problem.events), "max_number": problem.max_number,
+            "solution": solution, "flaws": flaws, "style": "terse" if terse else "full", "steps": len(problem.events), "max_number": problem.max_number,
             "split": "dft"}
 
 
