@@ -5,6 +5,8 @@ run in its own folder, `OUT/<point>/seed-<s>`; then one comparison report, `OUT/
 `OUT/sweep_accuracy.png`, gives per grid point the mean +- std over seeds of:
 
 - final and best held-out greedy accuracy (`eval/accuracy_greedy` and each `eval.extra_data` set's);
+- final greedy response length in tokens and in linguistic units (`eval/response_len_greedy`,
+  `eval/units_greedy`);
 - steps to reach `--target` greedy accuracy (the first eval at or above it; runs that never reach
   it are counted apart);
 - stability: the largest drop of the rolling mean reward (window `ROLLING` steps: its largest fall
@@ -154,6 +156,10 @@ def run_measures(run: RunData, target: float) -> dict[str, float | None]:
         _, values = run.series(key)
         out[f"final {key}"] = float(values[-1])
         out[f"best {key}"] = float(values.max())
+    # Where the run ends on the accuracy-vs-length frontier (Evo-CoT's claim is about both).
+    for key in ("eval/response_len_greedy", "eval/units_greedy"):
+        _, values = run.series(key)
+        out[f"final {key}"] = float(values[-1]) if len(values) else None
     reached = steps_to(run, "eval/accuracy_greedy", target)
     out[f"steps to eval/accuracy_greedy >= {target:g}"] = None if reached is None else float(reached)
     _, reward = run.series("reward/mean")

@@ -64,7 +64,8 @@ def _write_run(folder: Path, accuracies: list[float], rewards: list[float], grad
                   "policy/clip_frac_token": 0.02}
         if step % 10 == 0 and step // 10 < len(accuracies):
             record.update({"eval/accuracy_greedy": accuracies[step // 10],
-                           "eval/ood/accuracy_greedy": accuracies[step // 10] / 4})
+                           "eval/ood/accuracy_greedy": accuracies[step // 10] / 4,
+                           "eval/response_len_greedy": 60.0 - 10 * accuracies[step // 10]})
         lines.append(json.dumps(record))
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
@@ -85,6 +86,8 @@ def test_aggregate_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert table["final eval/accuracy_greedy"] == ["0.7 +- 0.14", "0.5 +- 0"]
     assert table["best eval/accuracy_greedy"] == ["0.8 +- 0", "0.5 +- 0"]
     assert table["final eval/ood/accuracy_greedy"] == ["0.175 +- 0.035", "0.125 +- 0"]
+    assert table["final eval/response_len_greedy"] == ["53 +- 1.4", "55 +- 0"]
+    assert table["final eval/units_greedy"] == ["- (0 of 2)", "- (0 of 1)"]  # not logged by these runs
     assert table["steps to eval/accuracy_greedy >= 0.7"] == ["15 +- 7.1", "- (0 of 1)"]
     assert table["largest drop of the 5-step rolling reward"] == ["0 +- 0", "1 +- 0"]
     assert table["grad-norm spikes (> 3x median)"] == ["0 +- 0", "1 +- 0"]
