@@ -138,7 +138,7 @@ def train(
     from ling_rl import run_logs
     from ling_rl.errors import USER_ERRORS
     from ling_rl.interrupt import Interrupted
-    from ling_rl.loop import train as run_training
+    from ling_rl.async_loop import train as run_training  # max_staleness 0: ling_rl.loop.train
 
     logs = run_logs.route(folder, verbose)
     if logs is not None:

@@ -43,6 +43,9 @@ class Session:
     """(step, groups generated so far in it): refill rounds continue the group numbering."""
     skipped_steps: int = 0
     """RL steps whose batch carried no signal and was not trained on (kept across resumes)."""
+    async_state: dict[str, Any] | None = None
+    """The asynchronous driver's in-flight buffer (`InflightBuffer.state_dict`): saved in each
+    checkpoint's driver state when set, read back on resume (None in synchronous runs)."""
     weight_sync: Any = None
     """The `WeightSync` method moving the learner's weights into the engines (ling_rl/rollout/sync.py)."""
     last_sync_metrics: dict[str, float] = field(default_factory=dict)
@@ -95,6 +98,7 @@ class Session:
             "curriculum": self.curriculum.state_dict(),
             "model_dir": str(self.model_dir),
             "skipped_steps": self.skipped_steps,
+            **({"async": self.async_state} if self.async_state is not None else {}),
         })
 
     def close(self) -> None:
@@ -224,6 +228,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
             session.curriculum.load_state_dict(state["curriculum"])
             session.start_step = int(state["step"])
             session.skipped_steps = int(state.get("skipped_steps", 0))  # absent in older checkpoints
+            session.async_state = state.get("async")
             session.sync_weights(session.start_step)
         session.tracker = Tracker(recipe, run_dir, resume_step=session.start_step - 1 if resume_from else None)
         session.startup["startup/ready_s"] = since_process_start()

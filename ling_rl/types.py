@@ -46,6 +46,9 @@ class Rollout:
     """Learner step whose weights generated this response."""
     routed_experts: Any | None = None
     """[response tokens, MoE layers, top_k] expert ids recorded by the engine (routing replay R3)."""
+    token_versions: list[int] | None = None
+    """Per response token, the policy version that generated it (asynchronous RL: a partial
+    rollout continued under newer weights holds several); None: every token `policy_version`."""
 
 
 @dataclass

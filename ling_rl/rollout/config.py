@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ling_rl.schema import Section
 
@@ -77,6 +77,24 @@ class RolloutConfig(Section):
     seed: int = 0
     """Base seed; each request gets a seed derived from it, the step and its index."""
 
+    max_staleness: int = Field(default=0, ge=0)
+    """Asynchronous RL (docs/async.md): the most policy versions a trained token may lag behind
+    the learner (version = RL steps the learner has taken). 0: the synchronous loop, generation
+    of step n+1 after the weights of step n are synced. k >= 1: the engines generate the next
+    batch while the learner trains on the current one (`ling_rl/async_loop.py`)."""
+
+    token_budget: int | None = Field(default=None, ge=1)
+    """Partial rollouts (C3PO++; needs max_staleness >= 1): the most new tokens one response gets
+    per generation call (one call per policy version in steady state). A response still running
+    then is continued in the next call under the newer weights (its tokens kept), not restarted.
+    Unset: whole responses in one call. A response of max_response_tokens needs
+    ceil(max_response_tokens / token_budget) calls, which must not exceed max_staleness."""
+
+    max_interruptions: int | None = Field(default=None, ge=0)
+    """Partial rollouts: a response cut by the token budget more than this many times is dropped,
+    with its group, and counted (`async/dropped_responses`). Unset: no limit beyond the
+    staleness bound (a response then needs at most ceil(max_response_tokens / token_budget) - 1)."""
+
     gpu_memory_utilization: float = Field(default=0.6, gt=0, le=1)
     """Fraction of GPU memory vLLM may take (GPU only)."""
 
@@ -89,6 +107,25 @@ class RolloutConfig(Section):
 
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     """How the learner's weights reach the engines after each step."""
+
+    @model_validator(mode="after")
+    def _async_keys(self) -> RolloutConfig:
+        if self.max_staleness == 0:
+            for key in ("token_budget", "max_interruptions"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"rollout.{key} is set, but rollout.max_staleness is 0 (synchronous: whole "
+                                     f"responses in one call); set max_staleness >= 1 or remove {key}")
+            return self
+        if self.routing_replay == "r3":
+            raise ValueError("rollout.routing_replay r3 with rollout.max_staleness >= 1: the asynchronous driver does "
+                             "not carry the engines' routes yet; use max_staleness 0, or r2")
+        calls = -(-self.max_response_tokens // (self.token_budget or self.max_response_tokens))
+        if calls > self.max_staleness:
+            raise ValueError(f"rollout.token_budget {self.token_budget}: a response of rollout.max_response_tokens "
+                             f"{self.max_response_tokens} needs {calls} generation calls, which can span {calls} policy "
+                             f"versions, more than rollout.max_staleness {self.max_staleness}; set token_budget >= "
+                             f"{-(-self.max_response_tokens // self.max_staleness)} or max_staleness >= {calls}")
+        return self
 
     def engine_dtype(self, model_dtype: str) -> str:
         """The dtype the engines run in: `dtype`, or the model's when `auto`."""
