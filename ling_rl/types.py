@@ -45,7 +45,9 @@ class Rollout:
     policy_version: int
     """Learner step whose weights generated this response."""
     routed_experts: Any | None = None
-    """[response tokens, MoE layers, top_k] expert ids recorded by the engine (routing replay R3)."""
+    """Routing replay R3: [positions, MoE layers, top_k] expert ids the engine routed each position
+    of prompt + response to, from position 0 (all but the last token: `ling_rl.routing`); None
+    when not recorded."""
     token_versions: list[int] | None = None
     """Per response token, the policy version that generated it (asynchronous RL: a partial
     rollout continued under newer weights holds several); None: every token `policy_version`."""
@@ -81,7 +83,7 @@ class TrainBatch:
     old_logprobs: torch.Tensor | None = None
     """[B, T] learner log-probs before this batch's updates (None: computed as needed)."""
     routed_experts: list[torch.Tensor] | None = None
-    """Per MoE layer, [B*T, top_k] expert ids to replay (routing replay)."""
+    """Per MoE layer, [B*T, top_k] expert ids to replay (routing replay; -1: the router chooses)."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

@@ -101,9 +101,13 @@ class RolloutConfig(Section):
     kv_cache_gib: int = Field(default=1, ge=1)
     """KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)."""
 
-    routing_replay: Literal["none", "r2"] = "none"
+    routing_replay: Literal["none", "r2", "r3"] = "none"
     """MoE routing replay: `r2` records the experts chosen in the learner's old-policy pass and
-    reuses them in every update of the batch (matters when learner.updates_per_batch > 1)."""
+    reuses them in every update of the batch (matters when learner.updates_per_batch > 1). `r3`
+    (rollout routing replay) has the engines return the experts every token went to and every
+    learner forward of the batch use them (gate weights still from the router, so it trains);
+    where the engine gave none (a row's last token), the old-policy pass's choice is kept for the
+    updates, as in r2. r3 needs engines on GPU (vLLM's Model Runner V2; not its CPU build)."""
 
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     """How the learner's weights reach the engines after each step."""
