@@ -79,7 +79,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                 raise stop.interrupted(step, pipe.save_done(step))
             timer = PhaseTimer()
             calls = pipe.fill(step, timer)
-            seen, reward_metrics, dyn_metrics = pipe.score(step, timer)
+            seen, reward_metrics, dyn_metrics = pipe.score(timer)
             cur_metrics = s.curriculum.update(step, seen)
             batch_groups = pipe.buffer.take_batch(step, recipe.rollout.prompts_per_step)
             kept = [x for g in batch_groups for x in g.scored] or pipe.fallback(seen, dyn_metrics)
@@ -159,10 +159,12 @@ class Pipeline:
         or ready, within the bound); the last call launched stays in flight. Returns the calls made."""
         cfg = self.s.recipe.rollout
         limit = 4 * (cfg.max_staleness + 1)
-        for calls in range(1, limit + 1):
+        calls = trainable = 0
+        for _ in range(limit):
             self.gather(timer)
             self.sync_metrics.update(self.sync(timer))
-            launched = self.launch(step, timer)
+            launched = self.launch()
+            calls += launched
             trainable = sum(g.finished for g in self.buffer.open.values()) + \
                 sum(g.start_version >= step - cfg.max_staleness for g in self.buffer.ready)
             if trainable >= cfg.prompts_per_step:
@@ -175,7 +177,7 @@ class Pipeline:
             f"{self.buffer.counters.stale_dropped_responses} for rollout.max_staleness); raise max_interruptions or "
             f"token_budget")
 
-    def launch(self, step: int, timer: PhaseTimer) -> bool:
+    def launch(self) -> bool:
         """Admit new prompts into the free slots and send the next call to the engines (not waited
         for); False when there was nothing to generate."""
         s, cfg = self.s, self.s.recipe.rollout
@@ -242,7 +244,7 @@ class Pipeline:
 
     # --- scoring and training --------------------------------------------------------------------
 
-    def score(self, step: int, timer: PhaseTimer) -> tuple[list[ScoredRollout], dict[str, float], dict[str, float]]:
+    def score(self, timer: PhaseTimer) -> tuple[list[ScoredRollout], dict[str, float], dict[str, float]]:
         """Score the groups finished since the last step; the non-flat ones (all, without dynamic
         sampling) become ready. Returns every scored response, the reward and `dynamic/*` metrics."""
         s = self.s
