@@ -83,7 +83,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             cur_metrics = s.curriculum.update(step, seen)
             batch_groups = pipe.buffer.take_batch(step, recipe.rollout.prompts_per_step)
             kept = [x for g in batch_groups for x in g.scored] or pipe.fallback(seen, dyn_metrics)
-            batch, batch_metrics = build_train_batch(kept, recipe.algorithm, s.segmenter, s.pad_id)
+            batch, batch_metrics = build_train_batch(kept, recipe.algorithm, s.segmenter, s.pad_id, version=step)
             pipe.record(step, batch_groups)
             with timer.phase("learner"):
                 learner_metrics = pipe.train(batch)

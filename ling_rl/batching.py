@@ -15,11 +15,12 @@ from ling_rl.types import ScoredRollout, TrainBatch
 
 
 def build_train_batch(scored: list[ScoredRollout], algo: AlgorithmConfig, segmenter: Segmenter | None,
-                      pad_id: int) -> tuple[TrainBatch, dict[str, float]]:
+                      pad_id: int, version: int | None = None) -> tuple[TrainBatch, dict[str, float]]:
     """Right-padded prompt+response rows with per-token advantages, unit ids and inference
     log-probs. Skipped samples, and samples left alone in their group by skips when the estimator
     needs pairs (its registered `needs_pairs`), stay in the batch with an empty response mask
-    (nothing is trained on them)."""
+    (nothing is trained on them). `version`: the learner's policy version (asynchronous RL), for
+    each token's version lag (`TrainBatch.version_lag`)."""
     groups = Counter(s.rollout.group for s in scored if not s.skipped)
     needs_pairs = algo.advantage.needs_pairs
     trainable = [not s.skipped and (not needs_pairs or groups[s.rollout.group] >= 2) for s in scored]
@@ -49,7 +50,8 @@ def build_train_batch(scored: list[ScoredRollout], algo: AlgorithmConfig, segmen
                           [len(s.rollout.sample.prompt_ids) + len(s.rollout.response_ids) for s in scored], t,
                           [s.rollout.sample.id for s in scored])
     batch = TrainBatch(input_ids=input_ids, response_mask=mask, advantages=advantages[:, None] * mask,
-                       unit_ids=unit_ids, inf_logprobs=inf, routed_experts=routes)
+                       unit_ids=unit_ids, inf_logprobs=inf, routed_experts=routes,
+                       version_lag=None if version is None else _version_lag(scored, version, t))
     n_groups = len({s.rollout.group for s in scored})
     flat_groups = len({s.rollout.group for s, f in zip(scored, flat.tolist()) if f})
     metrics = {
@@ -60,3 +62,13 @@ def build_train_batch(scored: list[ScoredRollout], algo: AlgorithmConfig, segmen
         "advantage/abs_mean": float(advantages[idx].abs().mean()) if len(idx) else 0.0,
     }
     return batch, metrics
+
+
+def _version_lag(scored: list[ScoredRollout], version: int, t: int) -> torch.Tensor:
+    """[B, T]: `version` minus the version of each response token (0 outside the responses)."""
+    lag = torch.zeros(len(scored), t, dtype=torch.long)
+    for i, s in enumerate(scored):
+        p, r = len(s.rollout.sample.prompt_ids), len(s.rollout.response_ids)
+        versions = s.rollout.token_versions or [s.rollout.policy_version] * r
+        lag[i, p : p + r] = version - torch.tensor(versions, dtype=torch.long)
+    return lag

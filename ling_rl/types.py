@@ -84,6 +84,9 @@ class TrainBatch:
     """[B, T] learner log-probs before this batch's updates (None: computed as needed)."""
     routed_experts: list[torch.Tensor] | None = None
     """Per MoE layer, [B*T, top_k] expert ids to replay (routing replay; -1: the router chooses)."""
+    version_lag: torch.Tensor | None = None
+    """[B, T] long: per response token, the learner's version minus the version that sampled it
+    (asynchronous RL; 0 elsewhere); None: synchronous, every lag 0."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -100,5 +103,5 @@ class TrainBatch:
         return TrainBatch(
             input_ids=self.input_ids[rows], response_mask=self.response_mask[rows], advantages=self.advantages[rows],
             unit_ids=self.unit_ids[rows], inf_logprobs=self.inf_logprobs[rows], old_logprobs=take(self.old_logprobs),
-            routed_experts=replay,
+            routed_experts=replay, version_lag=take(self.version_lag),
         )

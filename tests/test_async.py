@@ -137,6 +137,20 @@ def test_checkpoint_state_round_trips_through_json() -> None:
     assert again.ready[0].scored[0].rollout.token_versions == [1, 2]
 
 
+def test_train_batch_carries_each_tokens_version_lag() -> None:
+    from ling_rl.algorithms import AlgorithmConfig
+    from ling_rl.batching import build_train_batch
+
+    buf = _buffer()
+    _ready(buf, 0, 3, [3, 3, 4])
+    _ready(buf, 1, 4, [4, 5])
+    scored = [x for g in buf.ready for x in g.scored]
+    batch, _ = build_train_batch(scored, AlgorithmConfig(), None, pad_id=0, version=5)
+    assert batch.version_lag.tolist() == [[0, 0, 2, 2, 1], [0, 0, 1, 0, 0]]  # prompts are 2 tokens
+    assert batch.select(slice(1, 2)).version_lag.tolist() == [[0, 0, 1, 0, 0]]
+    assert build_train_batch(scored, AlgorithmConfig(), None, pad_id=0)[0].version_lag is None  # synchronous
+
+
 def test_async_keys_are_checked() -> None:
     with pytest.raises(ValidationError, match="max_staleness is 0"):
         RolloutConfig(token_budget=16)
@@ -251,6 +265,9 @@ def test_k2_partial_rollouts_continue_across_versions_within_the_bound(tmp_path:
     # Continued, not restarted: the first run holds exactly the budget's 16 tokens of the older version.
     assert all(response[0][1] == 16 and response[1][0] > response[0][0] for response in spans), spans[:5]
     assert sum(r["async/interruptions"] for r in rows) > 0 and max(r["async/partial_frac"] for r in rows) > 0
+    # The train/inference gap per version lag reaches the tracker (0 where no token has that lag).
+    assert all(f"sync/gap_mean_lag{lag}" in r for r in rows for lag in range(3))
+    assert any(r["sync/gap_mean_lag2"] > 0 for r in rows if r["async/lag2_frac"] > 0)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:

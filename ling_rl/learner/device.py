@@ -62,6 +62,7 @@ def batch_to(batch: TrainBatch, device: torch.device, multiple: int = 1) -> Trai
         advantages=move(batch.advantages), unit_ids=move(batch.unit_ids),
         inf_logprobs=move(batch.inf_logprobs), old_logprobs=move(batch.old_logprobs),
         routed_experts=None if batch.routed_experts is None else [move_routing(r) for r in batch.routed_experts],
+        version_lag=move(batch.version_lag),
     )
 
 

@@ -148,6 +148,7 @@ class LearnerWorker:
             advantages=mb.advantages[:, :length], unit_ids=mb.unit_ids[:, :length],
             inf_logprobs=mb.inf_logprobs[:, :length],
             old_logprobs=None if mb.old_logprobs is None else mb.old_logprobs[:, :length],
+            version_lag=None if mb.version_lag is None else mb.version_lag[:, :length],
         )
         if mb.routed_experts is not None:
             b, t = mb.input_ids.shape
@@ -281,6 +282,13 @@ class LearnerWorker:
                 gap = (old - mb.inf_logprobs).abs()[mb.response_mask.bool()]
                 values["sync/gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
                 values["sync/gap_max"] = float(gap.max()) if gap.numel() else 0.0
+            if measure_gap and mb.version_lag is not None:  # asynchronous RL: the gap per version lag
+                lags = mb.version_lag[mb.response_mask.bool()]
+                for lag in range(self.cfg.rollout.max_staleness + 1):  # every rank logs the same keys
+                    at = lags == lag
+                    weight = 0.0 if empty else float(at.sum())
+                    self._accumulate(sums, {f"sync/gap_mean_lag{lag}": float(gap[at].mean()) if weight else 0.0},
+                                     weight=weight)
             self._accumulate(sums, {k: v * scale for k, v in values.items()}, weight=tokens)
         grad_norm = self._optimizer_step(self.optimizer)
         if loads is not None:
@@ -497,5 +505,6 @@ def _finalize(sums: dict[str, float], updates: int) -> dict[str, float]:
     """Per-update metrics of one rollout batch: extremes over the updates, the rest averaged (the
     gap is measured on the first update only)."""
     kept = ("sync/gap_mean", "sync/gap_max")
-    return {k: (v if k in kept or k.endswith(("_max", "_min")) else v / updates) for k, v in sums.items()
+    return {k: (v if k in kept or k.startswith("sync/gap_mean_lag") or k.endswith(("_max", "_min")) else v / updates)
+            for k, v in sums.items()
             if not k.startswith("__w/")}
