@@ -96,10 +96,6 @@ class Recipe(Section):
             raise _CrossField("learner.fp8.fsdp_float8_all_gather", f"is true, but torchao's float8 all-gather "
                               f"needs learner.fp8.scaling=tensorwise (got {fp8.scaling}); set it to false for rowwise")
         c = self.cluster
-        if self.rollout.routing_replay == "r3" and c.rollout.num_gpus <= 0:
-            raise _CrossField("rollout.routing_replay", "is r3, but the engines run on CPU (cluster.rollout.num_gpus is 0): "
-                              "vLLM returns routed experts only with its Model Runner V2, which needs Triton, absent from "
-                              "vLLM's CPU build (engine creation fails); use r2, or engines on GPU")
         if self.learner.device == "cuda" and c.learner.num_gpus < 1:
             raise _CrossField("learner.device", f"is 'cuda', but cluster.learner.num_gpus is {c.learner.num_gpus:g}: "
                               "each learner rank needs a GPU of its own (set it to 1, or learner.device: cpu/auto)")

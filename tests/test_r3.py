@@ -1,8 +1,10 @@
 """Routing replay R3 (issue 14 item 5): the engine's routes travel with the rollout into the
 TrainBatch, and every learner forward of the batch uses them; the mismatch metric; r3 with r2.
 
-vLLM returns routes only on GPU (its Model Runner V2 needs Triton), so the CPU tests use routes
-recorded from our own model, perturbed where a difference is needed; the vLLM side is `gpu`-marked.
+vLLM returns routes only on GPU (its Model Runner V2 needs Triton); on CPU the rollout engine
+captures them from vLLM's forward (ling_rl/rollout/cpu_routes.py), tested here on a real vLLM-CPU
+engine. The learner tests use routes recorded from our own model, perturbed where a difference is
+needed (known differences); the GPU path of the engine is `gpu`-marked.
 """
 
 from __future__ import annotations
@@ -211,17 +213,16 @@ def test_engine_routes_keep_the_moe_layers_of_vllms_layer_axis() -> None:
         engine_routes(vllm_rows, [1, 2], positions=5)
 
 
-# --- the recipe and the CPU engine refuse r3 -----------------------------------------------------------
+# --- the recipe; vLLM-CPU cannot return routes itself --------------------------------------------------
 
 def _recipe(**sections: dict) -> dict:
     return {"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}], **sections}
 
 
-def test_r3_with_engines_on_cpu_is_a_recipe_error() -> None:
-    with pytest.raises(RecipeError, match=r"rollout\.routing_replay: is r3, but the engines run on CPU"):
-        parse_recipe(_recipe(rollout={"routing_replay": "r3"}))
-    parsed = parse_recipe(_recipe(rollout={"routing_replay": "r3"}, cluster={"rollout": {"num_gpus": 1}}))
-    assert parsed.rollout.routing_replay == "r3"
+def test_r3_recipe_keys() -> None:
+    assert parse_recipe(_recipe(rollout={"routing_replay": "r3"})).rollout.routing_replay == "r3"
+    with pytest.raises(RecipeError, match="routing_replay r3 with rollout.max_staleness >= 1"):
+        parse_recipe(_recipe(rollout={"routing_replay": "r3", "max_staleness": 1}))
 
 
 def test_cpu_vllm_refuses_routed_experts_before_building_an_engine(tiny_dir: Path) -> None:
@@ -230,7 +231,7 @@ def test_cpu_vllm_refuses_routed_experts_before_building_an_engine(tiny_dir: Pat
 
     if not on_cpu_platform():
         pytest.skip("vLLM runs on GPU here")
-    with pytest.raises(RuntimeError, match=r"rollout\.routing_replay: r3 needs the engines to return routed experts"):
+    with pytest.raises(RuntimeError, match=r"enable_return_routed_experts: vLLM returns routed experts only with"):
         build_llm(tiny_dir, enable_return_routed_experts=True)
 
 
@@ -244,7 +245,7 @@ def r3_worker(tmp_path: Path):
 
     folder = save_model(build_tiny_model(TINY3, seed=0), tmp_path / "model")
     sections = LearnerSections.of(parse_recipe(_recipe(
-        rollout={"routing_replay": "r3"}, cluster={"rollout": {"num_gpus": 1}},
+        rollout={"routing_replay": "r3"},
         learner={"precision": "fp32", "lr": 1e-2, "micro_batch_tokens": 40, "updates_per_batch": 2},
         algorithm={"mismatch": {"type": "none"}})))
     threads = torch.get_num_threads()
@@ -367,30 +368,51 @@ def test_r3_learner_rejects_missing_or_misfit_routes(r3_worker) -> None:
         r3_worker.train_step(batch)
 
 
-# --- vLLM returns the routes (GPU only) -------------------------------------------------------------------
+# --- the engine returns the routes: captured on CPU, vLLM's own on GPU ----------------------------------
 
-@pytest.mark.gpu
-def test_vllm_returns_routes_that_the_learner_replays(tiny_dir: Path) -> None:
-    """Written for GPU, not run on one yet (the GPU check machine has no vLLM: then it skips). The
-    engine returns, per completion, the routes of every position but the last; in fp32 the learner's
-    own routing agrees with them on most tokens, and replaying them reproduces the engine's choice."""
-    pytest.importorskip("vllm")
+def _engine_routes_match_the_learner(tiny_dir: Path, reload: bool) -> None:
+    """A real RolloutEngine with r3: per completion, routes for every position but the last, of
+    the MoE layer's top_k experts; in fp32 the learner's own routing of the same tokens agrees on
+    nearly every token. With `reload`, again after a weight reload (the capture must survive it)."""
     from ling_rl.models.hf_io import load_model
     from ling_rl.rollout.config import RolloutConfig
     from ling_rl.rollout.engine import GenerationRequest, RolloutEngine
 
-    rollout = RolloutConfig(routing_replay="r3", enforce_eager=True).model_dump()
-    engine = RolloutEngine(str(tiny_dir), rollout, dtype="float32", max_model_len=256)
-    prompt = list(range(20, 30))
-    gens = engine.generate([GenerationRequest(prompt_ids=prompt, n=2, seed=0, max_tokens=12)], 1.0, 1.0, -1)[0]
+    engine = RolloutEngine(str(tiny_dir), RolloutConfig(routing_replay="r3").model_dump(), dtype="float32",
+                           max_model_len=256)
     model = load_model(tiny_dir)
-    for g in gens:
-        routes = g.routed_experts
-        assert routes is not None and routes.shape == (len(prompt) + len(g.token_ids) - 1, 1, TINY.num_experts_per_tok)
-        assert routes.min() >= 0 and routes.max() < TINY.num_experts
-        ids = torch.tensor([prompt + g.token_ids])
-        with torch.no_grad():
-            own = model(ids, return_routed_experts=True).routed_experts[0][: len(routes)]
-        engine_ids = torch.from_numpy(routes[:, 0].astype(np.int64))
-        same = (own.sort(-1).values == engine_ids.sort(-1).values).all(-1).float().mean()
-        assert same > 0.9
+    prompts = [list(range(20, 30)), list(range(40, 47))]
+    rounds = 2 if reload else 1
+    same = total = 0
+    for round_ in range(rounds):
+        if round_:
+            engine.load_weights([str(f) for f in sorted(tiny_dir.glob("model-*.safetensors"))], version=1)
+        requests = [GenerationRequest(prompt_ids=p, n=3, seed=10 * i, max_tokens=12) for i, p in enumerate(prompts)]
+        for prompt, gens in zip(prompts, engine.generate(requests, 1.0, 1.0, -1), strict=True):
+            for g in gens:
+                routes = g.routed_experts
+                assert routes is not None and routes.shape == (len(prompt) + len(g.token_ids) - 1, 1, K)
+                assert routes.min() >= 0 and routes.max() < E
+                with torch.no_grad():
+                    own = model(torch.tensor([prompt + g.token_ids]), return_routed_experts=True).routed_experts[0]
+                engine_ids = torch.from_numpy(routes[:, 0].astype(np.int64))
+                same += int((own[: len(routes)].sort(-1).values == engine_ids.sort(-1).values).all(-1).sum())
+                total += len(routes)
+    assert total > 0 and same / total > 0.9, (same, total)
+
+
+def test_cpu_engine_captures_the_routes_it_used(tiny_dir: Path) -> None:
+    pytest.importorskip("vllm")
+    from ling_rl.rollout.vllm_engine import on_cpu_platform
+
+    if not on_cpu_platform():
+        pytest.skip("vLLM runs on GPU here: test_vllm_returns_routes covers it")
+    _engine_routes_match_the_learner(tiny_dir, reload=True)
+
+
+@pytest.mark.gpu
+def test_vllm_returns_routes(tiny_dir: Path) -> None:
+    """vLLM's own `routed_experts` (Model Runner V2). Written for GPU, not run on one yet (the GPU
+    check machine has no vLLM: then it skips)."""
+    pytest.importorskip("vllm")
+    _engine_routes_match_the_learner(tiny_dir, reload=True)

@@ -107,7 +107,8 @@ class RolloutConfig(Section):
     (rollout routing replay) has the engines return the experts every token went to and every
     learner forward of the batch use them (gate weights still from the router, so it trains);
     where the engine gave none (a row's last token), the old-policy pass's choice is kept for the
-    updates, as in r2. r3 needs engines on GPU (vLLM's Model Runner V2; not its CPU build)."""
+    updates, as in r2. On GPU vLLM returns the routes; its CPU build cannot, so there they are
+    captured from the engine's forward (ling_rl/rollout/cpu_routes.py; prefix caching off)."""
 
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     """How the learner's weights reach the engines after each step."""

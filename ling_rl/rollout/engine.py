@@ -12,7 +12,7 @@ from typing import Any
 
 from ling_rl import run_logs
 from ling_rl.routing import engine_routes
-from ling_rl.rollout.vllm_engine import build_llm
+from ling_rl.rollout.vllm_engine import build_llm, on_cpu_platform
 from ling_rl.rollout.weight_sync import EXTENSION_CLS
 
 
@@ -63,20 +63,30 @@ class RolloutEngine:
             from vllm.config import WeightTransferConfig
 
             extra["weight_transfer_config"] = WeightTransferConfig(backend="nccl")
-        # R3: vLLM returns the experts each token was routed to (written for GPU, not run on one:
-        # it needs vLLM's Model Runner V2, which the CPU build cannot run; build_llm refuses there).
+        # R3: the experts each token was routed to come back with the generations. On GPU vLLM
+        # returns them (written for GPU, not run on one); its CPU build cannot (Model Runner V2
+        # needs Triton), so there they are captured from the engine's forward (cpu_routes).
         self._moe_layers: list[int] | None = None
+        self._capture_routes = False
+        extension = EXTENSION_CLS
         if rollout["routing_replay"] == "r3":
             from ling_rl.models.ling_config import LingConfig
 
-            extra["enable_return_routed_experts"] = True
             cfg = LingConfig.from_folder(model_dir)
             self._moe_layers = [i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)]
+            self._capture_routes = on_cpu_platform()
+            if self._capture_routes:
+                from ling_rl.rollout import cpu_routes
+
+                extension = cpu_routes.EXTENSION_CLS
+                extra.update(cpu_routes.engine_kwargs())
+            else:
+                extra["enable_return_routed_experts"] = True
         self._llm = build_llm(
             model_dir, dtype=dtype, seed=rollout["seed"], max_model_len=max_model_len,
             kv_cache_gib=rollout["kv_cache_gib"], gpu_memory_utilization=rollout["gpu_memory_utilization"],
             enforce_eager=rollout["enforce_eager"], max_num_seqs=rollout["max_num_seqs"],
-            tensor_parallel_size=rollout["tensor_parallel_size"], worker_extension_cls=EXTENSION_CLS,
+            tensor_parallel_size=rollout["tensor_parallel_size"], worker_extension_cls=extension,
             # The behaviour policy's log-probs (after temperature, top-k, top-p), not the raw
             # model's: the PPO ratio and the mismatch weights compare them with the learner's
             # log-probs of the same processed distribution.
@@ -85,6 +95,8 @@ class RolloutEngine:
         # The text of a generation: the ids decoded without special tokens (vLLM's own default,
         # and TRL's `batch_decode(..., skip_special_tokens=True)`).
         self._tokenizer = self._llm.get_tokenizer()
+        if self._capture_routes:
+            self._llm.collective_rpc("start_route_capture", args=(self._moe_layers, cfg.num_experts_per_tok))
         self._version = 0
         self.start_seconds = time.perf_counter() - started
 
@@ -102,10 +114,29 @@ class RolloutEngine:
                                  top_k=top_k, logprobs=0, detokenize=False) for r in requests]
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        captured = None
+        if self._capture_routes:
+            from ling_rl.rollout.cpu_routes import routes_by_tokens
+
+            captured = routes_by_tokens(self._llm.collective_rpc("take_routes")[0])
         completions = [sorted(out.outputs, key=lambda c: c.index) for out in outputs]
         texts = iter(generation_texts(self._tokenizer, [list(c.token_ids) for cs in completions for c in cs]))
-        return [[_generation(c, next(texts), len(r.prompt_ids), self._moe_layers) for c in cs]
+        return [[_generation(c, next(texts), self._routes(c, r.prompt_ids, captured)) for c in cs]
                 for r, cs in zip(requests, completions, strict=True)]
+
+    def _routes(self, completion: Any, prompt_ids: list[int], captured: dict[tuple[int, ...], Any] | None) -> Any:
+        """R3: the completion's routes [positions, MoE layers, top_k] (None without r3), from
+        vLLM's output on GPU or from the CPU capture (`captured`, keyed by token ids)."""
+        if self._moe_layers is None:
+            return None
+        tokens = list(prompt_ids) + list(completion.token_ids)
+        if captured is not None:
+            from ling_rl.rollout.cpu_routes import route_of
+
+            return route_of(captured, tokens)
+        if completion.routed_experts is None:
+            raise RuntimeError("rollout.routing_replay is r3, but vLLM returned no routed experts for a completion")
+        return engine_routes(completion.routed_experts, self._moe_layers, len(tokens))
 
     def load_weights(self, paths: str | list[str], version: int) -> float:
         """Reload all weights from the safetensors file(s) at `paths` and record `version`;
@@ -203,14 +234,9 @@ def generation_texts(tokenizer: Any, token_ids: list[list[int]]) -> list[str]:
     return [text.rstrip("\ufffd") for text in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
 
 
-def _generation(completion: Any, text: str, prompt_len: int, moe_layers: list[int] | None) -> Generation:
-    """One vLLM completion as a `Generation`; with `moe_layers` (R3), its routed experts too."""
+def _generation(completion: Any, text: str, routes: Any | None) -> Generation:
+    """One vLLM completion as a `Generation`, with its routes (R3) when given."""
     ids = list(completion.token_ids)
-    routes = None
-    if moe_layers is not None:
-        if completion.routed_experts is None:
-            raise RuntimeError("rollout.routing_replay is r3, but vLLM returned no routed experts for a completion")
-        routes = engine_routes(completion.routed_experts, moe_layers, prompt_len + len(ids))
     # With logprobs=0 vLLM returns, per step, a dict holding just the sampled token's entry.
     logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, ids)]
     if completion.finish_reason not in ("stop", "length"):

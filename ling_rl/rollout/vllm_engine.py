@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
-ROUTED_EXPERTS_ON_CPU = ("rollout.routing_replay: r3 needs the engines to return routed experts, which vLLM does only "
-                         "with its Model Runner V2; that needs Triton, which vLLM's CPU build lacks (engine creation "
-                         "fails); run the engines on GPU (cluster.rollout.num_gpus >= 1) or use r2")
+ROUTED_EXPERTS_ON_CPU = ("enable_return_routed_experts: vLLM returns routed experts only with its Model Runner V2, "
+                         "which needs Triton, absent from vLLM's CPU build (engine creation fails); on CPU the rollout "
+                         "engine captures them from the engine's forward instead (ling_rl/rollout/cpu_routes.py)")
 
 
 def build_llm(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_model_len: int = 2048,
