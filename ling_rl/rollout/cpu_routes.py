@@ -42,6 +42,9 @@ class _Capturer:
         self.requests: dict[str, dict[str, Any]] = {}
         """Engine request id -> {"tokens": its token ids, "routes": [positions, MoE layers, top_k] (-1: not run)}."""
 
+    def _unrouted(self, positions: int) -> np.ndarray:
+        return np.full((positions, len(self.column), self.top_k), -1, np.int16)
+
     def capture(self, layer_id: int, topk_ids: Any) -> None:
         batch = self.runner.input_batch
         n = batch.num_reqs
@@ -54,10 +57,10 @@ class _Capturer:
         ids = topk_ids.to("cpu").numpy()
         for i, req_id in enumerate(batch.req_ids[:n]):
             first, count = int(batch.num_computed_tokens_cpu[i]), int(starts[i + 1] - starts[i])
-            entry = self.requests.setdefault(req_id, {"tokens": [], "routes": np.full((0, len(self.column), self.top_k), -1, np.int16)})
             end = first + count
+            entry = self.requests.setdefault(req_id, {"tokens": [], "routes": self._unrouted(0)})
             if entry["routes"].shape[0] < end:
-                grown = np.full((end, len(self.column), self.top_k), -1, np.int16)
+                grown = self._unrouted(end)
                 grown[: entry["routes"].shape[0]] = entry["routes"]
                 entry["routes"] = grown
             entry["routes"][first:end, column] = ids[starts[i] : starts[i + 1]]
