@@ -86,11 +86,11 @@ class Recipe(Section):
         if duplicate:
             raise _CrossField("rewards", duplicate)
         labels = [r.key for r in self.rewards]
-        filters_on_correctness = self.curriculum.dynamic_sampling and self.curriculum.filter_on == "correctness"
+        filters_on_correctness = self.curriculum.dynamic_sampling and self.curriculum.filter_on != "reward"
         if (self.curriculum.stages or self.eval.every or filters_on_correctness) and self.curriculum.correctness not in labels:
             raise _CrossField("curriculum.correctness", f"is {self.curriculum.correctness!r}, which is not one of the "
                               f"rewards ({', '.join(labels)}); stages, evaluation and dynamic sampling "
-                              "(curriculum.filter_on: correctness) judge correctness by it")
+                              "(curriculum.filter_on: correctness or correct_reward) judge correctness by it")
         fp8 = self.learner.fp8
         if self.learner.precision == "fp8" and fp8.fsdp_float8_all_gather and fp8.scaling != "tensorwise":
             raise _CrossField("learner.fp8.fsdp_float8_all_gather", f"is true, but torchao's float8 all-gather "

@@ -148,13 +148,18 @@ class CurriculumConfig(Section):
     dynamic_sampling: bool = False
     """Drop flat groups (see `filter_on`) and refill with new prompts (ALGORITHMS.md section 5)."""
 
-    filter_on: Literal["correctness", "reward"] = "correctness"
+    filter_on: Literal["correctness", "reward", "correct_reward"] = "correctness"
     """What makes a group flat for dynamic sampling. `correctness` (ALGORITHMS.md section 5): its
     trained responses are all correct or all wrong, judged as for pass rates (`correctness` score
     >= `correct_threshold`); a response whose correctness score is None is left out of the
     comparison, and a group with fewer than two verdicts is flat. `reward`: its trained responses'
     total rewards are all equal (within 1e-9); with a length term in the total such groups are
-    almost never flat, and group normalization turns small length differences into +-1 advantages."""
+    almost never flat, and group normalization turns small length differences into +-1 advantages
+    (in an all-wrong group that teaches being wrong more briefly: a quickstart run collapsed from 51%
+    to 6% held-out accuracy that way, bench/RESULTS.md). `correct_reward`: the total reward of a
+    correct response, 0 for a wrong one: all-wrong groups are flat, all-correct groups stay while
+    their length terms differ (Evo-CoT's brevity on the prompts the policy already solves), mixed
+    groups stay."""
 
     max_refill_rounds: int = Field(default=2, ge=0)
     """Extra generation rounds per step when dynamic sampling refills; 0 only drops flat groups."""

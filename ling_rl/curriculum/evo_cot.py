@@ -92,9 +92,17 @@ def _correctness_value(curriculum: Curriculum, scored: ScoredRollout) -> float |
     return None if verdict is None else float(verdict)
 
 
+def _correct_reward_value(curriculum: Curriculum, scored: ScoredRollout) -> float | None:
+    # A wrong response counts as 0 whatever its length term: an all-wrong group is flat, since the
+    # only thing group normalization could teach it is to be wrong more briefly.
+    verdict = curriculum.is_correct(scored)
+    return None if verdict is None else (scored.reward if verdict else 0.0)
+
+
 _FILTER_VALUES: dict[str, Callable[[Curriculum, ScoredRollout], float | None]] = {
     "correctness": _correctness_value,
     "reward": lambda curriculum, scored: scored.reward,
+    "correct_reward": _correct_reward_value,
 }
 """`curriculum.filter_on` -> the value of a response that dynamic sampling compares within its group."""
 

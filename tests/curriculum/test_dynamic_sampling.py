@@ -37,9 +37,11 @@ def _evo_cot_first() -> list[ScoredRollout]:
             + _plus_length_term(group("mixed", 2, [1.0, 0.0]), [0.05, 0.0]))
 
 
-@pytest.mark.parametrize(("filter_on", "kept_ids"), [("correctness", ["mixed"]), ("reward", ["right", "wrong", "mixed"])])
+@pytest.mark.parametrize(("filter_on", "kept_ids"), [("correctness", ["mixed"]), ("reward", ["right", "wrong", "mixed"]),
+                                                      ("correct_reward", ["right", "mixed"])])
 def test_filter_on_correctness_drops_all_correct_and_all_wrong_groups(filter_on: str, kept_ids: list[str]) -> None:
     # ALGORITHMS.md section 5: all-correct and all-wrong groups are filtered, whatever their length term.
+    # correct_reward: the all-wrong group is flat whatever its length terms; the all-correct one stays.
     cur = Curriculum(CurriculumConfig(filter_on=filter_on), 512)
     kept, metrics, seen = collect_groups(_evo_cot_first(), Refills([], 3), target_groups=3, max_rounds=0,
                                          value=cur.filter_value)
