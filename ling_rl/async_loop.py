@@ -3,24 +3,26 @@ trains. k = 0 runs the synchronous `ling_rl/loop.py`, the reference, unchanged.
 
 One RL step n (the learner holds version n: the weights after n updates):
 
-    engines:  ...gen call (version n-1)...|sync n|======= gen call (version n) =======|
-    learner:  ======= train step n-1 =====|      |score|batch|==== train step n ====|
-    driver:   gather() -> sync_weights(n) -> launch() -> score() -> take_batch() -> train_step()
-                 ^                                                                     |
-                 +------------- next step: the call launched here is gathered ---------+
+    engines:  ..gen call (version n-1)..|     |sync n|======== gen call (version n) ========|
+    learner:  ===== train step n-1 =====|     |      |batch|===== train step n =====|
+    driver:   gather() -> score() -> sync_weights(n) -> launch() -> take_batch() -> train_step()
+                 ^                                                                       |
+                 +-------------- next step: the call launched here is gathered ----------+
 
     gather()        wait for the call in flight; its tokens join their responses (version n-1)
+    score()         reward workers on the groups whose G responses all finished; dynamic
+                    sampling drops the flat ones (their slots are free for launch())
     sync_weights()  learner -> engines, between two calls (an engine call is never interrupted)
     launch()        admit new prompts up to the capacity (k + 1) x prompts_per_step, continue
                     every partial response (prompt + tokens so far), one Ray call, not waited for
-    score()         reward workers on the groups whose G responses all finished; dynamic
-                    sampling drops the flat ones; curriculum.update with them
     take_batch()    the oldest prompts_per_step scored groups; none holds a token older than
-                    version n - k (asserted); groups that cannot make it are dropped, counted
+                    version n - k (asserted); groups that cannot make it are dropped, counted;
+                    curriculum.update with every group scored in the step
     train_step()    the learner trains while the engines generate the next call
 
-Without enough finished groups after a gather, the driver launches and gathers more calls at the
-same version before training (no version changes without a learner step). On eval and checkpoint
+Without enough scored groups after a gather, the driver launches and gathers more calls at the
+same version before training (no version changes without a learner step; with dynamic sampling
+at most `curriculum.max_refill_rounds` such rounds once groups were scored). On eval and checkpoint
 steps the call in flight is gathered after the learner step (the pipeline drains) so the engines
 evaluate the new weights and the checkpoint holds every partial response (`InflightBuffer`).
 Partial rollouts, versions and admission: `ling_rl/rollout/inflight.py`; docs/async.md.
@@ -79,7 +81,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                 raise stop.interrupted(step, pipe.save_done(step))
             timer = PhaseTimer()
             calls = pipe.fill(step, timer)
-            seen, reward_metrics, dyn_metrics = pipe.score(timer)
+            seen, reward_metrics, dyn_metrics = pipe.step_scores()
             cur_metrics = s.curriculum.update(step, seen)
             batch_groups = pipe.buffer.take_batch(step, recipe.rollout.prompts_per_step)
             kept = [x for g in batch_groups for x in g.scored] or pipe.fallback(seen, dyn_metrics)
@@ -128,8 +130,8 @@ class InFlightCall:
     refs: list[Any]
     launched_at: float
     finished_at: float | None = None
-    """When the driver saw every engine's result ready (it looks while waiting on the learner and
-    between phases; a bound on the engines' busy time, exact when it was waiting)."""
+    """When the driver saw every engine's result ready: exact when it was waiting (on the learner
+    or on this call), else when it next looked (an upper bound of the engines' busy time)."""
 
 
 class Pipeline:
@@ -147,6 +149,10 @@ class Pipeline:
         self.engine_version = s.start_step  # session.start synced the resumed weights
         self.weights_changed = False
         self.sync_metrics: dict[str, float] = {}
+        # This step's scoring (`step_scores` reads and resets them).
+        self.step_seen: list[ScoredRollout] = []
+        self.step_reward_metrics: dict[str, float] = {}
+        self.step_groups = self.step_flat = self.refills = 0
         self.engine_busy_s = 0.0
         self.log_path = s.run_dir / ASYNC_LOG
         _truncate_log(self.log_path, s.start_step)
@@ -155,20 +161,27 @@ class Pipeline:
     # --- generation ------------------------------------------------------------------------------
 
     def fill(self, step: int, timer: PhaseTimer) -> int:
-        """Gather, sync and launch until prompts_per_step groups can be trained at this step (finished
-        or ready, within the bound); the last call launched stays in flight. Returns the calls made."""
-        cfg = self.s.recipe.rollout
-        limit = 4 * (cfg.max_staleness + 1)
+        """Gather, score, sync and launch until prompts_per_step scored groups can be trained at
+        this step; the last call launched stays in flight. With dynamic sampling, flat groups are
+        dropped as they are scored and their slots refilled by the next call, at most
+        `curriculum.max_refill_rounds` extra rounds once groups were scored; then the step trains
+        on what it has (or falls back). Returns the calls launched."""
+        cfg, cur = self.s.recipe.rollout, self.s.recipe.curriculum
+        limit = 4 * (cfg.max_staleness + 1) + (cur.max_refill_rounds if cur.dynamic_sampling else 0)
         calls = trainable = 0
         for _ in range(limit):
             self.gather(timer)
+            self.score(timer)
             self.sync_metrics.update(self.sync(timer))
             launched = self.launch()
             calls += launched
-            trainable = sum(g.finished for g in self.buffer.open.values()) + \
-                sum(g.start_version >= step - cfg.max_staleness for g in self.buffer.ready)
+            trainable = sum(g.start_version >= step - cfg.max_staleness for g in self.buffer.ready)
             if trainable >= cfg.prompts_per_step:
                 return calls
+            if cur.dynamic_sampling and self.step_seen:
+                if self.refills >= cur.max_refill_rounds:
+                    return calls
+                self.refills += 1
             if not launched:
                 break
         raise AsyncDriverError(
@@ -233,41 +246,39 @@ class Pipeline:
         if call.finished_at is None:
             call.finished_at = time.perf_counter()
 
-    def poll(self) -> None:
-        """Note (without waiting) whether the call in flight has finished."""
-        import ray
-
-        if self.call is not None and self.call.finished_at is None:
-            done, _ = ray.wait(self.call.refs, num_returns=len(self.call.refs), timeout=0)
-            if len(done) == len(self.call.refs):
-                self._seen_finished(self.call)
-
     # --- scoring and training --------------------------------------------------------------------
 
-    def score(self, timer: PhaseTimer) -> tuple[list[ScoredRollout], dict[str, float], dict[str, float]]:
-        """Score the groups finished since the last step; the non-flat ones (all, without dynamic
-        sampling) become ready. Returns every scored response, the reward and `dynamic/*` metrics."""
+    def score(self, timer: PhaseTimer) -> None:
+        """Score the groups whose G responses all finished; the non-flat ones (all, without dynamic
+        sampling) become ready. The step's first scoring gives its reward metrics (as the
+        synchronous loop's first round: the policy as sampled)."""
         s = self.s
         rollouts = self.buffer.pop_completed(lambda ids: generation_texts(s.tokenizer, ids))
-        if not rollouts:  # every group of this step's batch was scored in an earlier step
-            return [], {}, {}
+        if not rollouts:
+            return
         with timer.phase("reward"):
             scored, metrics = s.rewards.score(rollouts)
-        self.poll()
-        groups = split_groups(scored)
-        flat = 0
-        for group in groups:
+        if not self.step_seen:
+            self.step_reward_metrics = metrics.as_dict()
+        self.step_seen += scored
+        for group in split_groups(scored):
+            self.step_groups += 1
             if s.recipe.curriculum.dynamic_sampling and is_flat(group, s.curriculum.filter_value):
-                flat += 1
+                self.step_flat += 1
                 continue
-            serial = group[0].rollout.group
             start = min(min(x.rollout.token_versions or [x.rollout.policy_version]) for x in group)
-            self.buffer.add_ready(serial, start, group)
-        dyn = {}
-        if s.recipe.curriculum.dynamic_sampling:
-            dyn = {"dynamic/flat_groups_dropped": float(flat), "dynamic/generated_groups": float(len(groups)),
-                   "dynamic/kept_groups": float(len(groups) - flat), "dynamic/fallback": 0.0}
-        return scored, metrics.as_dict(), dyn
+            self.buffer.add_ready(group[0].rollout.group, start, group)
+
+    def step_scores(self) -> tuple[list[ScoredRollout], dict[str, float], dict[str, float]]:
+        """Every response scored in this step, the step's reward metrics and `dynamic/*` metrics
+        (empty when nothing finished in the step: its batch was scored in earlier steps)."""
+        seen, metrics, dyn = self.step_seen, self.step_reward_metrics, {}
+        if self.s.recipe.curriculum.dynamic_sampling and seen:
+            dyn = {"dynamic/flat_groups_dropped": float(self.step_flat), "dynamic/generated_groups": float(self.step_groups),
+                   "dynamic/kept_groups": float(self.step_groups - self.step_flat),
+                   "dynamic/refill_rounds": float(self.refills), "dynamic/fallback": 0.0}
+        self.step_seen, self.step_reward_metrics, self.step_groups, self.step_flat, self.refills = [], {}, 0, 0, 0
+        return seen, metrics, dyn
 
     def fallback(self, seen: list[ScoredRollout], dyn_metrics: dict[str, float]) -> list[ScoredRollout]:
         """No group to train on (every one finished this step was flat): as the synchronous loop's

@@ -270,6 +270,29 @@ def test_k2_partial_rollouts_continue_across_versions_within_the_bound(tmp_path:
     assert any(r["sync/gap_mean_lag2"] > 0 for r in rows if r["async/lag2_frac"] > 0)
 
 
+@pytest.mark.vllm
+def test_dynamic_sampling_drops_flat_groups_as_they_complete(tmp_path: Path) -> None:
+    """k = 1 with dynamic sampling on correctness (exact_answer): the untrained tiny model is almost
+    never right, so nearly every group is flat and dropped when scored; a step left with no group
+    falls back to a skipped batch (no update, the engines keep their weights under the new version)
+    and the run goes on, pass rates updated from every scored group."""
+    run_dir = tmp_path / "dyn"
+    steps = 4
+    rows = _run(run_dir, steps, **{"rollout.max_staleness": 1, "curriculum.dynamic_sampling": True,
+                                   "rewards": "[{name: numeric_response}, {name: exact_answer}]",
+                                   "rollout.prompts_per_step": 4, "rollout.group_size": 4})
+    scored = [r for r in rows if "dynamic/generated_groups" in r]
+    assert scored and sum(r["dynamic/flat_groups_dropped"] for r in scored) > 0
+    assert all(r["dynamic/kept_groups"] + r["dynamic/flat_groups_dropped"] == r["dynamic/generated_groups"]
+               for r in scored)
+    fallback = [r for r in rows if r.get("dynamic/fallback") == 1.0]
+    assert all(r["train/skipped"] == 1.0 for r in fallback)
+    assert all("curriculum/tracked_prompts" in r for r in rows)
+    lags = [step - v for step, groups in _trained(run_dir) for _, _, versions in groups
+            for response in versions for v, n in response for _ in range(n)]
+    assert all(0 <= lag <= 1 for lag in lags)
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
