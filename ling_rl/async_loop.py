@@ -68,11 +68,11 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
     if recipe.rollout.max_staleness == 0:
         return sync_loop.train(recipe, run_dir)
     s = sessions.start(recipe, run_dir)
-    pipe = Pipeline(s)
     last = recipe.run.steps - 1
     stop = StopRequest.install()
     monitor = SignalMonitor(recipe.reward_signal.max_failed_steps, recipe.rewards)
     try:
+        pipe = Pipeline(s)
         if recipe.dft.enabled and s.start_step == 0:
             sync_loop.warm_start(s)
         pending_eval = evaluate(s, -1) if recipe.eval.every and s.start_step == 0 else {}
@@ -91,7 +91,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                 learner_metrics = pipe.train(batch)
             s.skipped_steps += int(learner_metrics["skipped"])
             learner_metrics["skipped_total"] = float(s.skipped_steps)
-            pipe.learner_version, pipe.weights_changed = step + 1, pipe.weights_changed or not learner_metrics["skipped"]
+            pipe.trained(step, skipped=bool(learner_metrics["skipped"]))
             eval_due = bool(recipe.eval.every) and ((step + 1) % recipe.eval.every == 0 or step == last)
             # A step may train only on groups scored in earlier steps (k >= 2): nothing new to judge.
             stalled = monitor.observe(step, reward_metrics, seen) if seen else None
@@ -226,6 +226,11 @@ class Pipeline:
     def drain(self, timer: PhaseTimer) -> None:
         """Gather the call in flight without launching another (eval and checkpoint steps)."""
         self.gather(timer)
+
+    def trained(self, step: int, skipped: bool) -> None:
+        """The learner finished `step`: it holds version step + 1 (the same weights if it skipped)."""
+        self.learner_version = step + 1
+        self.weights_changed = self.weights_changed or not skipped
 
     def sync(self, timer: PhaseTimer) -> dict[str, float]:
         """Bring the engines to the learner's version between calls; a learner that skipped its
