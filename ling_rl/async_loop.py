@@ -45,9 +45,10 @@ from ling_rl.curriculum.dynamic_sampling import is_flat
 from ling_rl.curriculum.evo_cot import split_groups
 from ling_rl.evaluation import evaluate
 from ling_rl.interrupt import StopRequest
+from ling_rl.learner.group import LearnerError
 from ling_rl.reward.signal import NoRewardSignal, SignalMonitor
 from ling_rl.rollout.engine import generation_texts
-from ling_rl.rollout.group import split_contiguous
+from ling_rl.rollout.group import RolloutError, split_contiguous
 from ling_rl.rollout.inflight import CallPlan, InflightBuffer
 from ling_rl.rollout.requests import request_seed
 from ling_rl.tracking import PhaseTimer
@@ -58,8 +59,9 @@ ASYNC_LOG = "async.jsonl"
 every token of every response (run-length encoded): the record the staleness tests read."""
 
 
-class AsyncDriverError(RuntimeError):
-    """The asynchronous driver cannot make progress, or a role did not answer in time."""
+class AsyncDriverError(RolloutError):
+    """The rollout side of the asynchronous driver cannot give the learner a batch (every group
+    dropped); a `RolloutError`, so `ling-rl train` prints it as one message."""
 
 
 def train(recipe: Recipe, run_dir: Path) -> Path:
@@ -306,8 +308,8 @@ class Pipeline:
             ready, _ = ray.wait(list(learner_left | engine_left), num_returns=1,
                                 timeout=max(deadline - time.monotonic(), 0.0))
             if not ready:
-                raise AsyncDriverError(f"learner train_step: no answer from {len(learner_left)} rank(s) within "
-                                       f"{self.learner_timeout_s:.0f} s (async driver)")
+                raise LearnerError(f"learner train_step: no answer from {len(learner_left)} rank(s) within "
+                                   f"{self.learner_timeout_s:.0f} s (async driver)")
             learner_left.discard(ready[0])
             if ready[0] in engine_left:
                 engine_left.discard(ready[0])
