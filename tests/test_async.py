@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from ling_rl.rollout.engine import Generation, check_seed_ranges
 from ling_rl.rollout.inflight import InflightBuffer, InflightError
 from ling_rl.rollout.requests import request_seed
 from ling_rl.types import Sample, ScoredRollout
+from tests.processes import wait_for_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
@@ -289,14 +289,6 @@ def test_dynamic_sampling_drops_flat_groups_as_they_complete(tmp_path: Path) -> 
     assert all(0 <= lag <= 1 for lag in lags)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()[-4000:] if proc.stdout else "driver exited"
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
-        time.sleep(0.5)
-
-
 @pytest.mark.vllm
 def test_k2_partial_rollouts_continue_and_sigkill_resumes_without_losing_or_repeating_samples(tmp_path: Path) -> None:
     """k = 2 with partial rollouts: the uninterrupted run continues cut responses within the bound
@@ -311,7 +303,7 @@ def test_k2_partial_rollouts_continue_and_sigkill_resumes_without_losing_or_repe
     killed = tmp_path / "killed"
     args = ["train", str(RECIPE), *_overrides(killed, steps, **extra)]
     proc = _cli(args, start_new_session=True)
-    _wait_for(killed / "checkpoints" / "step-000004", proc, timeout=900)
+    wait_for_path(killed / "checkpoints" / "step-000004", proc, timeout=900)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     state = json.loads((killed / "checkpoints" / "step-000004" / "driver_state.json").read_text())["async"]

@@ -9,10 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.processes import wait_for_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
@@ -70,14 +71,6 @@ def test_reward_rises_and_gap_stays_small(tmp_path: Path, loss: str) -> None:
     assert (run_dir / "hf_final" / "config.json").is_file()
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()[-4000:] if proc.stdout else "driver exited"
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
-        time.sleep(0.5)
-
-
 def test_sigkilled_run_resumes_identically(tmp_path: Path) -> None:
     """A driver SIGKILLed after its step-4 checkpoint, then restarted, logs the same metrics for
     steps 4-7 as a run that was never interrupted (same seed); its final checkpoint exports."""
@@ -90,7 +83,7 @@ def test_sigkilled_run_resumes_identically(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     args = ["train", str(RECIPE), *_overrides(killed, steps, "ppo_token", **extra)]
     proc = _cli(args, start_new_session=True)
-    _wait_for(killed / "checkpoints" / "step-000004", proc, timeout=900)
+    wait_for_path(killed / "checkpoints" / "step-000004", proc, timeout=900)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     rows_before = _metrics(killed)
