@@ -195,6 +195,7 @@ def _converted_experts_under_fsdp(rank: int, init: str, out: str) -> None:
     from torch.distributed.tensor import DTensor
 
     from ling_rl.learner.fp8 import _plain_weights, _unwrapped, convert_routed_experts
+    from ling_rl.models.hf_io import init_computed_buffers
     from ling_rl.models.ling_moe import Experts, LingForCausalLM
     from ling_rl.models.tiny import PRESETS
 
@@ -212,6 +213,9 @@ def _converted_experts_under_fsdp(rank: int, init: str, out: str) -> None:
     fully_shard(model)
     model.to_empty(device="cpu")
     set_model_state_dict(model, ref.state_dict(), options=StateDictOptions(full_state_dict=True))
+    # As the learner's loader does: RoPE frequencies are not in the state dict, and `to_empty` left
+    # them uninitialized (NaN in some runs, a flaky failure of this test).
+    init_computed_buffers(model, torch.device("cpu"))
     experts = next(m for m in model.modules() if isinstance(m, Experts))
     ref_experts = next(m for m in ref.modules() if isinstance(m, Experts))
     local = experts.gate_proj.to_local()
