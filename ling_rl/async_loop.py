@@ -107,9 +107,9 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             if eval_due:
                 with timer.phase("eval"):
                     eval_metrics = evaluate(s, step)
-            s.tracker.log(step, {**reward_metrics, **batch_metrics, **sync_loop._rollout_metrics(kept), **cur_metrics,
+            s.tracker.log(step, {**reward_metrics, **batch_metrics, **sync_loop.rollout_metrics(kept), **cur_metrics,
                                  **dyn_metrics, **eval_metrics, **pipe.sync_metrics, **sync_metrics,
-                                 **{f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()},
+                                 **sync_loop.train_metrics(learner_metrics),
                                  **pipe.step_metrics(step, batch_groups, calls), **timer.as_metrics(),
                                  **s.startup_metrics()})
             pipe.sync_metrics = {}
@@ -117,10 +117,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                 pipe.save(step)
             if stalled:
                 raise NoRewardSignal(f"{stalled}; saved checkpoint {s.checkpointer.complete()[-1]}")
-        final = run_dir / "hf_final"
-        if recipe.checkpoint.export_hf:
-            s.learner.export_hf(str(final), str(s.model_dir))
-        return final
+        return sync_loop.export_final(s, run_dir)
     finally:
         stop.restore()
         s.close()

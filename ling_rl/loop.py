@@ -77,19 +77,16 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
                     eval_metrics = evaluate(s, step)
             # Logged before the checkpoint: a run killed during the save resumes after this step,
             # whose metrics must already be on disk.
-            s.tracker.log(step, {**s.last_reward_metrics, **batch_metrics, **_rollout_metrics(kept), **cur_metrics,
+            s.tracker.log(step, {**s.last_reward_metrics, **batch_metrics, **rollout_metrics(kept), **cur_metrics,
                                  **dyn_metrics, **eval_metrics,
-                                 **{f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()},
+                                 **train_metrics(learner_metrics),
                                  **sync_metrics, **timer.as_metrics(), **s.startup_metrics()})
             stalled = monitor.observe(step, s.last_reward_metrics, seen)  # why the signal is gone, or None
             if s.checkpointer.due(step, last) or stalled:
                 s.save(step)
             if stalled:
                 raise NoRewardSignal(f"{stalled}; saved checkpoint {s.checkpointer.complete()[-1]}")
-        final = run_dir / "hf_final"
-        if recipe.checkpoint.export_hf:
-            s.learner.export_hf(str(final), str(s.model_dir))
-        return final
+        return export_final(s, run_dir)
     finally:
         stop.restore()
         s.close()
@@ -134,7 +131,20 @@ def warm_start(s: sessions.Session) -> None:
     s.sync_weights(0)
 
 
-def _rollout_metrics(scored: list[ScoredRollout]) -> dict[str, float]:
+def export_final(s: sessions.Session, run_dir: Path) -> Path:
+    """The trained policy as a Hugging Face folder, `run_dir/hf_final` (unless `checkpoint.export_hf` is off)."""
+    final = run_dir / "hf_final"
+    if s.recipe.checkpoint.export_hf:
+        s.learner.export_hf(str(final), str(s.model_dir))
+    return final
+
+
+def train_metrics(learner_metrics: dict[str, float]) -> dict[str, float]:
+    """The learner's step metrics under `train/`, except those already named by section (`sync/...`)."""
+    return {f"train/{k}" if "/" not in k else k: v for k, v in learner_metrics.items()}
+
+
+def rollout_metrics(scored: list[ScoredRollout]) -> dict[str, float]:
     lengths = [len(x.rollout.response_ids) for x in scored]
     return {
         "rollout/response_len_mean": sum(lengths) / len(lengths),
