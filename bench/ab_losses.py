@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ling_rl.config import load_recipe
-from ling_rl.loop import train
+from ling_rl.driver.loop import train
 from ling_rl.tracking import read_metrics
 from ling_rl.tracking.report import build_report
 

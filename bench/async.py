@@ -55,7 +55,7 @@ def uptime() -> str:
 def run_one(k: int, steps: int, run_dir: Path, k2_token_budget: int) -> dict:
     before = uptime()
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", str(RECIPE),
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "train", str(RECIPE),
                            *overrides(k, steps, run_dir, k2_token_budget)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:

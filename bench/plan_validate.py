@@ -68,7 +68,7 @@ def child(name: str, rows: int, length: int) -> dict:
     from ling_rl.learner.worker import LearnerWorker
     from ling_rl.models.hf_io import save_model
     from ling_rl.models.tiny import build_tiny_model
-    from ling_rl.plan import GIB, PROCESS_RUNTIME_BYTES, plan_memory
+    from ling_rl.commands.plan import GIB, PROCESS_RUNTIME_BYTES, plan_memory
     from ling_rl.types import TrainBatch
 
     cfg = _config(name)

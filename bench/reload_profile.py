@@ -47,7 +47,7 @@ def main() -> None:
     from ling_rl.models.hf_io import inference_weights, load_model
     from ling_rl.models.tiny import init_tiny
     from ling_rl.rollout.vllm_engine import build_llm
-    from ling_rl.rollout.weight_sync import EXTENSION_CLS
+    from ling_rl.weightsync.extension import EXTENSION_CLS
 
     model_dir = init_tiny(Path(tempfile.mkdtemp()) / "model", preset=args.preset)
     model = load_model(model_dir)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ling_rl.config import load_recipe
-from ling_rl.loop import train
+from ling_rl.driver.loop import train
 from ling_rl.tracking import read_metrics
 
 PHASES = ("generate", "reward", "learner", "sync", "other")

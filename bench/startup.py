@@ -2,7 +2,7 @@
 
 Runs `ling-rl train <recipe> run.steps=1` in a fresh subprocess and run folder `--repeats` times
 and reads the `startup/*_s` metrics its step 0 logged (seconds since that process started,
-ling_rl/session.py):
+ling_rl/driver/session.py):
 
     ray_s               Ray is up (everything before it: imports, recipe, preflight, model folder,
                         tokenizer, data)
@@ -55,7 +55,7 @@ def one_run(recipe: str, cwd: Path, env_extra: dict[str, str], timeout_s: float)
     """The `startup/*` metrics of step 0 of one fresh `ling-rl train` run, plus its load and wall time."""
     with tempfile.TemporaryDirectory(prefix="ling-startup-") as tmp:
         run_dir = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "ling_rl.cli", "train", recipe, "run.steps=1", "checkpoint.export_hf=false",
+        cmd = [sys.executable, "-m", "ling_rl.commands.cli", "train", recipe, "run.steps=1", "checkpoint.export_hf=false",
                "tracking.progress_bar=false", "--run-dir", str(run_dir)]
         load = load_1min()
         started = time.time()
@@ -71,7 +71,7 @@ def one_run(recipe: str, cwd: Path, env_extra: dict[str, str], timeout_s: float)
 
 
 def checkout(ref: str, folder: Path) -> Path:
-    """The tracked files of git `ref`, in `folder` (`python -m ling_rl.cli` run there imports that code)."""
+    """The tracked files of git `ref`, in `folder` (`python -m ling_rl.commands.cli` run there imports that code)."""
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder

@@ -2,7 +2,7 @@
 the library (issue 12, item 1).
 
 Part 1 drives a live session (recipes/tiny_cpu.yaml, one learner rank) with the same calls as
-`ling_rl.loop.train` (score -> build_train_batch -> learner.train_step -> sync_weights), timing
+`ling_rl.driver.loop.train` (score -> build_train_batch -> learner.train_step -> sync_weights), timing
 each on the driver; the sync's own gather / transfer / load split comes from its metrics. On the
 live Ray cluster it then times an empty actor call (the learner's `ping`), `ray.put` of the train
 batch (serialization), and an actor call that receives the batch (put + transfer + unpickle).
@@ -54,9 +54,9 @@ def drive_session(recipe: Any, run_dir: Path, steps: int) -> tuple[dict[str, flo
     Returns the per-phase medians (first step excluded), the last train batch and the session."""
     import ray
 
-    from ling_rl import session as sessions
-    from ling_rl.batching import build_train_batch
-    from ling_rl.loop import score
+    from ling_rl.driver import session as sessions
+    from ling_rl.driver.batching import build_train_batch
+    from ling_rl.driver.loop import score
     from ling_rl.tracking import PhaseTimer
 
     began = time.perf_counter()

@@ -49,7 +49,7 @@ the one learner rank take turns in ling-rl's synchronous loop, so each gets both
 def run_ling_rl(steps: int, run_dir: Path, preset: str, response_tokens: int,
                 extra: list[str] | None = None) -> dict[str, float]:
     from ling_rl.config import load_recipe
-    from ling_rl.loop import train
+    from ling_rl.driver.loop import train
     from ling_rl.tracking import read_metrics
 
     recipe = load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", [*LING_RL_THREADS, *(extra or []),

@@ -3,7 +3,7 @@
 One vLLM engine as a Ray actor (`RolloutGroup`, as in training) on a tiny-model preset; the
 learner side runs in this process on the unsharded model (`InProcessLearner`: the same
 layer-by-layer gather and bucketing a learner rank 0 runs). For each method, `WeightSync.sync`
-reports its phases (ling_rl/rollout/sync.py):
+reports its phases (ling_rl/weightsync/methods.py):
 
     shm_file      gather | write bucket files to /dev/shm       | engine reloads them
     object_store  gather | ray.put buckets + engine ray.get and  | engine reloads them
@@ -42,8 +42,8 @@ def bench_preset(preset: str, repeats: int, bucket_mib: int, cluster) -> dict:
     from ling_rl.models.tiny import init_tiny
     from ling_rl.rollout.config import RolloutConfig
     from ling_rl.rollout.group import RolloutGroup
-    from ling_rl.rollout.sync import SYNC_METHODS
-    from ling_rl.rollout.sync_sender import InProcessLearner
+    from ling_rl.weightsync.methods import SYNC_METHODS
+    from ling_rl.weightsync.sender import InProcessLearner
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = init_tiny(Path(tmp) / preset, preset=preset, seed=0)

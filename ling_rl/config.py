@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.cluster.config import ClusterConfig
-from ling_rl.dft import DFTConfig
-from ling_rl.evaluation import EvalConfig
+from ling_rl.curriculum.dft import DFTConfig
+from ling_rl.driver.evaluation import EvalConfig
 from ling_rl.curriculum.config import CurriculumConfig, DataConfig
 from ling_rl.learner.config import CheckpointConfig, LearnerConfig
 from ling_rl.models.config import ModelConfig

@@ -3,7 +3,7 @@ as one clear message (no traceback)."""
 
 from __future__ import annotations
 
-from ling_rl.checkpoint import CheckpointError
+from ling_rl.driver.checkpoint import CheckpointError
 from ling_rl.config import RecipeError
 from ling_rl.curriculum.data import DatasetError
 from ling_rl.learner.group import LearnerError

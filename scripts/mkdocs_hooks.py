@@ -1,6 +1,6 @@
 """MkDocs hook (mkdocs.yml `hooks:`): adds the recipe reference, generated from the schema.
 
-The page `reference/recipe.md` exists only in the built site: `ling_rl.docs_reference.render()`
+The page `reference/recipe.md` exists only in the built site: `ling_rl.commands.docs_reference.render()`
 writes it from `ling_rl.config.Recipe` on every build, so it cannot fall behind the code.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
-from ling_rl.docs_reference import render
+from ling_rl.commands.docs_reference import render
 
 RECIPE_REFERENCE = "reference/recipe.md"
 

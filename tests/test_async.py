@@ -139,7 +139,7 @@ def test_checkpoint_state_round_trips_through_json() -> None:
 
 def test_train_batch_carries_each_tokens_version_lag() -> None:
     from ling_rl.algorithms import AlgorithmConfig
-    from ling_rl.batching import build_train_batch
+    from ling_rl.driver.batching import build_train_batch
 
     buf = _buffer()
     _ready(buf, 0, 3, [3, 3, 4])
@@ -173,7 +173,7 @@ def _overrides(run_dir: Path, steps: int, **extra: object) -> list[str]:
 
 def _cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "ling_rl.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "ling_rl.commands.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -200,10 +200,10 @@ _VOLATILE = ("time/", "startup/", "sync/gather_s", "sync/transfer_s", "sync/load
 
 @pytest.mark.vllm
 def test_max_staleness_0_is_the_synchronous_loop(tmp_path: Path) -> None:
-    """`ling-rl train` with max_staleness 0 logs the same values as `ling_rl.loop.train` itself."""
+    """`ling-rl train` with max_staleness 0 logs the same values as `ling_rl.driver.loop.train` itself."""
     steps = 3
     via_cli = _run(tmp_path / "cli", steps, **{"rollout.max_staleness": 0})
-    code = ("import sys; from pathlib import Path; from ling_rl.config import load_recipe; from ling_rl.loop import train; "
+    code = ("import sys; from pathlib import Path; from ling_rl.config import load_recipe; from ling_rl.driver.loop import train; "
             "train(load_recipe(Path(sys.argv[1]), sys.argv[3:]), Path(sys.argv[2]))")
     ref_dir = tmp_path / "loop"
     env = dict(os.environ, WANDB_MODE="offline")

@@ -1,7 +1,7 @@
 """The documentation: the MkDocs site builds in strict mode, and its recipe reference is complete.
 
 The reference (docs/reference/recipe.md in the site) is generated from the pydantic schema at build
-time; the walk of the schema here is written independently of `ling_rl.docs_reference`, so a key
+time; the walk of the schema here is written independently of `ling_rl.commands.docs_reference`, so a key
 the generator missed (a new nesting, a list of sections) fails this test.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ling_rl.cli import app
+from ling_rl.commands.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = str(ROOT / "data/arith/eval.jsonl")
@@ -53,7 +53,7 @@ def test_without_a_run_folder_the_rewards_must_be_named(tiny_dir: Path) -> None:
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="offline")
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

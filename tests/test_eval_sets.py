@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ling_rl.config import parse_recipe
-from ling_rl.evaluation import EVAL_SET, _summary, eval_prompts, unit_counter
+from ling_rl.driver.evaluation import EVAL_SET, _summary, eval_prompts, unit_counter
 from ling_rl.types import Rollout, Sample, ScoredRollout
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ling_rl.interrupt import Interrupted, StopRequest
+from ling_rl.driver.interrupt import Interrupted, StopRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
@@ -131,7 +131,7 @@ def _wait_rows(run_dir: Path, proc: subprocess.Popen, n: int, timeout: float = 6
 @pytest.mark.vllm
 def test_ctrl_c_saves_the_last_step_resumes_and_sigkill_leaves_no_process(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "ling_rl.cli", "train", str(RECIPE), f"run.output_dir={tmp_path}", "run.name=run",
+    args = [sys.executable, "-m", "ling_rl.commands.cli", "train", str(RECIPE), f"run.output_dir={tmp_path}", "run.name=run",
             "run.steps=30", "checkpoint.every=0", "checkpoint.export_hf=false", "tracking.progress_bar=false",
             "rollout.prompts_per_step=4", "rollout.group_size=4", "learner.num_ranks=1", "cluster.num_cpus=3"]
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")

@@ -33,7 +33,7 @@ STEPS = 3
 
 
 def _train(run_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", "recipes/tiny_cpu.yaml", *overrides,
+    return subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "train", "recipes/tiny_cpu.yaml", *overrides,
                            "--run-dir", str(run_dir)],
                           cwd=ROOT, env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True,
                           timeout=600)

@@ -1,4 +1,4 @@
-"""The memory planner (ling_rl/plan.py, `ling-rl plan`): exact parameter and optimizer arithmetic,
+"""The memory planner (ling_rl/commands/plan.py, `ling-rl plan`): exact parameter and optimizer arithmetic,
 the activation formula against the tensors autograd really saves, and the exit codes."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ling_rl.cli import app
+from ling_rl.commands.cli import app
 from ling_rl.config import load_recipe
 from ling_rl.models.ling_config import LingConfig
 from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.models.tiny import PRESETS, build_tiny_model
-from ling_rl.plan import activation_bytes_per_token, count_parameters, plan_memory
+from ling_rl.commands.plan import activation_bytes_per_token, count_parameters, plan_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,8 +127,8 @@ def _dft_then_rl(rank: int, init: str, model_dir: str, out: str) -> None:
     import transformers
 
     from ling_rl.config import parse_recipe
-    from ling_rl.dft import DFTConfig, DFTData
-    from ling_rl.learner.sections import LearnerSections
+    from ling_rl.curriculum.dft import DFTConfig, DFTData
+    from ling_rl.driver.session import learner_sections
     from ling_rl.learner.worker import LearnerWorker
     from ling_rl.types import TrainBatch
     from tests.learner.helpers import leave
@@ -136,7 +136,7 @@ def _dft_then_rl(rank: int, init: str, model_dir: str, out: str) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
                            "learner": {"precision": "fp32", "num_ranks": 1}})
-    worker = LearnerWorker(rank, 1, LearnerSections.of(recipe), model_dir)
+    worker = LearnerWorker(rank, 1, learner_sections(recipe), model_dir)
     worker.setup(init)
     rows = [__import__("json").loads(line) for line in (ROOT / "data/arith/train.jsonl").read_text().splitlines()[:16]]
     worker.sft_step(DFTData(rows, DFTConfig(enabled=True, batch_size=8), tok, "prompt", "answer", "t").batch(tok.pad_token_id), lr=1e-3)

@@ -1,4 +1,4 @@
-"""Preflight (ling_rl/preflight.py): what `ling-rl check` and the start of `ling-rl train` find
+"""Preflight (ling_rl/commands/preflight.py): what `ling-rl check` and the start of `ling-rl train` find
 before Ray, the engines and the learners start: data rows, prompt lengths, W&B credentials, the
 model folder, a run that is already complete."""
 
@@ -15,7 +15,7 @@ import yaml
 
 from ling_rl.config import parse_recipe
 from ling_rl.curriculum.data import DatasetError, PromptSource
-from ling_rl.preflight import PreflightError, preflight
+from ling_rl.commands.preflight import PreflightError, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 ARITH = str(ROOT / "data" / "arith" / "train.jsonl")
@@ -46,7 +46,7 @@ def _problems(data: dict, run_dir: Path | None = None) -> str:
 
 
 def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ling_rl.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env=env or dict(os.environ), timeout=300)
 
 

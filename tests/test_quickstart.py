@@ -33,7 +33,7 @@ def test_shortened_quickstart_learns_and_reports(tmp_path: Path) -> None:
         "tracking.progress_bar=false", f"run.output_dir={tmp_path}",
     ]
     env = dict(os.environ, WANDB_MODE="offline")
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", "recipes/quickstart.yaml", *overrides],
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "train", "recipes/quickstart.yaml", *overrides],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
@@ -52,7 +52,7 @@ def test_shortened_quickstart_learns_and_reports(tmp_path: Path) -> None:
     assert "eval/ood/accuracy_greedy" in start and "eval/ood/accuracy_greedy" in end
     assert all(r["sync/gap_mean"] < 1e-2 for r in rows)
 
-    report = subprocess.run([sys.executable, "-m", "ling_rl.cli", "report", str(run_dir)], cwd=ROOT, env=env,
+    report = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "report", str(run_dir)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     text = (run_dir / "report" / "report.md").read_text()

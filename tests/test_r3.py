@@ -168,7 +168,7 @@ def _routes(length: int, seed: int) -> np.ndarray:
 
 def test_routes_travel_aligned_into_the_train_batch_and_its_micro_batches() -> None:
     from ling_rl.algorithms.config import AlgorithmConfig
-    from ling_rl.batching import build_train_batch
+    from ling_rl.driver.batching import build_train_batch
     from ling_rl.learner.device import batch_to
     from ling_rl.learner.worker import LearnerWorker
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ling_rl.dft import DFTConfig, response_text
+from ling_rl.curriculum.dft import DFTConfig, response_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "reasoning"

@@ -1,7 +1,7 @@
 """Every shipped recipe starts: CPU recipes train 2 steps, GPU recipes pass `check`.
 
 Cheap by design (the suite has a 30-minute budget): the runs are in-process through
-`ling_rl.loop.train` on the session's Ray (`ray_session`) and the session's tiny model folder
+`ling_rl.driver.loop.train` on the session's Ray (`ray_session`) and the session's tiny model folder
 (`tiny_dir`, the folder `model.tiny: tiny` builds), with 2 steps of 2 prompts x 2 responses, no
 export. Only the sizes, CPU shares and (for judges.yaml) the judge address, model name and answer length are overridden: the
 data, template, prompt/response budgets, rewards, algorithm and learner ranks are the recipe's.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ling_rl.config import Recipe, load_recipe
-from ling_rl.preflight import preflight
+from ling_rl.commands.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {p.name: p for p in sorted((ROOT / "recipes").glob("*.yaml"))}
@@ -59,7 +59,7 @@ def _judge_overrides(recipe_path: Path, base_url: str) -> list[str]:
 @pytest.mark.parametrize("name", SMOKE)
 def test_cpu_recipe_trains_two_steps(name: str, tmp_path: Path, tiny_dir: Path, ray_session: None,
                                      request: pytest.FixtureRequest) -> None:
-    from ling_rl.loop import train
+    from ling_rl.driver.loop import train
 
     path = RECIPES[name]
     overrides = [

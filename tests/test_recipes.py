@@ -91,7 +91,7 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
 def test_cli_check_prints_error_without_traceback(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(_with(learner__lrr=1.0)))
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "check", str(path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "check", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "learner.lrr: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -99,22 +99,22 @@ def test_cli_check_prints_error_without_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_cli_check_accepts_shipped_recipes(path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "check", str(path)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "check", str(path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "ok" in proc.stdout
 
 
 def test_cli_help_imports_no_heavy_library() -> None:
     """`ling-rl --help` must stay instant: the CLI module may not import torch, vLLM or Ray."""
-    code = "import sys, ling_rl.cli; print(sorted(m for m in ('torch', 'vllm', 'ray', 'transformers') if m in sys.modules))"
+    code = "import sys, ling_rl.commands.cli; print(sorted(m for m in ('torch', 'vllm', 'ray', 'transformers') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
-    help_proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "--help"], capture_output=True, text=True)
+    help_proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "--help"], capture_output=True, text=True)
     assert help_proc.returncode == 0 and "init-tiny" in help_proc.stdout and "check" in help_proc.stdout
 
 
 def test_cli_init_tiny_rejects_unknown_preset(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "init-tiny", str(tmp_path / "m"), "--preset", "huge"],
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "init-tiny", str(tmp_path / "m"), "--preset", "huge"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown tiny preset 'huge'" in proc.stderr
     assert not (tmp_path / "m").exists()

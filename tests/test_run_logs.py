@@ -17,7 +17,7 @@ from ling_rl.cluster.placement import actor_options
 from ling_rl.config import load_recipe
 from ling_rl.learner.group import LearnerError
 from ling_rl.rollout.group import RolloutError
-from ling_rl.session import custom_demand
+from ling_rl.driver.session import custom_demand
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ NOISE = re.compile(r"WARNING|FutureWarning|DeprecationWarning|UserWarning|Triton
 
 
 def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", "recipes/tiny_cpu.yaml", "checkpoint.every=0",
+    return subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "train", "recipes/tiny_cpu.yaml", "checkpoint.every=0",
                            "tracking.progress_bar=false", *overrides, "--run-dir", str(run_dir)],
                           cwd=ROOT, env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True,
                           timeout=600)

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ling_rl.session import Session, since_process_start
+from ling_rl.driver.session import Session, since_process_start
 
 
 def _session(rollout: Any) -> Session:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ling_rl.cli import app
-from ling_rl.sweep import (
+from ling_rl.commands.cli import app
+from ling_rl.commands.sweep import (
     DFT_ONLY,
     Combo,
     aggregate,

@@ -37,7 +37,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def _cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "ling_rl.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "ling_rl.commands.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ling_rl.checkpoint import DRIVER_STATE, CheckpointError
+from ling_rl.driver.checkpoint import DRIVER_STATE, CheckpointError
 from ling_rl.config import load_recipe
-from ling_rl.learner.sections import LearnerSections
+from ling_rl.driver.session import learner_sections
 from ling_rl.learner.worker import LearnerWorker
 
 
@@ -22,7 +22,7 @@ def export_checkpoint(ckpt: Path, out_dir: Path) -> Path:
     run_dir = ckpt.parent.parent
     recipe = load_recipe(run_dir / "recipe.yaml", ["learner.num_ranks=1"])
     model_dir = json.loads((ckpt / DRIVER_STATE).read_text())["model_dir"]
-    worker = LearnerWorker(0, 1, LearnerSections.of(recipe), model_dir)
+    worker = LearnerWorker(0, 1, learner_sections(recipe), model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         worker.setup(f"file://{tmp}/pg")
         try:

@@ -10,7 +10,7 @@ from ling_rl.schema import Section
 
 
 class WeightSyncConfig(Section):
-    """Learner -> rollout engines after each update (`ling_rl/rollout/sync.py`)."""
+    """Learner -> rollout engines after each update (`ling_rl/weightsync/methods.py`)."""
 
     method: Literal["auto", "shm_file", "object_store", "nccl"] = "auto"
     """`shm_file`: safetensors files under `dir` on learner rank 0's node (every engine on that
@@ -81,7 +81,7 @@ class RolloutConfig(Section):
     """Asynchronous RL (docs/async.md): the most policy versions a trained token may lag behind
     the learner (version = RL steps the learner has taken). 0: the synchronous loop, generation
     of step n+1 after the weights of step n are synced. k >= 1: the engines generate the next
-    batch while the learner trains on the current one (`ling_rl/async_loop.py`)."""
+    batch while the learner trains on the current one (`ling_rl/driver/async_loop.py`)."""
 
     token_budget: int | None = Field(default=None, ge=1)
     """Partial rollouts (C3PO++; needs max_staleness >= 1): the most new tokens one response gets

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ling_rl.rollout.weight_sync import WeightReloadExtension
+from ling_rl.weightsync.extension import WeightReloadExtension
 
 EXTENSION_CLS = "ling_rl.rollout.cpu_routes.RouteCaptureExtension"
 

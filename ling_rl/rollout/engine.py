@@ -13,7 +13,7 @@ from typing import Any
 from ling_rl import run_logs
 from ling_rl.routing import engine_routes
 from ling_rl.rollout.vllm_engine import build_llm, on_cpu_platform
-from ling_rl.rollout.weight_sync import EXTENSION_CLS
+from ling_rl.weightsync.extension import EXTENSION_CLS
 
 
 @dataclass

@@ -11,7 +11,7 @@ from ling_rl.algorithms import AlgorithmConfig, compute_advantages
 from ling_rl.algorithms.advantages import AdvantageEstimator
 from ling_rl.algorithms.config import AdvantageConfig
 from ling_rl.algorithms.registries import ADVANTAGE_ESTIMATORS
-from ling_rl.batching import build_train_batch
+from ling_rl.driver.batching import build_train_batch
 from ling_rl.config import RecipeError, parse_recipe
 from ling_rl.types import Rollout, Sample, ScoredRollout
 

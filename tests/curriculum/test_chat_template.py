@@ -10,7 +10,7 @@ import pytest
 
 from ling_rl.config import RecipeError, parse_recipe
 from ling_rl.curriculum.data import DatasetError, PromptSource
-from ling_rl.dft import DFTConfig, DFTData
+from ling_rl.curriculum.dft import DFTConfig, DFTData
 from ling_rl.models.tiny import CHAT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ def test_dft_examples_are_rendered_by_the_template_and_end_with_eos(tokenizer) -
 
 
 def test_check_renders_prompts_with_the_tiny_template() -> None:
-    from ling_rl.preflight import preflight
+    from ling_rl.commands.preflight import preflight
 
     recipe = _recipe(chat_template=True, system_prompt=SYSTEM)
     preflight(recipe, None)  # check's tiny tokenizer carries the template (without one: PreflightError)

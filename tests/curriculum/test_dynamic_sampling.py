@@ -6,7 +6,7 @@ import pytest
 from curriculum_helpers import group
 
 from ling_rl.algorithms import AlgorithmConfig
-from ling_rl.batching import build_train_batch
+from ling_rl.driver.batching import build_train_batch
 from ling_rl.curriculum.config import CurriculumConfig
 from ling_rl.curriculum.dynamic_sampling import collect_groups, is_flat, total_reward
 from ling_rl.curriculum.evo_cot import Curriculum, split_groups

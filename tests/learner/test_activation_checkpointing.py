@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from ling_rl.config import parse_recipe
 from ling_rl.learner.logprobs import chunked_token_logprobs
 from ling_rl.learner.sections import LearnerSections
+from ling_rl.driver.session import learner_sections
 from ling_rl.models.tiny import TINY, build_tiny_model
 from tests.learner.helpers import leave, random_batch
 
@@ -91,7 +92,7 @@ def test_no_grad_forward_ignores_checkpointing() -> None:
 # --- 2 FSDP2 ranks (gloo): a train step with chunking + checkpointing equals the plain one ----------
 
 def _sections(**learner: object) -> LearnerSections:
-    return LearnerSections.of(parse_recipe({
+    return learner_sections(parse_recipe({
         "model": {"tiny": "tiny", "mtp": {"enabled": True}}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": "fp32", "lr": 1e-3, "micro_batch_tokens": 40, "num_ranks": 2, "device": "cpu",
                     "updates_per_batch": 2, **learner},

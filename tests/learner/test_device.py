@@ -17,13 +17,14 @@ import torch
 from ling_rl.config import RecipeError, parse_recipe
 from ling_rl.learner.device import BACKENDS, DeviceError, batch_to, resolve_device, rng_state, set_rng_state
 from ling_rl.learner.sections import LearnerSections
+from ling_rl.driver.session import learner_sections
 from tests.learner.helpers import random_batch
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 
 
 def _sections(device: str, precision: str = "fp32", num_gpus: int = 0) -> LearnerSections:
-    return LearnerSections.of(parse_recipe({
+    return learner_sections(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": precision, "lr": 1e-3, "micro_batch_tokens": 40, "num_ranks": 1, "device": device},
         "cluster": {"learner": {"num_gpus": num_gpus}},

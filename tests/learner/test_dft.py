@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
-from ling_rl.dft import DFTConfig, DFTData
+from ling_rl.curriculum.dft import DFTConfig, DFTData
 from tests.learner.helpers import leave
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
 from ling_rl.learner.sections import LearnerSections
+from ling_rl.driver.session import learner_sections
 from tests.learner.helpers import leave, random_batch
 
 STEPS = 50
@@ -27,7 +28,7 @@ TOLERANCE = 0.1
 
 
 def _recipe(precision: str) -> LearnerSections:
-    return LearnerSections.of(parse_recipe({
+    return learner_sections(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": precision, "lr": 1e-3, "micro_batch_tokens": 200, "num_ranks": 1},
         "algorithm": {"mismatch": {"type": "none"}},

@@ -12,7 +12,7 @@ import torch
 from ling_rl.cluster.config import ClusterConfig, RoleResources
 from ling_rl.config import parse_recipe
 from ling_rl.learner.group import LearnerError, LearnerGroup
-from ling_rl.learner.sections import LearnerSections
+from ling_rl.driver.session import learner_sections
 from tests.learner.helpers import random_batch
 
 
@@ -20,7 +20,7 @@ def _group(tiny_dir: Path, timeout: float = 120.0, threads: int | None = None) -
     recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
                            "learner": {"precision": "fp32", "num_ranks": 2}, "algorithm": {"mismatch": {"type": "none"}}})
     resources = RoleResources(num_cpus=0.5, threads=threads)
-    return LearnerGroup(LearnerSections.of(recipe), str(tiny_dir), ClusterConfig(learner=resources), call_timeout_s=timeout)
+    return LearnerGroup(learner_sections(recipe), str(tiny_dir), ClusterConfig(learner=resources), call_timeout_s=timeout)
 
 
 def test_ranks_started_without_waiting_report_a_failed_setup_when_waited_for(ray_session, tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_ranks_started_without_waiting_report_a_failed_setup_when_waited_for(ray
     loaded fails `wait_started`, naming the rank and the phase, and the group is torn down."""
     recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
                            "learner": {"precision": "fp32", "num_ranks": 2}})
-    group = LearnerGroup(LearnerSections.of(recipe), str(tmp_path / "no_model"),
+    group = LearnerGroup(learner_sections(recipe), str(tmp_path / "no_model"),
                          ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=120, wait=False)
     assert len(group.workers) == 2
     with pytest.raises(LearnerError, match=r"learner rank \d failed during setup"):

@@ -25,7 +25,7 @@ def _train(run_dir: Path, steps: int) -> list[dict]:
         "checkpoint.every": 1, "checkpoint.export_hf": False, "learner.num_ranks": 1,
     }
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", str(ROOT / "recipes" / "tiny_cpu.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "train", str(ROOT / "recipes" / "tiny_cpu.yaml"),
                            *[f"{k}={v}" for k, v in overrides.items()]],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

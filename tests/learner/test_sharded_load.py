@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
 from ling_rl.learner.sections import LearnerSections
+from ling_rl.driver.session import learner_sections
 from ling_rl.models.hf_io import (
     check_checkpoint,
     checkpoint_parts,
@@ -58,7 +59,7 @@ def test_check_checkpoint_reads_headers_and_names_the_problem(tmp_path: Path, ti
 
 
 def _sections(world: int) -> LearnerSections:
-    return LearnerSections.of(parse_recipe({
+    return learner_sections(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": "fp32", "micro_batch_tokens": 40, "num_ranks": world, "device": "cpu"},
         "algorithm": {"mismatch": {"type": "none"}, "kl": {"coef": 0.1}},

@@ -136,7 +136,7 @@ def test_run_without_signal_saves_a_checkpoint_and_stops(tmp_path: Path) -> None
         "tracking.progress_bar": False,
     }
     env = dict(os.environ, WANDB_MODE="offline")
-    proc = subprocess.run([sys.executable, "-m", "ling_rl.cli", "train", "recipes/tiny_cpu.yaml",
+    proc = subprocess.run([sys.executable, "-m", "ling_rl.commands.cli", "train", "recipes/tiny_cpu.yaml",
                            *(f"{k}={v}" for k, v in overrides.items())],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 
 from ling_rl.models.hf_io import inference_weights, load_model
 from ling_rl.rollout.config import RolloutConfig
-from ling_rl.rollout.sync import SYNC_METHODS, WeightSync, choose_method
-from ling_rl.rollout.weight_stream import buckets, gather_layers, nbytes, weight_metadata
+from ling_rl.weightsync.methods import SYNC_METHODS, WeightSync, choose_method
+from ling_rl.weightsync.stream import buckets, gather_layers, nbytes, weight_metadata
 
 
 class _Live:
@@ -188,7 +188,7 @@ def test_nccl_sync_joins_every_engine_worker_and_receives_while_the_learner_send
     nccl_engine = pytest.importorskip("vllm.distributed.weight_transfer.nccl_engine")  # not on the GPU check box
     NCCLWeightTransferInitInfo, NCCLWeightTransferUpdateInfo = (nccl_engine.NCCLWeightTransferInitInfo,
                                                                 nccl_engine.NCCLWeightTransferUpdateInfo)
-    from ling_rl.rollout.sync import NcclSync
+    from ling_rl.weightsync.methods import NcclSync
 
     log: list = []
     meta = [("model.word_embeddings.weight", "bfloat16", [1024, 128]), ("model.layers.1.mlp.gate.weight", "float32", [8, 128])]
@@ -225,7 +225,7 @@ def test_gather_and_bucket_files_on_cuda_with_one_nccl_rank(tiny_dir: Path, tmp_
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
-    from ling_rl.rollout.sync_sender import write_buckets
+    from ling_rl.weightsync.sender import write_buckets
 
     dist.init_process_group("nccl", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:

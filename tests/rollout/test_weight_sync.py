@@ -13,8 +13,8 @@ from ling_rl.models.hf_io import inference_weights, load_model, write_safetensor
 from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.rollout.config import RolloutConfig
 from ling_rl.rollout.engine import GenerationRequest
-from ling_rl.rollout.sync import SYNC_METHODS
-from ling_rl.rollout.sync_sender import InProcessLearner
+from ling_rl.weightsync.methods import SYNC_METHODS
+from ling_rl.weightsync.sender import InProcessLearner
 from tests.rollout.helpers import max_logprob_gap, prompts
 
 pytestmark = pytest.mark.vllm

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ling_rl.cli import app
+from ling_rl.commands.cli import app
 from ling_rl.tracking.compare import build_comparison, comparison_rows, eval_points
 from ling_rl.tracking.report import build_report, load_run
 

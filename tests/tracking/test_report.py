@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
-from ling_rl.cli import app
+from ling_rl.commands.cli import app
 from ling_rl.tracking import RUN_ID_FILE
 from ling_rl.tracking.report import (
     PLOTS,

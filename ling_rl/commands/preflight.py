@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ling_rl.checkpoint import Checkpointer
+from ling_rl.driver.checkpoint import Checkpointer
 from ling_rl.config import Recipe
 
 
@@ -85,7 +85,7 @@ def _checked_errors() -> tuple[type[Exception], ...]:
     from ling_rl.models.ling_config import ModelFolderError
     from ling_rl.registry import RegistryError
     from ling_rl.reward.loading import RewardResolutionError
-    from ling_rl.checkpoint import CheckpointError
+    from ling_rl.driver.checkpoint import CheckpointError
 
     return (_Problem, RecipeError, DatasetError, ModelFolderError, RegistryError, RewardResolutionError, CheckpointError)
 
@@ -189,7 +189,7 @@ def memory_problems(recipe: Recipe, recipe_path: Path | None = None) -> list[str
     """`ling-rl plan`'s verdict for `train`: one line per role that does not fit (role, need, key),
     planned for this machine's GPU memory (80 GiB when it has none: a remote cluster) and host
     memory. Empty when the model's config.json is not available here (nothing to plan with)."""
-    from ling_rl.plan import PlanError, model_config, plan_memory
+    from ling_rl.commands.plan import PlanError, model_config, plan_memory
 
     try:
         cfg = model_config(recipe, recipe_path)
@@ -297,7 +297,7 @@ def _prompts(cfg: Any, tokenizer: Any | None, max_prompt_tokens: int, notes: lis
 
 
 def _dft(recipe: Recipe, tokenizer: Any | None, notes: list[str]) -> None:
-    from ling_rl.dft import DFTData
+    from ling_rl.curriculum.dft import DFTData
 
     source = recipe.dft.data or recipe.data.train
     rows = _rows(source, None, notes)

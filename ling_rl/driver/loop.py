@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ling_rl import session as sessions
-from ling_rl.batching import build_train_batch
+from ling_rl.driver import session as sessions
+from ling_rl.driver.batching import build_train_batch
 from ling_rl.config import Recipe
 from ling_rl.curriculum.dynamic_sampling import collect_groups
-from ling_rl.evaluation import evaluate
-from ling_rl.interrupt import StopRequest
+from ling_rl.driver.evaluation import evaluate
+from ling_rl.driver.interrupt import StopRequest
 from ling_rl.reward.signal import NoRewardSignal, SignalMonitor
 from ling_rl.rollout.requests import make_requests, to_rollouts
 from ling_rl.tracking import PhaseTimer

@@ -5,7 +5,7 @@ vLLM mixes `WeightReloadExtension` into its worker class (`worker_extension_cls`
 Paths cross the rpc, not tensors: tensors fail to pickle through vLLM's rpc on CPU, and files
 under /dev/shm keep the transfer a memory copy. The files hold Hugging Face BailingMoeV2 names
 (`ling_rl.models.hf_io.inference_weights`), the same names vLLM's loader reads from a checkpoint.
-The NCCL path (`ling_rl/rollout/sync.py`) uses vLLM's own weight-transfer engine instead.
+The NCCL path (`ling_rl/weightsync/methods.py`) uses vLLM's own weight-transfer engine instead.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported inside vLLM's worker anyway; the driver need not pay for it here
     import torch
 
-EXTENSION_CLS = "ling_rl.rollout.weight_sync.WeightReloadExtension"
+EXTENSION_CLS = "ling_rl.weightsync.extension.WeightReloadExtension"
 """Dotted path vLLM imports in each worker (`worker_extension_cls`)."""
 
 

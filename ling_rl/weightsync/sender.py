@@ -17,7 +17,7 @@ import torch
 
 from ling_rl.models.hf_io import write_safetensors_atomic
 from ling_rl.models.ling_moe import LingForCausalLM
-from ling_rl.rollout.weight_stream import buckets, gather_layers
+from ling_rl.weightsync.stream import buckets, gather_layers
 
 T = TypeVar("T")
 

@@ -112,7 +112,7 @@ def from_dft(dft_dir: Path) -> list[str]:
 
 def train(recipe: Path, overrides: list[str], run_dir: Path) -> int:
     """`ling-rl train` in a subprocess; returns its exit code."""
-    cmd = [sys.executable, "-m", "ling_rl.cli", "train", str(recipe), *overrides, "--run-dir", str(run_dir)]
+    cmd = [sys.executable, "-m", "ling_rl.commands.cli", "train", str(recipe), *overrides, "--run-dir", str(run_dir)]
     return subprocess.run(cmd, check=False).returncode
 
 

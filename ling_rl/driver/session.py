@@ -12,10 +12,20 @@ from typing import Any
 
 import yaml
 
-from ling_rl.checkpoint import Checkpointer
+from ling_rl.driver.checkpoint import Checkpointer
 from ling_rl.config import Recipe, RecipeError
 from ling_rl.curriculum.data import PromptSource
 from ling_rl.curriculum.evo_cot import Curriculum
+from ling_rl.learner.sections import BehaviourPolicy, LearnerSections
+
+
+def learner_sections(recipe: Recipe) -> LearnerSections:
+    """The sections of `recipe` a learner rank reads (roles get their sections, not the recipe)."""
+    r = recipe.rollout
+    behaviour = BehaviourPolicy(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                routing_replay=r.routing_replay, max_staleness=r.max_staleness)
+    return LearnerSections(learner=recipe.learner, algorithm=recipe.algorithm, model=recipe.model, run=recipe.run,
+                           rollout=behaviour)
 
 
 @dataclass
@@ -47,7 +57,7 @@ class Session:
     """The asynchronous driver's in-flight buffer (`InflightBuffer.state_dict`): saved in each
     checkpoint's driver state when set, read back on resume (None in synchronous runs)."""
     weight_sync: Any = None
-    """The `WeightSync` method moving the learner's weights into the engines (ling_rl/rollout/sync.py)."""
+    """The `WeightSync` method moving the learner's weights into the engines (ling_rl/weightsync/methods.py)."""
     last_sync_metrics: dict[str, float] = field(default_factory=dict)
     """`sync/gather_s`, `sync/transfer_s`, `sync/load_s` of the latest sync (logged with its step)."""
     startup: dict[str, float] = field(default_factory=dict)
@@ -157,12 +167,11 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
 
     from ling_rl.algorithms import Segmenter, needs_segmentation, token_bytes_from_tokenizer
     from ling_rl.cluster.ray_init import init_ray
-    from ling_rl.evaluation import eval_prompts
+    from ling_rl.driver.evaluation import eval_prompts
     from ling_rl.learner.group import LearnerGroup
-    from ling_rl.learner.sections import LearnerSections
     from ling_rl.reward.pool import RewardPool
     from ling_rl.rollout.group import RolloutGroup
-    from ling_rl.rollout.sync import SYNC_METHODS, choose_method, sync_tag
+    from ling_rl.weightsync.methods import SYNC_METHODS, choose_method, sync_tag
     from ling_rl.tracking import Tracker
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +212,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
         # stored as soon as it exists: a failure in any wait closes every role already started.
         session.rollout = RolloutGroup(str(model_dir), recipe.rollout, recipe.cluster, dtype, max_len,
                                        nccl_weight_transfer=nccl, wait=False)
-        session.learner = LearnerGroup(LearnerSections.of(recipe), str(model_dir), recipe.cluster, wait=False)
+        session.learner = LearnerGroup(learner_sections(recipe), str(model_dir), recipe.cluster, wait=False)
         session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
                                      worker_resources=recipe.cluster.reward, wait=False)
         # Waited for in this order (the learner's setup starts once its rank 0 answers): a role's
@@ -240,7 +249,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
 
 def _dft_data(recipe: Recipe, tokenizer: Any) -> Any:
     from ling_rl.curriculum.data import load_rows
-    from ling_rl.dft import DFTData
+    from ling_rl.curriculum.dft import DFTData
 
     source = recipe.dft.data or recipe.data.train
     return DFTData(load_rows(source), recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source,

@@ -5,7 +5,7 @@
     sync.setup()
     metrics = sync.sync(version)   # {"sync/gather_s", "sync/transfer_s", "sync/load_s", ...}
 
-Every method streams the learner's weights layer by layer (`ling_rl/rollout/weight_stream.py`),
+Every method streams the learner's weights layer by layer (`ling_rl/weightsync/stream.py`),
 so learner rank 0 holds at most one layer plus one bucket, never the whole model:
 
     shm_file      learner rank 0 writes bucket files under `dir` -> every engine reloads them

@@ -4,7 +4,7 @@ Every key of `ling_rl.config.Recipe` with its type, default, constraints and att
 one table per section, nested sections and list items (`rewards[].name`) included. The MkDocs hook
 `scripts/mkdocs_hooks.py` renders it at build time, so the reference cannot drift from the code:
 
-    python -m ling_rl.docs_reference > recipe.md
+    python -m ling_rl.commands.docs_reference > recipe.md
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def check(
         parsed = load_recipe(recipe, overrides or [])
     except RecipeError as e:
         _fail(str(e))
-    from ling_rl.preflight import PreflightError, preflight
+    from ling_rl.commands.preflight import PreflightError, preflight
 
     try:
         result = preflight(parsed, run_dir)
@@ -118,7 +118,7 @@ def train(
         parsed = load_recipe(recipe, overrides or [])
     except RecipeError as e:
         _fail(str(e))
-    from ling_rl.preflight import PreflightError, preflight
+    from ling_rl.commands.preflight import PreflightError, preflight
 
     folder = run_dir or Path(parsed.run.output_dir) / parsed.run.name
     try:
@@ -127,7 +127,7 @@ def train(
         ready = preflight(parsed, folder, data=False, resources=True)
     except PreflightError as e:
         _fail(str(e))
-    from ling_rl.preflight import memory_problems
+    from ling_rl.commands.preflight import memory_problems
 
     too_big = memory_problems(parsed, recipe)
     if too_big:  # the same verdict and exit code as `ling-rl plan`
@@ -137,8 +137,8 @@ def train(
         raise typer.Exit(0)
     from ling_rl import run_logs
     from ling_rl.errors import USER_ERRORS
-    from ling_rl.interrupt import Interrupted
-    from ling_rl.async_loop import train as run_training  # max_staleness 0: ling_rl.loop.train
+    from ling_rl.driver.interrupt import Interrupted
+    from ling_rl.driver.async_loop import train as run_training  # max_staleness 0: ling_rl.driver.loop.train
 
     logs = run_logs.route(folder, verbose)
     if logs is not None:
@@ -170,14 +170,14 @@ def plan(
     """Estimate each role's memory (learner per rank, engine per GPU, host) and whether it fits.
     Exit code 3 names the role that does not fit and the recipe key to change."""
     from ling_rl.config import RecipeError, load_recipe
-    from ling_rl.plan import PlanError, model_config as read_model_config, plan_memory
+    from ling_rl.commands.plan import PlanError, model_config as read_model_config, plan_memory
 
     try:
         parsed = load_recipe(recipe, overrides or [])
         roles = plan_memory(parsed, read_model_config(parsed, recipe, model_config), gpu_memory_gib, host_memory_gib)
     except (RecipeError, PlanError) as e:
         _fail(str(e))
-    from ling_rl.plan import plan_table
+    from ling_rl.commands.plan import plan_table
 
     console.print(plan_table(roles))
     problems = [r.problem() for r in roles if not r.fits]
@@ -220,7 +220,7 @@ def eval_model(
     """Evaluate a model on held-out prompts with the in-run evaluation's code: accuracy (greedy and
     sampled), mean length, per-plugin rewards; writes every generation to a JSONL file."""
     from ling_rl.config import RecipeError
-    from ling_rl.eval_cli import default_output, eval_setup
+    from ling_rl.commands.eval_cli import default_output, eval_setup
 
     try:
         setup = eval_setup(model, data, recipe, rewards, samples, max_prompts, correctness, overrides or [])
@@ -228,7 +228,7 @@ def eval_model(
         _fail(str(e))
     from ling_rl import run_logs
     from ling_rl.errors import USER_ERRORS
-    from ling_rl.eval_cli import run, summary
+    from ling_rl.commands.eval_cli import run, summary
 
     target = out or default_output(setup)
     console.print(f"evaluating [bold]{model}[/] with the settings of {setup.recipe_source}", highlight=False, soft_wrap=True)
@@ -294,7 +294,7 @@ def sweep_cmd(
     """Multi-seed A/B: one `ling-rl train` per seed and grid point, then one report with mean +- std over
     seeds (final/best ID and OOD accuracy, steps to a target, stability) and seed-band plots."""
     from ling_rl.config import RecipeError
-    from ling_rl.sweep import parse_grid, parse_seeds, sweep
+    from ling_rl.commands.sweep import parse_grid, parse_seeds, sweep
 
     try:
         path = sweep(recipe, overrides or [], parse_seeds(seeds), parse_grid(grid or []),

@@ -8,7 +8,7 @@ The model is an exported Hugging Face folder (or a hub name) or a ling-rl checkp
 a temporary folder first). The settings are a recipe's: `--recipe`, else the `recipe.yaml` of the
 run folder the model belongs to (RUN_DIR/hf_final, RUN_DIR/checkpoints/step-N), else the schema's
 defaults; the options and dotted overrides change them. The prompts are read and rendered as in
-training (`data:` keys, chat template), and `ling_rl.evaluation.run_evaluation`, the code of the
+training (`data:` keys, chat template), and `ling_rl.driver.evaluation.run_evaluation`, the code of the
 in-run evaluation, generates (one rollout engine group) and scores (reward workers).
 """
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ling_rl.checkpoint import DRIVER_STATE
+from ling_rl.driver.checkpoint import DRIVER_STATE
 from ling_rl.config import Recipe, RecipeError, apply_override, parse_recipe, read_recipe_tree
-from ling_rl.evaluation import EvalOutcome
+from ling_rl.driver.evaluation import EvalOutcome
 from ling_rl.reward.config import function_name
 
 
@@ -119,7 +119,7 @@ def run(setup: EvalSetup, out: Path, progress: Any = print) -> EvalOutcome:
 
 
 def _model_folder(setup: EvalSetup, tmp: Path, progress: Any) -> Path:
-    from ling_rl.session import prepare_model
+    from ling_rl.driver.session import prepare_model
 
     if setup.checkpoint is None:
         return prepare_model(setup.recipe, tmp)  # the folder, checked (or a hub model, downloaded)
@@ -133,7 +133,7 @@ def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any) -> Eval
     import transformers
 
     from ling_rl.cluster.ray_init import init_ray
-    from ling_rl.evaluation import eval_prompts, run_evaluation
+    from ling_rl.driver.evaluation import eval_prompts, run_evaluation
     from ling_rl.reward.pool import RewardPool
     from ling_rl.rollout.group import RolloutGroup
 

@@ -2,7 +2,7 @@
 
 One function, `run_evaluation`, serves both the evaluation during training (`evaluate`, every
 `eval.every` steps, with the run's engines and reward workers) and `ling-rl eval` (any exported
-model or checkpoint, `ling_rl.eval_cli`). Correctness is the score of the reward plugin named by
+model or checkpoint, `ling_rl.commands.eval_cli`). Correctness is the score of the reward plugin named by
 `curriculum.correctness` (the same judge the curriculum uses), computed by the reward workers.
 """
 

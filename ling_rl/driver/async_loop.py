@@ -1,5 +1,5 @@
 """The asynchronous driver (`rollout.max_staleness: k >= 1`): the engines generate while the learner
-trains. k = 0 runs the synchronous `ling_rl/loop.py`, the reference, unchanged.
+trains. k = 0 runs the synchronous `ling_rl/driver/loop.py`, the reference, unchanged.
 
 One RL step n (the learner holds version n: the weights after n updates):
 
@@ -37,14 +37,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ling_rl import loop as sync_loop
-from ling_rl import session as sessions
-from ling_rl.batching import build_train_batch
+from ling_rl.driver import loop as sync_loop
+from ling_rl.driver import session as sessions
+from ling_rl.driver.batching import build_train_batch
 from ling_rl.config import Recipe
 from ling_rl.curriculum.dynamic_sampling import is_flat
 from ling_rl.curriculum.evo_cot import split_groups
-from ling_rl.evaluation import evaluate
-from ling_rl.interrupt import StopRequest
+from ling_rl.driver.evaluation import evaluate
+from ling_rl.driver.interrupt import StopRequest
 from ling_rl.learner.group import LearnerError
 from ling_rl.reward.signal import NoRewardSignal, SignalMonitor
 from ling_rl.rollout.engine import generation_texts
