@@ -1,8 +1,8 @@
 """Evo-CoT curriculum state (ALGORITHMS.md section 5): per-prompt pass rates, difficulty buckets,
 the stage schedule, and the data mix. Pure Python; the driver calls it once per step:
 
-    curriculum.annotate(samples)          pass_rate / length_alpha / difficulty_bucket columns
-        |                                 (reach reward plugins as keyword lists)
+    curriculum.annotate(samples)          copies with pass_rate / length_alpha / difficulty_bucket
+        |                                 columns (reach reward plugins as keyword lists)
     generate (max_response_tokens()), score
         |
     curriculum.update(step, all_scored)   pass rates (flat groups too), rolling accuracy, advance
@@ -16,6 +16,7 @@ r = 0.8 is in bucket `0.5`, r = 0.81 in bucket `0.8`, r = 0.2 in bucket `0.0`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -138,14 +139,17 @@ class Curriculum:
     def max_response_tokens(self) -> int:
         return self.stage.max_response_tokens or self.default_max_tokens
 
-    def annotate(self, samples: list[Sample]) -> None:
-        """Set `pass_rate`, `length_alpha` and `difficulty_bucket` (alpha-table key) in each sample's columns."""
+    def annotate(self, samples: list[Sample]) -> list[Sample]:
+        """Copies of `samples` with `pass_rate`, `length_alpha` and `difficulty_bucket` (alpha-table
+        key) added to their columns. Copies: a data source hands out the same `Sample` objects every
+        epoch, and a group still in flight (async) must keep the alpha of its own draw."""
+        out = []
         for sample in samples:
             rate = self.tracker.rate(sample.id)
             edge = bucket_edge(rate, self.stage.alpha)
-            sample.columns["pass_rate"] = rate
-            sample.columns["length_alpha"] = self.stage.alpha[edge]
-            sample.columns["difficulty_bucket"] = edge
+            columns = {**sample.columns, "pass_rate": rate, "length_alpha": self.stage.alpha[edge], "difficulty_bucket": edge}
+            out.append(dataclasses.replace(sample, columns=columns))
+        return out
 
     def is_correct(self, scored: ScoredRollout) -> bool | None:
         """Whether a response is correct; None when the correctness reward skipped or is absent."""

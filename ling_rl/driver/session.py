@@ -99,8 +99,7 @@ class Session:
         samples = []
         for name in dict.fromkeys(names):
             samples += self.source(name).next_batch(names.count(name))
-        self.curriculum.annotate(samples)
-        return samples
+        return self.curriculum.annotate(samples)
 
     def save(self, step: int) -> Path:
         return self.checkpointer.save(step, self.learner, {

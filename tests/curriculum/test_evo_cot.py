@@ -36,8 +36,7 @@ def test_pass_rate_ema() -> None:
 def test_annotate_sets_columns_from_pass_rate_and_stage() -> None:
     cur = Curriculum(CurriculumConfig(stages=[StageConfig(name="a", alpha={"0.5": 3.0, "0.0": 0.5})]), 512)
     cur.update(0, group("easy", 0, [1.0, 1.0, 1.0, 1.0]) + group("hard", 1, [0.0, 0.0, 0.0, 1.0]))
-    samples = [sample("easy"), sample("hard"), sample("new")]
-    cur.annotate(samples)
+    samples = cur.annotate([sample("easy"), sample("hard"), sample("new")])
     cols = [{k: s.columns[k] for k in ("pass_rate", "length_alpha", "difficulty_bucket")} for s in samples]
     assert cols == [
         {"pass_rate": 1.0, "length_alpha": 3.0, "difficulty_bucket": "0.5"},
@@ -45,6 +44,19 @@ def test_annotate_sets_columns_from_pass_rate_and_stage() -> None:
         {"pass_rate": 0.5, "length_alpha": 0.5, "difficulty_bucket": "0.0"},  # unseen: initial_pass_rate 0.5
     ]
     assert samples[0].columns["answer"] == "4"
+
+
+def test_annotate_copies_so_a_group_in_flight_keeps_its_draws_alpha() -> None:
+    # A data source hands out the same Sample objects every epoch; with async generation a group
+    # drawn earlier is scored after a later draw of the same prompt was annotated.
+    cur = Curriculum(CurriculumConfig(stages=[StageConfig(name="a", alpha={"0.5": 3.0, "0.0": 0.5})]), 512)
+    shared = sample("p")
+    first = cur.annotate([shared, shared])
+    cur.update(0, group("p", 0, [1.0, 1.0]))  # the prompt is solved now: bucket 0.5, alpha 3.0
+    second = cur.annotate([shared])
+    assert [s.columns["length_alpha"] for s in first] == [0.5, 0.5] and second[0].columns["length_alpha"] == 3.0
+    assert shared.columns == {"answer": "4"} and first[0] is not shared and first[0].columns is not first[1].columns
+    assert (first[0].id, first[0].prompt_ids, first[0].columns["answer"]) == ("p", [1, 2], "4")
 
 
 def test_update_counts_correctness_and_skips_none() -> None:
