@@ -9,13 +9,20 @@ reward (rewards/sandbox.py). Playwright launches a small wrapper script as the b
 wrapper execs
 
     env -i HOME=/tmp ...                                          none of the caller's environment
-    prlimit --data --nproc --fsize --core=0 --                     limits, set from outside
-    setpriv --reuid=U --regid=U --clear-groups --no-new-privs --   a throw-away uid (as root)
-    bwrap --unshare-all --die-with-parent --new-session            no network (an empty network
-          --ro-bind /usr /usr (+ /lib, /bin symlinks), /etc/fonts  namespace), own pids, no host
-          --proc /proc --dev /dev --tmpfs /dev/shm --tmpfs /tmp    files but /usr and the fonts
-          --ro-bind PAGES /pages
+    prlimit --data --fsize --core=0 --                             limits, set from outside
+    setpriv --reuid=U --regid=U --clear-groups --no-new-privs --   a leased uid (as root)
+    bwrap --unshare-all --die-with-parent --new-session            own user namespace, no network
+          --ro-bind /usr /usr (+ /lib, /bin symlinks), /etc/fonts  (an empty network namespace),
+          --proc /proc --dev /dev --tmpfs /dev/shm --tmpfs /tmp    own pids, no host files but
+          --ro-bind PAGES /pages                                   /usr and the fonts
+    prlimit --nproc=N --                                           process limit, inside
     /usr/lib/chromium/chromium <playwright's arguments>
+
+The process limit is set inside the user namespace, where it counts Chromium's processes and
+threads only (see rewards/sandbox.py: outside, it would count every thread of the worker's uid
+when not root). The uid (as root) is leased for the browser's life (`rewards.sandbox.lease_uid`)
+and released once, when the browser is shut down. A browser that cannot launch raises
+`SandboxError`, an infrastructure failure (its pages are skipped, never scored 0).
 
 Playwright talks to it over `--remote-debugging-pipe` (fds 3 and 4, which survive the exec chain
 and bwrap), so no port is needed. Chromium's own sandbox needs user namespaces or a setuid
@@ -69,7 +76,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewards.sandbox import BWRAP_SYSTEM, SandboxUnavailable, available_isolation, fresh_uid, release_uid
+from rewards.sandbox import (BWRAP_SYSTEM, SandboxError, SandboxUnavailable, UidLease, available_isolation, lease_uid,
+                             unavailable_reason)
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 LAUNCH_ARGS = [
@@ -97,7 +105,8 @@ class BrowserLimits:
     memory_mb: int = 1024
     """Writable memory per process (RLIMIT_DATA): a page's memory bomb crashes its renderer."""
     max_processes: int = 512
-    """Processes and threads of the browser's uid (RLIMIT_NPROC; Chromium runs ~80 threads)."""
+    """Processes and threads of the browser's sandbox (RLIMIT_NPROC in its user namespace;
+    Chromium runs ~80 threads)."""
     tmp_mb: int = 512
     """Size of the sandbox's /tmp: profile, cache, page storage."""
     shm_mb: int = 64
@@ -168,7 +177,8 @@ class Browser:
         if available_isolation() != "bwrap":
             raise SandboxUnavailable(
                 "the front-end rewards run Chromium in bubblewrap: install it (`apt-get install -y bubblewrap`, "
-                "done by scripts/setup.sh); as non-root, bubblewrap must be able to create user namespaces"
+                "done by scripts/setup.sh); as non-root, bubblewrap must be able to create user namespaces "
+                f"({unavailable_reason() or 'only the root fallback works here'})"
             )
         self.limits = limits
         self._dir = Path(tempfile.mkdtemp(prefix="ling-render-"))
@@ -180,21 +190,38 @@ class Browser:
         self._playwright = sync_playwright().start()
         self._browser: Any = None
         self.uid: int | None = None
-        """The uid the browser runs as (a fresh one per launch as root; ours otherwise)."""
-        self._launch()
+        """The uid the browser runs as (a leased one per launch as root; ours otherwise)."""
+        self._lease: UidLease | None = None
+        try:
+            self._launch()
+        except BaseException:
+            self._playwright.stop()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
 
     def _launch(self) -> None:
-        self.uid = fresh_uid() if os.geteuid() == 0 else os.geteuid()
+        """Start the sandboxed Chromium; raises `SandboxError` when it does not come up."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        self._lease = lease_uid() if os.geteuid() == 0 else None
+        self.uid = self._lease.uid if self._lease is not None else os.geteuid()
         wrapper = self._dir / "chromium"
         wrapper.write_text(_wrapper_script(self._sandbox_command(), self._dir / "pid"))
         wrapper.chmod(0o700)
-        self._browser = self._playwright.chromium.launch(executable_path=str(wrapper), args=LAUNCH_ARGS, headless=True)
+        try:
+            self._browser = self._playwright.chromium.launch(executable_path=str(wrapper), args=LAUNCH_ARGS, headless=True)
+        except PlaywrightError as e:
+            # Not the page's doing (no page was opened yet): the sandbox or Chromium cannot start.
+            self._kill_sandbox()
+            if self._lease is not None:
+                self._lease.release()
+            self._browser, self.uid, self._lease = None, None, None
+            raise SandboxError(f"Chromium's sandbox did not start: {' '.join(str(e).split())[:500]}") from e
 
     def _sandbox_command(self) -> list[str]:
         lim = self.limits
         env = ["env", "-i", "HOME=/tmp", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
-        limit = ["prlimit", f"--data={lim.memory_mb << 20}", f"--nproc={lim.max_processes}",
-                 f"--fsize={lim.max_file_mb << 20}", "--core=0", "--"]
+        limit = ["prlimit", f"--data={lim.memory_mb << 20}", f"--fsize={lim.max_file_mb << 20}", "--core=0", "--"]
         drop = (["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--no-new-privs", "--"]
                 if os.geteuid() == 0 else [])
         return env + limit + drop + [
@@ -203,12 +230,15 @@ class Browser:
             "--size", str(lim.shm_mb << 20), "--tmpfs", "/dev/shm",
             "--size", str(lim.tmp_mb << 20), "--tmpfs", "/tmp",
             "--ro-bind", str(self._pages), PAGES_DIR, "--chdir", "/tmp",
+            # Inside the user namespace: counts the browser's own processes and threads only.
+            "prlimit", f"--nproc={lim.max_processes}", "--",
             CHROMIUM,
         ]  # fmt: skip
 
     def _kill_sandbox(self) -> None:
         """SIGKILL the browser's sandbox (bwrap takes its pid namespace with it) and, as root,
-        every process left with its uid. Safe from another thread (the watchdog)."""
+        every process left with its uid while the uid is still leased (never after its release:
+        it may be another sandbox's by then). Safe from another thread (the watchdog)."""
         try:
             pid = int((self._dir / "pid").read_text())
             # Only while that pid is still our bwrap: a pid left from a dead browser may be reused.
@@ -216,11 +246,13 @@ class Browser:
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass  # gone already
-        if os.geteuid() == 0 and self.uid is not None:
-            release_uid(self.uid)
+        lease = self._lease  # read once: the main thread may replace it meanwhile
+        if lease is not None:
+            lease.kill_processes()
 
     def _shutdown_browser(self) -> None:
-        """Close the browser, whatever state it is in; the next page launches a new one."""
+        """Close the browser, whatever state it is in; the next page launches a new one. The
+        uid's lease is released here, and only here."""
         from playwright.sync_api import Error as PlaywrightError
 
         self._kill_sandbox()  # first: closing a hung browser would wait on it
@@ -228,7 +260,9 @@ class Browser:
             self._browser.close()
         except PlaywrightError:
             pass
-        self._browser, self.uid = None, None
+        if self._lease is not None:
+            self._lease.release()
+        self._browser, self.uid, self._lease = None, None, None
 
     def close(self) -> None:
         try:

@@ -12,7 +12,9 @@ fenced block, else the whole completion. One sandbox run per completion executes
 then every test, and a small harness reports each test's outcome on stdout, so a response costs
 one interpreter start (~0.2 s), not one per test. A solution that raises, loops (timeout), runs out
 of memory or breaks the sandbox's limits passes no test after that point: its score is what it
-passed before (usually 0). See `rewards.sandbox` for the isolation.
+passed before (usually 0). A sandbox that does not start is not the solution's failure: it raises
+`rewards.sandbox.SandboxError` (an `InfrastructureError`), and the pool skips that call's samples
+instead of scoring them. See `rewards.sandbox` for the isolation.
 
 The harness only protects the host, not the score: a program written to forge the report (it runs
 in the same interpreter) could, so it prints each result behind a random per-run token the program
@@ -30,7 +32,7 @@ from typing import Any
 
 from ling_rl.reward.contract import RewardOutput
 from ling_rl.reward.registry import reward
-from rewards.sandbox import SandboxLimits, SandboxUnavailable, available_isolation, run_python
+from rewards.sandbox import SandboxLimits, SandboxUnavailable, available_isolation, run_python, unavailable_reason
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _PYTHON_LABELS = {"python", "py", "python3"}
@@ -94,7 +96,8 @@ def extract_code(completion: str) -> str:
 
 
 def run_tests(code: str, tests: list[str], limits: SandboxLimits) -> CodeResult:
-    """Run `code` and then `tests` in one sandbox; every test not reported as passed failed."""
+    """Run `code` and then `tests` in one sandbox; every test not reported as passed failed.
+    Raises `SandboxError` when the sandbox did not start (the code never ran)."""
     token = secrets.token_hex(16)
     program = f"{_HARNESS}\nSOLUTION = {code!r}\nTESTS = {list(tests)!r}\n_run()\n"
     result = run_python({"main.py": program}, limits, stdin=token + "\n")
@@ -146,8 +149,8 @@ class Code:
             raise ValueError("code reward: timeout_s must be > 0, memory_mb >= 64, max_processes and max_file_mb >= 1")
         if available_isolation() is None:
             raise SandboxUnavailable(
-                "code reward: no sandbox available (install bubblewrap: `apt-get install -y bubblewrap`, "
-                "as scripts/setup.sh does); model code is never run unsandboxed"
+                f"code reward: no sandbox available ({unavailable_reason()}); install bubblewrap (`apt-get install "
+                "-y bubblewrap`, as scripts/setup.sh does); model code is never run unsandboxed"
             )
         self.mode = mode
         self.limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,

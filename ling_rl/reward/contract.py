@@ -24,6 +24,9 @@ a None from a required plugin skips the sample (not trained on; counted per plug
 `reward/<plugin>/skipped_samples`); a None from a plugin that is not required contributes nothing
 to the total; a sample no plugin scored is skipped. It may instead return
 `RewardOutput(scores, metrics)` to report its own metrics (averaged over its calls of a step).
+A plugin that raises scores its call's responses `error_value` (counted as `failures`), except
+with `InfrastructureError` (its sandbox or browser failed, not the response): those samples are
+skipped, never scored, and the step counts as one without reward signal.
 
 Variants: an `async def` function (calls run concurrently inside a worker), a class (instantiated
 once per worker with `args`, then called like a function; `__call__` may be async; an optional
@@ -72,6 +75,14 @@ class RewardOutput:
     """One score per completion (None: cannot score it; see the module docstring)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Plugin-defined metrics, e.g. `{"parse_failures": 3}`; logged as `reward/<plugin>/<key>`."""
+
+
+class InfrastructureError(RuntimeError):
+    """Raised by a plugin when what it scores with failed, not the response: a sandbox that could
+    not start, a browser that could not launch. The pool does not score the call's responses (no
+    `error_value`: a broken sandbox is not a wrong answer); it skips their samples, counts the call
+    under the plugin's `failures` and `infra_failures`, and a step with such a failure counts as a
+    step without reward signal, so the run stops when it repeats (`reward_signal.max_failed_steps`)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,11 @@ class PluginMetrics:
     """Mean wall time of a call inside the worker."""
     latency_max_s: float
     failures: int
-    """Calls that raised, returned a malformed result or lost their worker (scored `error_value`)."""
+    """Calls that raised, returned a malformed result or lost their worker (scored `error_value`,
+    except the `infra_failures` among them)."""
+    infra_failures: int
+    """Failed calls whose plugin raised `InfrastructureError` (a sandbox that did not start): their
+    samples are skipped, not scored; any of them makes the step one without reward signal."""
     timeouts: int
     """Calls that exceeded `timeout_s` (scored `error_value`)."""
     skipped: int
@@ -66,6 +70,7 @@ class RewardMetrics:
                 f"{p}/latency_mean_s": m.latency_mean_s,
                 f"{p}/latency_max_s": m.latency_max_s,
                 f"{p}/failures": m.failures,
+                f"{p}/infra_failures": m.infra_failures,
                 f"{p}/timeouts": m.timeouts,
                 f"{p}/skipped": m.skipped,
                 f"{p}/skipped_samples": m.skipped_samples,

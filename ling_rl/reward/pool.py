@@ -9,7 +9,8 @@
         kill that worker, start a new one,
         its calls score error_value
       total = sum(weight * score), breakdown, RewardMetrics
-      (a None from a required plugin, or from every plugin, skips the sample)
+      (a None from a required plugin, or from every plugin, skips the sample; so does a call
+       that raised InfrastructureError: a sandbox that did not start scores nothing, not 0)
 
 Workers are processes so CPU-bound plugins run in parallel and a plugin that hangs or crashes
 costs one worker, never the driver. A worker holds at most one task at a time, so a task's
@@ -118,8 +119,8 @@ class RewardPool:
         start, replaced_before = time.monotonic(), self._replaced
         jobs = self._plan(rollouts)
         results = self._execute(jobs)
-        scores = self._scores_per_plugin(len(rollouts), jobs, results)
-        scored = [self._total(r, [s[i] for s in scores]) for i, r in enumerate(rollouts)]
+        scores, unscored = self._scores_per_plugin(len(rollouts), jobs, results)
+        scored = [self._total(r, [s[i] for s in scores], i in unscored) for i, r in enumerate(rollouts)]
         elapsed = time.monotonic() - start
         metrics = self._metrics(scored, scores, jobs, results, elapsed, self._replaced - replaced_before)
         return scored, metrics
@@ -246,23 +247,31 @@ class RewardPool:
 
     # --- assembling ------------------------------------------------------------------------------
 
-    def _scores_per_plugin(self, n: int, jobs: list[_Job], results: list[list[CallResult]]) -> list[list[float | None]]:
+    def _scores_per_plugin(
+        self, n: int, jobs: list[_Job], results: list[list[CallResult]]
+    ) -> tuple[list[list[float | None]], set[int]]:
+        """Per plugin, the score of each batch position; and the positions a call could not score
+        for an infrastructure failure (left None and skipped: the response was never judged)."""
         scores: list[list[float | None]] = [[None] * n for _ in self.plugins]
+        unscored: set[int] = set()
         for job, job_results in zip(jobs, results):
             error_value = self.plugins[job.plugin].error_value
             for indices, result in zip(job.indices, job_results):
+                if result.infrastructure:
+                    unscored.update(indices)
+                    continue
                 values = result.scores if result.scores is not None else [error_value] * len(indices)
                 for i, value in zip(indices, values):
                     scores[job.plugin][i] = value
-        return scores
+        return scores, unscored
 
-    def _total(self, rollout: Rollout, per_plugin: list[float | None]) -> ScoredRollout:
+    def _total(self, rollout: Rollout, per_plugin: list[float | None], unscored: bool) -> ScoredRollout:
         total = sum(p.weight * s for p, s in zip(self.plugins, per_plugin) if s is not None)
         return ScoredRollout(
             rollout=rollout,
             reward=float(total),
             breakdown={p.key: s for p, s in zip(self.plugins, per_plugin)},
-            skipped=_skips(self.plugins, per_plugin),
+            skipped=unscored or _skips(self.plugins, per_plugin),
         )
 
     def _metrics(
@@ -283,10 +292,12 @@ class RewardPool:
             used = [s for s in scores[p] if s is not None]
             errors = list(dict.fromkeys(c.error for c in calls if c.error is not None))
             failures = sum(c.error is not None for c in calls)
+            infra_failures = sum(c.infrastructure for c in calls)
             timeouts = sum(c.timed_out for c in calls)
             if failures or timeouts:
-                log.warning("reward plugin %r: %d failed and %d timed-out calls of %d%s", plugin.key, failures,
-                            timeouts, len(calls), f"; first error: {errors[0]}" if errors else "")
+                log.warning("reward plugin %r: %d failed (%d of them infrastructure) and %d timed-out calls of %d%s",
+                            plugin.key, failures, infra_failures, timeouts, len(calls),
+                            f"; first error: {errors[0]}" if errors else "")
             extra_keys = sorted({k for c in calls for k in c.metrics})
             plugins[plugin.key] = PluginMetrics(
                 mean_score=sum(used) / len(used) if used else None,
@@ -294,6 +305,7 @@ class RewardPool:
                 latency_mean_s=sum(c.latency_s for c in calls) / len(calls) if calls else 0.0,
                 latency_max_s=max((c.latency_s for c in calls), default=0.0),
                 failures=failures,
+                infra_failures=infra_failures,
                 timeouts=timeouts,
                 skipped=len(scores[p]) - len(used),
                 skipped_samples=sum(s is None for s in scores[p]) if plugin.required else 0,

@@ -1,7 +1,9 @@
 """Stopping a run that trains on no reward signal (`reward_signal:` section).
 
 A step has no reward signal when every call of a weighted plugin failed or timed out (its
-`error_value` stands in for every score, e.g. a judge server that went away), or when every group
+`error_value` stands in for every score, e.g. a judge server that went away), when any call of a
+weighted plugin hit an infrastructure failure (`InfrastructureError`: its sandbox or browser did not
+start; those samples were skipped, and a reward that cannot run must not go unnoticed), or when every group
 the step generated is flat in total reward (all its trained responses got the same reward, so every
 group-relative advantage is zero). `SignalMonitor` counts such steps in
 a row; after `reward_signal.max_failed_steps` of them the driver saves a checkpoint and stops with
@@ -60,6 +62,13 @@ def absent_signal(reward_metrics: Mapping[str, float], scored: Sequence[ScoredRo
     failed = [key for key in weighted if _every_call_failed(reward_metrics, key)]
     if failed:
         return "; ".join(f"every call of reward plugin {key!r} failed" for key in failed)
+    broken = {key: reward_metrics.get(f"reward/{key}/infra_failures", 0) for key in weighted}
+    if any(broken.values()):
+        return "; ".join(
+            f"{n:g} of {reward_metrics.get(f'reward/{key}/calls', 0):g} calls of reward plugin {key!r} hit an "
+            "infrastructure failure (a sandbox or browser that did not start; see the reward worker's log)"
+            for key, n in broken.items() if n
+        )
     # The total reward, whatever dynamic sampling filters on: advantages are computed from it.
     if all(is_flat(group, total_reward) for group in split_groups(list(scored))):
         return "every group flat (the responses of each prompt all got the same total reward, or were skipped)"

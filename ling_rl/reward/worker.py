@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ling_rl import run_logs
-from ling_rl.reward.contract import STARTUP_CHECK, RewardOutput, accepted_keywords, required_keywords
+from ling_rl.reward.contract import STARTUP_CHECK, InfrastructureError, RewardOutput, accepted_keywords, required_keywords
 
 
 @dataclass
@@ -47,6 +47,9 @@ class CallResult:
     error: str | None = None
     """Why the call failed (exception, malformed result, dead worker); None on success and timeout."""
     timed_out: bool = False
+    infrastructure: bool = False
+    """The plugin raised `InfrastructureError` (its sandbox or browser failed): `error` says why; the
+    pool skips the call's samples instead of scoring them `error_value`."""
 
 
 class RewardWorker:
@@ -107,7 +110,7 @@ class RewardWorker:
         except (asyncio.TimeoutError, TimeoutError):
             return CallResult(None, time.monotonic() - start, timed_out=True)
         except Exception as e:
-            return CallResult(None, time.monotonic() - start, error=f"{type(e).__name__}: {e}")
+            return _raised(e, time.monotonic() - start)
         latency = time.monotonic() - start
         if latency > timeout_s:
             return CallResult(None, latency, timed_out=True)
@@ -159,12 +162,18 @@ async def _run_async(fn: Any, kwargs: dict[str, Any], expected: int, timeout_s: 
     except (asyncio.TimeoutError, TimeoutError):
         return CallResult(None, time.monotonic() - start, timed_out=True)
     except Exception as e:
-        return CallResult(None, time.monotonic() - start, error=f"{type(e).__name__}: {e}")
+        return _raised(e, time.monotonic() - start)
     return _checked(out, expected, time.monotonic() - start)
 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _raised(error: Exception, latency: float) -> CallResult:
+    """A call that raised: a failure, marked as an infrastructure one for `InfrastructureError`."""
+    return CallResult(None, latency, error=f"{type(error).__name__}: {error}",
+                      infrastructure=isinstance(error, InfrastructureError))
 
 
 def _checked(out: Any, expected: int, latency: float) -> CallResult:

@@ -113,3 +113,12 @@ def signal_alarm(prompts, completions, **columns):
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
     return [1.0] * len(completions)
+
+
+@reward("t_sandbox_cannot_start")
+def sandbox_cannot_start(prompts, completions, **columns):
+    """Runs each completion in a real sandbox given a 1 MB address space: the sandbox's own tools
+    cannot load, so it never starts (an infrastructure failure, never the completion's fault)."""
+    from rewards.sandbox import SandboxLimits, run_python
+
+    return [float(run_python({"main.py": c}, SandboxLimits(memory_mb=1)).returncode == 0) for c in completions]
