@@ -82,15 +82,13 @@ def main() -> None:
     parser.add_argument("--bucket-mib", type=int, default=64)
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
     from ling_rl.cluster.config import ClusterConfig, RoleResources
     from ling_rl.cluster.ray_init import init_ray
 
     cluster = ClusterConfig(num_cpus=2, object_store_gib=1.0, rollout=RoleResources(num_cpus=1))
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    init_ray(cluster, temp_dir=temp_dir)
+    init_ray(cluster, temp_dir=temp_dir)  # before `import ray`: it binds the local Ray to loopback
+    import ray
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     try:
         rows = [(p, bench_preset(p, args.repeats, args.bucket_mib, cluster)) for p in args.presets]

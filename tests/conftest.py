@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# The production init (`init_ray`) binds a local Ray to loopback by this variable, which Ray reads
+# when imported; test modules import ray before the fixtures call init_ray, so set it first.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,9 +4,16 @@
     init_ray(recipe.cluster)                    # local Ray, or the cluster at cluster.address
     init_ray(recipe.cluster, temp_dir="/tmp/r") # tests: a short temp dir (socket paths <= 107 bytes)
 
+A local Ray listens on the loopback interface only (127.0.0.1: its GCS, raylet, workers and
+agents) and keeps Ray's token authentication (Ray 2.60 turns it on for a new local cluster: the
+token is `RAY_AUTH_TOKEN`, else the file `RAY_AUTH_TOKEN_PATH`, else `~/.ray/auth_token`, which
+Ray writes if it is missing). A run that joins `cluster.address` follows the cluster's settings
+(`RAY_AUTH_MODE` and the token as the cluster was started with, docs/ray-cluster.md).
+
 A local Ray comes with a watchdog (`ling_rl.cluster.reaper`) that kills every process of the run
-when this process dies, SIGKILL included. With `cluster.address` nothing of the cluster is killed:
-the run's actors are owned by this driver and Ray ends them when the driver's job ends.
+when this process dies, SIGKILL included, then removes the files registered with
+`remove_after_driver`. With `cluster.address` nothing of the cluster is killed: the run's actors
+are owned by this driver and Ray ends them when the driver's job ends.
 """
 
 from __future__ import annotations
@@ -15,15 +22,30 @@ import os
 import subprocess
 
 from ling_rl import run_logs
+from ling_rl.cluster import reaper
 from ling_rl.cluster.config import ClusterConfig
-from ling_rl.cluster.reaper import start_reaper
+
+LOOPBACK = "127.0.0.1"
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray reads this variable when it is imported; at "0" a new local Ray takes 127.0.0.1 as its
+node's address (Ray's own default on Windows and macOS), and Ray's gRPC servers then bind to
+127.0.0.1 instead of every interface. It is set when this module is imported, before the driver
+imports Ray (the driver imports this module first; `init_ray` refuses a local start otherwise), and
+the Ray workers inherit it. Joining a cluster is unaffected: Ray 2.60 finds the driver's node by
+its host, not by this address (checked: a driver with it joined a `ray start --head` at the
+machine's own address)."""
+
+os.environ.setdefault(LOCAL_ONLY_ENV, "0")
 
 
 def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
     """Start a local Ray sized by `cluster_cfg`, or connect to `cluster_cfg.address`.
 
     Does nothing when Ray is already initialized in this process (tests share one session-wide
-    Ray; the driver may have connected itself), so every role can call it.
+    Ray; the driver may have connected itself), so every role can call it. Raises RuntimeError
+    rather than start a local Ray that would listen on every interface (Ray imported before this
+    module set `LOCAL_ONLY_ENV`, or the variable set otherwise).
     """
     import ray  # deferred: `ling-rl --help` and config checks must not pay for importing Ray
 
@@ -37,8 +59,13 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
     if cluster_cfg.address is not None:
         ray.init(address=cluster_cfg.address, **output)
         return
-    # A local, single-user Ray: token authentication only gets in the way here.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The address a new local Ray would take (what `ray.init` asks the same function).
+    address = ray.util.get_node_ip_address()
+    if address != LOOPBACK:
+        raise RuntimeError(f"a local Ray here would listen on {address} (every interface), not on {LOOPBACK} only: "
+                           f"{LOCAL_ONLY_ENV} is {os.environ.get(LOCAL_ONLY_ENV)!r} or Ray was imported before "
+                           f"ling_rl.cluster.ray_init set it to 0; set {LOCAL_ONLY_ENV}=0 in the environment, or "
+                           "import ling_rl.cluster.ray_init before ray")
     ray.init(
         num_cpus=cluster_cfg.num_cpus,
         # Without this Ray reserves ~30% of RAM in /dev/shm for objects we never need that big.
@@ -51,7 +78,17 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
     )
     global _reaper
     if _reaper is None:  # one per driver: it watches the whole tree, a later local Ray included
-        _reaper = start_reaper()
+        _reaper = reaper.start_reaper()
+
+
+def remove_after_driver(folder: str, pattern: str) -> bool:
+    """Have the watchdog of this driver's local Ray remove the files in `folder` whose names match
+    `pattern` (a regular expression, in full) once this process is gone, however it ends. False
+    when there is no watchdog (a run on `cluster.address`, or Ray started by someone else)."""
+    if _reaper is None or _reaper.poll() is not None:
+        return False
+    reaper.remove_after_driver(_reaper, folder, pattern)
+    return True
 
 
 _reaper: subprocess.Popen | None = None

@@ -25,6 +25,7 @@ broadcast (engines load while receiving) and `load` the finishing step.
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,18 +64,37 @@ def _metrics(gather_s: float, transfer_s: float, load_s: float) -> dict[str, flo
 
 class ShmFileSync(WeightSync):
     """Bucket files in `dir` (a RAM file system) on learner rank 0's node, reloaded by every
-    engine: the engines must share that node."""
+    engine: the engines must share that node.
+
+    The files (up to a whole model in RAM) are removed after every sync, whether it succeeded or
+    failed mid-write (then the driver never learns their paths: they are found by name), by
+    `close()`, and, when the driver is killed, by the watchdog of the local Ray
+    (`ling_rl.cluster.reaper`)."""
+
+    def setup(self) -> None:
+        from ling_rl.cluster.ray_init import remove_after_driver
+
+        remove_after_driver(self.cfg.dir, self.file_pattern())
+
+    def file_pattern(self) -> str:
+        """The names of this run's bucket files in `dir` (a regular expression): `{prefix}.{k}.safetensors`
+        and the temporary `.{prefix}.{k}.safetensors.tmp` of a write in progress (`write_safetensors_atomic`)."""
+        return rf"\.?{re.escape(f'ling-rl-{self.tag}')}\.\d+\.safetensors(\.tmp)?"
 
     def sync(self, version: int) -> dict[str, float]:
         prefix = str(Path(self.cfg.dir) / f"ling-rl-{self.tag}")
-        sent = self.learner.wait(self.learner.submit("write_weight_buckets", prefix, self.dtype, self.bucket_bytes),
-                                 "weight export")[0]
         try:
+            sent = self.learner.wait(self.learner.submit("write_weight_buckets", prefix, self.dtype, self.bucket_bytes),
+                                     "weight export")[0]
             load = self.rollout.load_weights(sent["paths"], version)
         finally:
-            for path in sent["paths"]:
-                Path(path).unlink(missing_ok=True)
+            self.close()
         return _metrics(sent["gather_s"], sent["transfer_s"], max(load))
+
+    def close(self) -> None:
+        from ling_rl.cluster.reaper import remove_matching
+
+        remove_matching(self.cfg.dir, self.file_pattern())
 
 
 class ObjectStoreSync(WeightSync):
