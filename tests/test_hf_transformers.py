@@ -42,3 +42,24 @@ def test_generate_with_cache_matches_full_recompute(hf_model) -> None:
             if out[row, pos - 1] == eos:
                 break
             assert int(full[row, pos - 1].argmax()) == int(out[row, pos])
+
+
+@pytest.mark.parametrize("per_expert", [None, 48])
+def test_two_shared_experts_load_in_transformers(tmp_path: Path, tiny_dir: Path, per_expert: int | None) -> None:
+    """`num_shared_experts: 2` makes the shared MLP twice as wide (as in vLLM and the project's
+    model), with or without `moe_shared_expert_intermediate_size`; the shipped modeling file
+    builds the same shape and computes the same logits."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from ling_rl.models.hf_io import save_model
+    from ling_rl.models.tiny import TINY, build_tiny_model
+
+    cfg = replace(TINY, num_shared_experts=2, moe_shared_expert_intermediate_size=per_expert)
+    ours = build_tiny_model(cfg, seed=4).eval()
+    folder = save_model(ours, tmp_path / "two-shared", tokenizer_dir=tiny_dir)
+    hf = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    ids = torch.randint(10, 1024, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids, use_cache=False).logits, ours(ids).logits, rtol=1e-5, atol=1e-5)

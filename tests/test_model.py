@@ -222,3 +222,74 @@ def test_config_validation_names_the_field() -> None:
         replace(TINY, topk_group=5)
     with pytest.raises(ModelFolderError, match="num_key_value_heads"):
         replace(TINY, num_key_value_heads=3)
+
+
+# --- what an export keeps and what it must not touch (issue 22) --------------------------------
+
+
+def test_load_in_bfloat16_keeps_computed_buffers_in_fp32(tmp_path: Path) -> None:
+    """Parameters take the dtype; the RoPE frequencies and the router's expert bias stay fp32 and
+    exact (bf16 would round a bias of 1e-3 + 1e-6 to 1e-3, and the frequencies to 3 digits)."""
+    model = build_tiny_model(TINY, seed=3)
+    bias = torch.full((TINY.num_experts,), 1e-3) + torch.arange(TINY.num_experts) * 1e-6
+    model.model.layers[1].mlp.gate.expert_bias.copy_(bias)
+    loaded = load_model(save_model(model, tmp_path / "m"), dtype=torch.bfloat16)
+    assert loaded.model.word_embeddings.weight.dtype == torch.bfloat16
+    gate = loaded.model.layers[1].mlp.gate
+    assert gate.weight.dtype == torch.bfloat16
+    assert gate.expert_bias.dtype == torch.float32 and torch.equal(gate.expert_bias, bias)
+    for layer in loaded.model.layers:
+        assert layer.attention.rotary.inv_freq.dtype == torch.float32
+        torch.testing.assert_close(layer.attention.rotary.inv_freq, model.model.layers[0].attention.rotary.inv_freq,
+                                   atol=0, rtol=0)
+
+
+def test_save_keeps_the_source_generation_config(tmp_path: Path) -> None:
+    """The source's extra stop ids (which vLLM honours) survive the export; without a source file
+    one is written from the config's ids."""
+    from ling_rl.models.tiny import init_tiny
+
+    source = init_tiny(tmp_path / "source")
+    assert json.loads((source / "generation_config.json").read_text())["eos_token_id"] == load_model(source).config.eos_token_id
+    release = {"bos_token_id": 2, "eos_token_id": [0, 3, 7], "pad_token_id": 1, "temperature": 0.7}
+    (source / "generation_config.json").write_text(json.dumps(release))
+    out = save_model(load_model(source), tmp_path / "export", tokenizer_dir=source)
+    assert json.loads((out / "generation_config.json").read_text()) == release
+
+
+def _user_folder(root: Path) -> Path:
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "thesis.tex").write_text("\\chapter{Results}")
+    (root / "notes.txt").write_text("keep me")
+    return root
+
+
+def test_save_refuses_a_folder_that_is_not_a_previous_export(tmp_path: Path) -> None:
+    model = build_tiny_model(TINY, seed=0)
+    target = _user_folder(tmp_path / "thesis")
+    with pytest.raises(ModelFolderError, match=r"not a model folder written by ling-rl \(it holds notes.txt, src/\)"):
+        save_model(model, target)
+    assert (target / "src" / "thesis.tex").read_text() == "\\chapter{Results}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # no temporary folder left
+    # A file at the target is refused too; an empty folder and a previous export are replaced.
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelFolderError, match="not a folder"):
+        save_model(model, tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    save_model(model, tmp_path / "empty")
+    save_model(model, tmp_path / "empty", max_shard_bytes=200_000)  # more shards, then fewer
+    save_model(model, tmp_path / "empty")
+    assert sorted(p.name for p in (tmp_path / "empty").glob("model-*")) == ["model-00001-of-00001.safetensors"]
+
+
+def test_init_tiny_command_refuses_a_folder_of_user_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ling_rl.commands.cli import app
+
+    target = _user_folder(tmp_path / "thesis")
+    result = CliRunner().invoke(app, ["init-tiny", str(target)])
+    assert result.exit_code == 2, result.output
+    assert "not a model folder written by ling-rl" in result.output and "src/" in result.output
+    assert (target / "src" / "thesis.tex").is_file() and (target / "notes.txt").is_file()
+    assert not (target / "config.json").exists()

@@ -27,7 +27,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command("init-tiny")
 def init_tiny(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write (replaced atomically if it exists).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write: new, empty, or a model folder ling-rl wrote (replaced atomically); any other folder is refused.")],
     preset: Annotated[str, typer.Option(help="Model size: tiny | small.")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of weights and tokenizer.")] = 0,
 ) -> None:
@@ -189,11 +189,11 @@ def plan(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder: RUN_DIR/checkpoints/step-N.")],
-    out_dir: Annotated[Path, typer.Argument(help="Hugging Face folder to write.")],
+    out_dir: Annotated[Path, typer.Argument(help="Hugging Face folder to write: new, empty, or a previous export (replaced atomically); any other folder is refused.")],
 ) -> None:
     """Write a Hugging Face BailingMoeV2 folder (loads in vLLM) from a training checkpoint."""
     from ling_rl.errors import USER_ERRORS
-    from ling_rl.learner.export import export_checkpoint
+    from ling_rl.commands.export import export_checkpoint
 
     try:
         export_checkpoint(checkpoint, out_dir)

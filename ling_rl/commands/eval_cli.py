@@ -123,7 +123,7 @@ def _model_folder(setup: EvalSetup, tmp: Path, progress: Any) -> Path:
 
     if setup.checkpoint is None:
         return prepare_model(setup.recipe, tmp)  # the folder, checked (or a hub model, downloaded)
-    from ling_rl.learner.export import export_checkpoint
+    from ling_rl.commands.export import export_checkpoint
 
     progress(f"exporting checkpoint {setup.checkpoint} to a temporary Hugging Face folder")
     return export_checkpoint(setup.checkpoint, tmp / "hf")

@@ -1,33 +1,43 @@
-"""`ling-rl export`: a training checkpoint -> a Hugging Face folder, on one local rank (DCP
-re-shards the checkpoint of any number of ranks)."""
+"""The learner's part of `ling-rl export`: the model weights of a checkpoint -> a Hugging Face
+folder, reading the model's entries only (`ling_rl/commands/export.py` finds the checkpoint's parts).
+
+    model = meta_model(source)          # the checkpoint's source folder: structure, no memory
+    model.to_empty(device="cpu")        # fp32, whole: the one copy of the weights the export holds
+    dcp.load({"model": model.state_dict()}, checkpoint_id=CKPT/learner)   # in place, model keys only
+    save_model(model, out_dir, tokenizer_dir=source)
+
+DCP reads just the `model` entries that `LearnerWorker.save_checkpoint` wrote (re-sharding those
+of any number of ranks) into the model's own tensors: the optimizer state beside them (AdamW:
+8 bytes per parameter) and gradients are never materialised, and no learner, process group or
+recipe is needed. Peak memory is about the fp32 model (bench/export_memory.py).
+"""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import torch.distributed as dist
+import torch
+import torch.distributed.checkpoint as dcp
 
-from ling_rl.driver.checkpoint import DRIVER_STATE, CheckpointError
-from ling_rl.config import load_recipe
-from ling_rl.driver.session import learner_sections
-from ling_rl.learner.worker import LearnerWorker
+from ling_rl.models.hf_io import check_replaceable, init_computed_buffers, meta_model, save_model
+
+LEARNER_DIR = "learner"
+"""The learner's DCP folder inside a checkpoint folder (written by `LearnerWorker.save_checkpoint`)."""
 
 
-def export_checkpoint(ckpt: Path, out_dir: Path) -> Path:
-    import json
-
-    if not (ckpt / DRIVER_STATE).is_file():
-        raise CheckpointError(f"{ckpt}: not a complete ling-rl checkpoint (no {DRIVER_STATE})")
-    run_dir = ckpt.parent.parent
-    recipe = load_recipe(run_dir / "recipe.yaml", ["learner.num_ranks=1"])
-    model_dir = json.loads((ckpt / DRIVER_STATE).read_text())["model_dir"]
-    worker = LearnerWorker(0, 1, learner_sections(recipe), model_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        worker.setup(f"file://{tmp}/pg")
-        try:
-            worker.load_checkpoint(str(ckpt))
-            worker.export_hf(str(out_dir), model_dir)
-        finally:
-            dist.destroy_process_group()
-    return out_dir
+def export_weights(learner_dir: Path, source: Path, out_dir: Path) -> Path:
+    """Write the model weights of the DCP folder `learner_dir` (a model of `source`'s config) as a
+    Hugging Face folder `out_dir`: fp32 (the master weights), with `source`'s tokenizer files and
+    generation config. A target holding anything but a previous export raises `ModelFolderError`
+    before anything is read."""
+    check_replaceable(out_dir)
+    model = meta_model(source)
+    model.to_empty(device="cpu")
+    init_computed_buffers(model, "cpu")  # not stored in checkpoints
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")  # the embedding's own tensor; the checkpoint holds it once
+    # no_dist: this process reads every rank's shards itself, with or without a process group.
+    with torch.no_grad():
+        dcp.load({"model": state}, checkpoint_id=str(learner_dir), no_dist=True)
+    return save_model(model, out_dir, tokenizer_dir=source, state=state)

@@ -29,6 +29,7 @@ from ling_rl.algorithms import policy_loss
 from ling_rl.algorithms.config import AlgorithmConfig
 from ling_rl.algorithms.losses import aggregation_count
 from ling_rl.learner.device import BACKENDS, batch_to, resolve_device, rng_state, set_rng_state
+from ling_rl.learner.export import LEARNER_DIR
 from ling_rl.learner.fp8 import apply_fp8
 from ling_rl.learner.loading import build_sharded
 from ling_rl.learner.logprobs import TokenLogprobs, chunked_token_logprobs
@@ -421,7 +422,7 @@ class LearnerWorker:
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(ckpt_dir, "learner"))
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(ckpt_dir, LEARNER_DIR))
         if self.rank == 0:
             torch.save({"scheduler": self.scheduler.state_dict()}, os.path.join(ckpt_dir, "learner_extra.pt"))
         torch.save(rng_state(self.device), os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt"))
@@ -430,7 +431,7 @@ class LearnerWorker:
     def load_checkpoint(self, ckpt_dir: str) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=os.path.join(ckpt_dir, "learner"))
+        dcp.load(state, checkpoint_id=os.path.join(ckpt_dir, LEARNER_DIR))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.scheduler.load_state_dict(torch.load(os.path.join(ckpt_dir, "learner_extra.pt"))["scheduler"])
         set_rng_state(torch.load(os.path.join(ckpt_dir, f"rng_rank{self.rank}.pt")), self.device)

@@ -30,6 +30,7 @@ INDEX_FILE = "model.safetensors.index.json"
 # MTP layers live in their own file, outside the index: vLLM's BailingMoeV2 loader reads only the
 # indexed shards and rejects layers past num_hidden_layers, while the learner wants them.
 MTP_FILE = "mtp.safetensors"
+GENERATION_CONFIG = "generation_config.json"
 
 
 def to_hf_weights(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -166,7 +167,12 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.word_embeddings.weight
     init_computed_buffers(model, device)
-    return model.to(dtype)
+    # Parameters take `dtype`; buffers stay fp32: `model.to(bfloat16)` would round the computed RoPE
+    # frequencies and the router's expert bias (a small running correction) to bf16, which the
+    # learner (fp32 buffers under FSDP2) and vLLM do not do.
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    return model
 
 
 def _inv_freq(cfg: LingConfig) -> torch.Tensor:
@@ -183,8 +189,15 @@ def save_model(
     include_mtp: bool = True,
 ) -> Path:
     """Write a Hugging Face folder atomically: everything goes to a temporary sibling folder that
-    replaces `folder` only once complete, so a crash never leaves a half-written model."""
+    replaces `folder` only once complete, so a crash never leaves a half-written model.
+
+    `folder` must be new, empty or a model folder this function wrote (`check_replaceable`): a
+    folder holding anything else is the user's and is never replaced. `tokenizer_dir` is the
+    source model folder: its tokenizer files are copied, and its `generation_config.json` when it
+    has one (its extra stop ids are honoured by vLLM and transformers), else one is written from
+    the config's bos/eos/pad ids."""
     folder = Path(folder)
+    check_replaceable(folder)
     cfg = model.config
     state = state if state is not None else model.state_dict()
     weights = dict(to_hf_weights({k: v for k, v in state.items() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}))
@@ -204,8 +217,12 @@ def save_model(
         shutil.copy(_HF_FILES_DIR / CONFIG_FILE, tmp / CONFIG_FILE)
         for extra in _HF_FILES_DIR.glob("modeling_*.py"):
             shutil.copy(extra, tmp / extra.name)
-        (tmp / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}, indent=2))
+        source_gen = Path(tokenizer_dir) / GENERATION_CONFIG if tokenizer_dir is not None else None
+        if source_gen is not None and source_gen.is_file():
+            shutil.copy(source_gen, tmp / GENERATION_CONFIG)
+        else:
+            (tmp / GENERATION_CONFIG).write_text(json.dumps(
+                {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}, indent=2))
         if tokenizer_dir is not None:
             copy_tokenizer_files(Path(tokenizer_dir), tmp)
         if folder.exists():
@@ -224,6 +241,32 @@ def save_model(
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
                    "merges.txt", "chat_template.jinja")
+
+
+def check_replaceable(folder: str | Path) -> None:
+    """Refuse a target `save_model` must not replace: anything but a missing folder, an empty one,
+    or a model folder it wrote (only the files it writes). Raises `ModelFolderError` naming what
+    the folder holds, before any work is done, so a run folder, a source tree or a home directory
+    given as the target is never deleted."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: exists and is not a folder; refusing to replace it with a model folder")
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                     if p.is_symlink() or not p.is_file() or not _written_by_save_model(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise ModelFolderError(f"{folder}: not empty and not a model folder written by ling-rl (it holds {shown}); "
+                               "refusing to replace it: give a new or empty folder, or remove this one yourself")
+
+
+_SHARD_FILE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+
+
+def _written_by_save_model(name: str) -> bool:
+    fixed = {"config.json", GENERATION_CONFIG, CONFIG_FILE, SINGLE_FILE, INDEX_FILE, MTP_FILE, *TOKENIZER_FILES}
+    return name in fixed or bool(_SHARD_FILE.match(name)) or (_HF_FILES_DIR / name).is_file()
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:

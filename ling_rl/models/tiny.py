@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ling_rl.models.ling_config import LingConfig
-from ling_rl.models.hf_io import save_model
+from ling_rl.models.hf_io import check_replaceable, save_model
 from ling_rl.models.ling_moe import LingForCausalLM
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
@@ -101,16 +102,12 @@ def init_tiny(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
     if preset not in PRESETS:
         raise ValueError(f"unknown tiny preset {preset!r}; available: {', '.join(PRESETS)}")
     out = Path(out_dir)
+    check_replaceable(out)  # a folder of the user's is refused before any work
     tok = build_tokenizer(PRESETS[preset].vocab_size, seed)
     ids = {t: tok.token_to_id(t) for t in (EOS, PAD)}
     cfg = replace(PRESETS[preset], eos_token_id=ids[EOS], pad_token_id=ids[PAD], bos_token_id=None)
     model = build_tiny_model(cfg, seed)
-    tok_dir = out.with_name(f".{out.name}.tokenizer")
-    save_tokenizer(tok, tok_dir)
-    try:
+    with tempfile.TemporaryDirectory(prefix="ling-rl-tokenizer-") as tok_dir:
+        save_tokenizer(tok, Path(tok_dir))
         save_model(model, out, tokenizer_dir=tok_dir)
-    finally:
-        for f in tok_dir.glob("*"):
-            f.unlink()
-        tok_dir.rmdir()
     return out

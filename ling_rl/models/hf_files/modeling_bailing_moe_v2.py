@@ -141,7 +141,8 @@ class BailingMoeV2SparseMoeBlock(nn.Module):
         self.experts = nn.ModuleList([
             BailingMoeV2MLP(config.hidden_size, config.moe_intermediate_size, config.use_bias)
             for _ in range(config.num_experts)])
-        shared = config.moe_shared_expert_intermediate_size or config.moe_intermediate_size * config.num_shared_experts
+        # One MLP as wide as all shared experts together, as vLLM and ling-rl build it.
+        shared = (config.moe_shared_expert_intermediate_size or config.moe_intermediate_size) * config.num_shared_experts
         self.shared_experts = (BailingMoeV2MLP(config.hidden_size, shared, config.use_bias)
                                if config.num_shared_experts else None)
 
