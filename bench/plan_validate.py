@@ -64,7 +64,7 @@ def _rss() -> int:
 def child(name: str, rows: int, length: int) -> dict:
     import torch
 
-    from ling_rl.learner.sections import LearnerSections
+    from ling_rl.driver.session import learner_sections
     from ling_rl.learner.worker import LearnerWorker
     from ling_rl.models.hf_io import save_model
     from ling_rl.models.tiny import build_tiny_model
@@ -78,7 +78,7 @@ def child(name: str, rows: int, length: int) -> dict:
     del model
     recipe = _recipe(str(Path(tmp) / "model"), rows * length)
     baseline = _rss()
-    worker = LearnerWorker(0, 1, LearnerSections.of(recipe), str(Path(tmp) / "model"), threads=2)
+    worker = LearnerWorker(0, 1, learner_sections(recipe), str(Path(tmp) / "model"), threads=2)
     worker.setup(f"file://{tmp}/pg")
     g = torch.Generator().manual_seed(0)
     for _ in range(2):

@@ -15,7 +15,10 @@ from ling_rl.config import load_recipe
 from ling_rl.models.ling_config import LingConfig
 from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.models.tiny import PRESETS, build_tiny_model
-from ling_rl.commands.plan import activation_bytes_per_token, count_parameters, plan_memory
+from ling_rl.commands.plan import (GIB, activation_bytes_per_token, count_parameters, moe_layer_count, plan_memory,
+                                   route_bytes)
+from ling_rl.config import parse_recipe
+from ling_rl.types import TrainBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,9 +108,14 @@ def test_plan_exit_codes_on_a_cpu_recipe() -> None:
     assert "learner: needs" in small.output and "host" in small.output
 
 
-def test_evo_cot_fits_8_x_80gb_and_names_the_key_when_not() -> None:
-    fits = _plan("recipes/evo_cot.yaml", "--gpu-memory-gib", "80", "--host-memory-gib", "512")
+def test_evo_cot_on_8_h100_and_names_the_key_when_not() -> None:
+    """At what an 80 GB H100 reports (79.2 GiB, the default), 6 learner ranks + 2 engines fit;
+    the shipped 5 + 3 needs ~85 GiB per learner GPU and is refused naming learner.num_ranks."""
+    fits = _plan("recipes/evo_cot.yaml", "learner.num_ranks=6", "rollout.num_engines=2", "--host-memory-gib", "512")
     assert fits.exit_code == 0, fits.output
+    assert "79.2" in fits.output
+    shipped = _plan("recipes/evo_cot.yaml", "--host-memory-gib", "512")
+    assert shipped.exit_code == 3 and "79.2 GiB available" in shipped.output and "learner.num_ranks" in shipped.output
     tight = _plan("recipes/evo_cot.yaml", "--gpu-memory-gib", "8", "--host-memory-gib", "512")
     assert tight.exit_code == 3, tight.output
     assert "learner: needs" in tight.output and "change learner.num_ranks" in tight.output
@@ -159,3 +167,108 @@ def test_dft_optimizer_is_freed_when_rl_starts(tmp_path: Path, tiny_dir: Path) -
     mp.spawn(_dft_then_rl, args=(f"file://{tmp_path}/pg", str(tiny_dir), str(tmp_path / "r.pt")), nprocs=1)
     result = torch.load(tmp_path / "r.pt")
     assert result == {"during_dft": True, "after_rl": False, "rl_state": result["rl_state"]} and result["rl_state"] > 0
+
+
+# --- terms the planner used to leave out (issue 22, item 16) -------------------------------------
+
+
+def _gpu_recipe(**sections: dict) -> object:
+    """A recipe with the learner and the engines on GPUs (the planner's GPU rows)."""
+    data: dict = {"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+                  "learner": {"num_ranks": 2, "precision": "bf16", "device": "cuda", "micro_batch_tokens": 4096},
+                  "cluster": {"learner": {"num_gpus": 1}, "rollout": {"num_gpus": 1}}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_recipe(data)
+
+
+def _rows(role) -> dict[str, int]:
+    return {r.name.split(" (")[0]: r.bytes for r in role.rows if r.counted}
+
+
+def test_fsdp2_rows_count_unsharded_bf16_gradients_and_two_reduce_scatter_buffers() -> None:
+    """Ling-mini, bf16: besides the gathered bf16 parameters (root + layer + prefetched layer), a
+    layer's gradient in bf16 (and the root's, held until the end of backward), and two fp32
+    reduce-scatter inputs (the previous one may still be in flight)."""
+    cfg = LingConfig.from_hf_dict(__import__("json").loads((ROOT / "recipes/configs/ling-mini-2.0.json").read_text()))
+    p = count_parameters(cfg, train_mtp=False)
+    rows = _rows(plan_memory(_gpu_recipe(), cfg, 79.2, 512)[0])
+    assert rows["unsharded parameters"] == 2 * (p.root + 2 * p.largest_layer)
+    assert rows["unsharded gradients"] == 2 * (p.root + p.largest_layer)
+    assert rows["reduce-scatter buffers"] == 4 * (max(p.root, p.largest_layer) + p.largest_layer)
+    assert round(rows["unsharded gradients"] / GIB, 2) == 2.74  # 0.64B root + 0.83B MTP-sized layer, 2 B each
+
+
+def test_head_gradient_temporary_in_bf16_only() -> None:
+    """chunked_token_logprobs' backward in bf16 makes a [V, H] bf16 temporary (each chunk's product,
+    then the cast of the fp32 sum); in fp32 it accumulates in place (addmm_), no temporary."""
+    cfg = PRESETS["tiny"]
+    bf16 = _rows(plan_memory(_gpu_recipe(), cfg, 79.2, 512)[0])
+    assert bf16["lm_head grad temporary"] == 2 * cfg.vocab_size * cfg.hidden_size
+    fp32 = _rows(plan_memory(_gpu_recipe(learner={"precision": "fp32"}), cfg, 79.2, 512)[0])
+    assert "lm_head grad temporary" not in fp32
+
+
+def test_allocator_fragmentation_on_gpu_only() -> None:
+    cfg = PRESETS["tiny"]
+    learner = plan_memory(_gpu_recipe(), cfg, 79.2, 512)[0]
+    rows = _rows(learner)
+    others = sum(v for k, v in rows.items() if k != "allocator fragmentation")
+    assert rows["allocator fragmentation"] == int(0.10 * others)
+    cpu = plan_memory(load_recipe(ROOT / "recipes" / "tiny_cpu.yaml"), cfg, host_memory_gib=64)[0]
+    assert "allocator fragmentation" not in _rows(cpu)
+
+
+@pytest.mark.parametrize(("mode", "updates", "copies"), [("none", 4, 0), ("r2", 1, 0), ("r2", 4, 1), ("r3", 1, 1), ("r3", 4, 2)])
+def test_routes_row_is_the_batch_routes_in_int64(mode: str, updates: int, copies: int) -> None:
+    """The routes row equals the bytes of `TrainBatch.routed_experts` for a full batch (int64, top_k
+    per token per MoE layer), once per copy the learner holds."""
+    cfg = PRESETS["tiny"]
+    recipe = _gpu_recipe(rollout={"routing_replay": mode, "prompts_per_step": 2, "group_size": 4,
+                                  "max_prompt_tokens": 16, "max_response_tokens": 48},
+                         learner={"updates_per_batch": updates})
+    rows, t = 2 * 4, 16 + 48
+    routes = [torch.zeros(rows * t, cfg.num_experts_per_tok, dtype=torch.long) for _ in range(moe_layer_count(cfg))]
+    batch = TrainBatch(input_ids=torch.zeros(rows, t, dtype=torch.long), response_mask=torch.ones(rows, t, dtype=torch.bool),
+                       advantages=torch.zeros(rows, t), unit_ids=torch.zeros(rows, t, dtype=torch.long),
+                       inf_logprobs=torch.zeros(rows, t), routed_experts=routes)
+    one_copy = sum(r.nbytes for r in batch.routed_experts)
+    assert route_bytes(recipe, cfg) == copies * one_copy
+    learner = _rows(plan_memory(recipe, cfg, 79.2, 512)[0])
+    assert learner.get("routes", 0) == copies * one_copy
+
+
+def test_kv_heads_are_replicated_when_tp_exceeds_them() -> None:
+    """Ling-mini has 4 KV heads: at tp 8 each GPU holds one (replicated), as at tp 4, not half of one."""
+    cfg = LingConfig.from_hf_dict(__import__("json").loads((ROOT / "recipes/configs/ling-mini-2.0.json").read_text()))
+
+    def kv(tp: int) -> int:
+        recipe = _gpu_recipe(rollout={"tensor_parallel_size": tp, "max_num_seqs": 8}, cluster={"rollout": {"num_gpus": tp}})
+        return _rows(plan_memory(recipe, cfg, 79.2, 512)[1])["KV cache"]
+
+    one_head = 8 * (512 + 512) * 2 * cfg.num_hidden_layers * cfg.head_dim * 2  # seqs x tokens x K,V x layers x dim x bf16
+    assert kv(1) == 4 * one_head and kv(2) == 2 * one_head
+    assert kv(4) == kv(8) == one_head
+
+
+def test_default_gpu_is_what_an_h100_reports() -> None:
+    learner = plan_memory(_gpu_recipe(), PRESETS["tiny"], host_memory_gib=512)[0]
+    assert learner.budget == int(79.2 * GIB)
+
+
+def test_host_counts_the_larger_of_final_export_and_sync_staging() -> None:
+    """Final export: the fp32 model (MTP included) on learner rank 0; shm_file staging: the engine-
+    dtype model under /dev/shm. They never exist at once: the larger counts, the other is shown."""
+    cfg = PRESETS["small"]
+    total, inference = count_parameters(cfg, True).total, count_parameters(cfg, False).inference
+    cpu = load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", ["model.tiny=small", "model.dtype=bfloat16"])
+    host = plan_memory(cpu, cfg, host_memory_gib=64)[2]
+    rows = {r.name.split(" (")[0].split(":")[0]: r for r in host.rows}
+    assert rows["final export"].bytes == 4 * total and rows["final export"].counted
+    assert rows["weight sync staging"].bytes == 2 * inference and not rows["weight sync staging"].counted
+    no_export = plan_memory(load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", ["model.tiny=small", "model.dtype=bfloat16",
+                                                                              "checkpoint.export_hf=false"]), cfg, host_memory_gib=64)[2]
+    staging = [r for r in no_export.rows if r.name.startswith("weight sync staging")]
+    assert len(staging) == 1 and staging[0].counted and staging[0].bytes == 2 * inference
+    nccl = plan_memory(_gpu_recipe(), cfg, 79.2, 512)[2]  # engines on GPUs: auto is nccl, nothing staged
+    assert not any(r.name.startswith("weight sync staging") for r in nccl.rows)

@@ -210,3 +210,60 @@ def test_train_that_does_not_fit_in_memory_exits_3_before_start_up(tmp_path: Pat
     assert code == 3, out
     assert lines[0].startswith("error: learner: needs") and "change learner." in lines[0], lines
     assert "Traceback" not in out and RAY_STARTED not in out
+
+
+# --- GPU memory and tensor parallelism (issue 22, item 16) ------------------------------------------
+
+
+def test_tensor_parallel_engine_must_hold_its_gpus() -> None:
+    """tp 2 with 1 GPU per engine actor is one line naming both keys (vLLM would otherwise start its
+    own placement group); tp 2 with 2 GPUs, and CPU engines, pass this check."""
+    message = _problems(_recipe(rollout__tensor_parallel_size=2, cluster__rollout__num_gpus=1))
+    assert message == ("rollout.tensor_parallel_size=2 but cluster.rollout.num_gpus=1: each engine actor must hold its "
+                       "2 GPUs (set cluster.rollout.num_gpus: 2, or lower tensor_parallel_size)")
+    preflight(parse_recipe(_recipe(rollout__tensor_parallel_size=2, cluster__rollout__num_gpus=2)))
+    preflight(parse_recipe(_recipe(rollout__tensor_parallel_size=2)))
+
+
+def test_memory_plan_uses_the_gpu_memory_key() -> None:
+    """`cluster.gpu_memory_gib` is the GPU memory train's plan uses (no GPU needed to read it); without
+    it and without a CUDA device to read, one line names the key; roles on CPU need no GPU memory."""
+    from ling_rl.commands.preflight import _gpu_memory_gib, _Problem, memory_problems
+
+    on_gpu = _recipe(cluster__learner__num_gpus=1, learner__device="cuda", learner__num_ranks=1)
+    assert _gpu_memory_gib(parse_recipe(_recipe(cluster__learner__num_gpus=1, cluster__gpu_memory_gib=40.5))) == 40.5
+    assert memory_problems(parse_recipe(on_gpu), None, 40.5) == []
+    small = memory_problems(parse_recipe(on_gpu), None, 0.01)
+    assert len(small) == 1 and small[0].startswith("learner: needs") and "0.0 GiB available" in small[0], small
+    with pytest.raises(_Problem, match="set cluster.gpu_memory_gib to the memory one GPU reports"):
+        _gpu_memory_gib(parse_recipe(on_gpu))  # this box has no CUDA device
+    assert _gpu_memory_gib(parse_recipe(_recipe())) is None
+
+
+_PROBE = """
+import ray, sys
+from ling_rl.commands.preflight import _cluster_gpu_memory_gib, _Problem
+ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
+try:
+    _cluster_gpu_memory_gib("auto")
+except _Problem as e:
+    print("PROBLEM", e)
+ray.shutdown()
+"""
+
+
+def test_cluster_gpu_memory_is_read_on_the_gpu_nodes(tmp_path: Path) -> None:
+    """With cluster.address the GPU memory is read by a task holding one GPU on each GPU node. A Ray
+    node that declares a GPU this CPU box does not have: the probe runs there, sees no CUDA device,
+    and the message names cluster.gpu_memory_gib."""
+    temp = Path("/tmp") / f"rayp{os.getpid()}"  # Ray's socket paths must stay short
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(temp)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    finally:
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("PROBLEM cluster.address=auto: a node offers Ray GPUs but torch sees no CUDA device in a task holding "
+            "one; set cluster.gpu_memory_gib") in proc.stdout, proc.stdout + proc.stderr[-3000:]

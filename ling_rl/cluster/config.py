@@ -61,6 +61,11 @@ class ClusterConfig(Section):
     object_store_gib: float = Field(default=1.0, gt=0)
     """Object store size of the local Ray."""
 
+    gpu_memory_gib: float | None = Field(default=None, gt=0)
+    """Memory of one GPU, as the device reports it (GiB; an 80 GB H100 reports about 79.2), for the
+    memory plan `ling-rl train` checks before starting. None: read from the GPUs themselves (this
+    machine's for a local Ray; with `address`, one probe task per GPU node of the cluster)."""
+
     dashboard: bool = False
     """Start the Ray dashboard (web UI on port 8265, metrics export) with the local Ray. False
     starts Ray 2.60's minimum: its API server process with the usage-stats module only, no metrics

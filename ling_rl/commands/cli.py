@@ -129,7 +129,7 @@ def train(
         _fail(str(e))
     from ling_rl.commands.preflight import memory_problems
 
-    too_big = memory_problems(parsed, recipe)
+    too_big = memory_problems(parsed, recipe, ready.gpu_memory_gib)
     if too_big:  # the same verdict and exit code as `ling-rl plan`
         _fail("\n".join(too_big) + f"\n(see `ling-rl plan {recipe}`)", code=3)
     if ready.complete_step is not None:
@@ -163,7 +163,7 @@ def train(
 def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. learner.micro_batch_tokens=16384.")] = None,
-    gpu_memory_gib: Annotated[float, typer.Option(help="Memory of one GPU (GiB).")] = 80.0,
+    gpu_memory_gib: Annotated[float, typer.Option(help="Memory of one GPU as the device reports it (GiB; an 80 GB H100: about 79.2).")] = 79.2,
     host_memory_gib: Annotated[float | None, typer.Option(help="Host memory of one node (GiB; default: this machine's).")] = None,
     model_config: Annotated[Path | None, typer.Option(help="A config.json to plan with instead of the recipe model's.")] = None,
 ) -> None:

@@ -1,7 +1,7 @@
 """Memory planner: what a recipe needs, per role, before anything starts.
 
     config = model_config(recipe, recipe_path)             # LingConfig from config.json (no weights)
-    plan = plan_memory(recipe, config, gpu_memory_gib=80)  # list[RolePlan]
+    plan = plan_memory(recipe, config, gpu_memory_gib=79.2)  # list[RolePlan]
     [role.problem() for role in plan if not role.fits]     # "learner: ... set learner.X"
 
 `ling-rl plan` prints it; `ling-rl train` runs it as a preflight. Pure arithmetic on the model's
@@ -16,25 +16,49 @@ Learner, per rank (FSDP2 over `learner.num_ranks`; fp32 master parameters, as
   gradients   4 B x trainable / ranks       (fp32 shards; MTP layers are frozen unless model.mtp.enabled)
   optimizer   8 B x trainable / ranks       (AdamW m and v, fp32; one optimizer: the DFT warm
                                             start's own AdamW is dropped at the first RL step)
-  unsharded   c x (root + 2 x largest layer) + 4 B x (root + largest layer)
-              (FSDP2 all-gathers a layer and prefetches the next one, in the compute dtype, c bytes;
-              the root unit - embeddings, final norm, lm_head - stays gathered through the step;
-              gradients are unsharded in fp32 before their reduce-scatter)
+  unsharded parameters  c x (root + 2 x largest layer): FSDP2 all-gathers a layer in the compute
+              dtype (c bytes) and prefetches the next one; the root unit (embeddings, final norm,
+              lm_head) stays gathered through the step
+  unsharded gradients   c x (root + largest layer): autograd writes a layer's gradient unsharded
+              in the compute dtype; the root's (lm_head's from the first backward op on) lives
+              until the root's reduce-scatter at the end of backward
+  reduce-scatter        4 B x (max(root, largest layer) + largest layer): each unit's gradients are
+              copied into an fp32 (`reduce_dtype`) buffer for their reduce-scatter; two are counted,
+              as the previous unit's buffer may still be held (its reduce-scatter in flight, on its
+              own stream) while the next unit's is filled
   activations tokens x bytes saved for backward per token (see `activation_bytes_per_token`),
               one row with and one without `learner.activation_checkpointing`
-  logits      chunk x vocab x (3 x 4 B + c) + 4 B x vocab x hidden: `chunked_token_logprobs`
-              keeps one chunk of `learner.logprob_chunk_tokens` positions at a time (compute-dtype
-              logits, their fp32 copy, gradient and softmax temporary) and the lm_head weight's
-              gradient in fp32 (the MTP head runs the same chunks after it, not at the same time)
+  logits      chunk x vocab x (3 x 4 B + c) + 4 B x vocab x hidden (+ c x vocab x hidden when
+              c < 4): `chunked_token_logprobs` keeps one chunk of `learner.logprob_chunk_tokens`
+              positions at a time (compute-dtype logits, their fp32 copy, gradient and softmax
+              temporary) and the lm_head weight's gradient in fp32; in bf16 its backward also makes
+              a [V, H] temporary in the compute dtype (each chunk's product before it is added to
+              the fp32 sum, then the cast of the sum; not both at once). The MTP head runs the same
+              chunks after it, not at the same time.
+  routes      with `rollout.routing_replay`: int64 expert ids, top_k per token per MoE layer, for
+              the whole batch (every rank gets it: prompts_per_step x group_size rows of
+              max_prompt_tokens + max_response_tokens); two copies while the old-policy pass
+              records routing beside the engine's (r3 with updates_per_batch > 1)
   reference   4 B x params / ranks when the KL term is on (a frozen fp32 sharded copy)
   runtime     CUDA context, NCCL and allocator slack (a constant)
+  fragmentation  ALLOCATOR_FRAGMENTATION x the rows above on GPU: the caching allocator's reserved
+              but unusable memory (an assumed margin, not measured on a GPU here)
 Rollout, per GPU of an engine (vLLM, `tensor_parallel_size` GPUs per engine):
   weights     engine dtype bytes x inference params / tp (no MTP layers)
-  KV cache    max_num_seqs x (max_prompt_tokens + max_response_tokens) x KV bytes per token / tp,
-              KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x dtype bytes
+  KV cache    max_num_seqs x (max_prompt_tokens + max_response_tokens) x KV bytes per token per GPU,
+              = 2 (K and V) x layers x max(1, kv_heads / tp) x head_dim x dtype bytes: vLLM
+              replicates the KV heads when tp exceeds their count (each GPU holds one)
   runtime     activations, sampler and CUDA graphs (a constant); budget = gpu_memory_utilization x GPU
-Host (one node): a runtime per process (learner ranks, engines, reward workers), the largest
-checkpoint part rank 0 reads while loading, and the memory of the roles that run on CPU.
+Host (one node): a runtime per process (driver, learner ranks, engines, reward workers), the
+largest checkpoint part rank 0 reads while loading, the memory of the roles that run on CPU, the
+routes of the rollout batch in the driver (routing replay), and the larger of two copies of the
+model that never exist at once: the final export's fp32 state on learner rank 0
+(`checkpoint.export_hf`) and the weight sync's staging files (`shm_file`: the engine-dtype model
+under `rollout.weight_sync.dir`, /dev/shm; `object_store`: the object store's copy plus each
+engine's files; `nccl` stages nothing).
+
+GPU memory: what the device reports (`torch.cuda.get_device_properties().total_memory`), which is
+less than its name: an 80 GB H100 reports about 79.2 GiB (`DEFAULT_GPU_MEMORY_GIB`).
 """
 
 from __future__ import annotations
@@ -59,6 +83,16 @@ CUDA_RUNTIME_BYTES = 1 * GIB
 VLLM_RUNTIME_BYTES = 2 * GIB
 """Per engine GPU beside weights and KV cache: vLLM's profiled activations, sampler and CUDA graphs
 (a rough constant, not measured here)."""
+
+DEFAULT_GPU_MEMORY_GIB = 79.2
+"""GPU memory to plan for when nothing better is known: what an 80 GB H100 reports to torch
+(`total_memory`, about 79.2 GiB), not its nominal 80."""
+
+ALLOCATOR_FRAGMENTATION = 0.10
+"""Learner on GPU: memory the CUDA caching allocator reserves but cannot hand out (blocks split by
+tensors of changing sizes), as a fraction of the learner's other rows. An assumed margin, not
+measured on a GPU here; `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` in the learner's
+environment makes it smaller."""
 
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
 """vLLM's `max_num_seqs` when `rollout.max_num_seqs` is unset."""
@@ -238,6 +272,41 @@ def logits_bytes(cfg: LingConfig, chunk_tokens: int, c: int) -> int:
     return chunk_tokens * cfg.vocab_size * (3 * 4 + c) + 4 * cfg.vocab_size * cfg.hidden_size
 
 
+def head_temporary_bytes(cfg: LingConfig, c: int) -> int:
+    """The [V, H] compute-dtype temporary of `chunked_token_logprobs`'s backward: with c < 4 each
+    chunk's `grad_logits.T @ h` before it is added to the fp32 sum, then the sum's cast back to the
+    weight's dtype (one at a time); in fp32 the product is accumulated in place (`addmm_`)."""
+    return c * cfg.vocab_size * cfg.hidden_size if c < 4 else 0
+
+
+def moe_layer_count(cfg: LingConfig) -> int:
+    return sum(1 for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i))
+
+
+def batch_route_bytes(recipe: Recipe, cfg: LingConfig) -> int:
+    """One copy of a whole batch's routes (`TrainBatch.routed_experts`): int64 expert ids, top_k per
+    token per MoE layer, prompts_per_step x group_size rows of max_prompt + max_response tokens."""
+    rc = recipe.rollout
+    tokens = rc.prompts_per_step * rc.group_size * (rc.max_prompt_tokens + rc.max_response_tokens)
+    return tokens * moe_layer_count(cfg) * cfg.num_experts_per_tok * 8
+
+
+def route_bytes(recipe: Recipe, cfg: LingConfig) -> int:
+    """Routing replay's routes on each learner rank (every rank receives the whole batch): once for
+    the engine's routes (r3) and once for the routing the old-policy pass records (r2 or r3 with
+    `learner.updates_per_batch` > 1: `LearnerWorker.old_logprobs`); 0 without routing replay."""
+    mode = recipe.rollout.routing_replay
+    copies = (mode == "r3") + (mode != "none" and recipe.learner.updates_per_batch > 1)
+    return copies * batch_route_bytes(recipe, cfg)
+
+
+def kv_bytes_per_token(cfg: LingConfig, dtype_bytes: int, tp: int) -> int:
+    """KV cache bytes per token on one GPU of a tensor-parallel engine: vLLM gives each GPU
+    kv_heads / tp heads, and one (replicated) head when tp exceeds the KV head count."""
+    heads = max(1, cfg.num_key_value_heads // tp)
+    return 2 * cfg.num_hidden_layers * heads * cfg.head_dim * dtype_bytes
+
+
 # --- the plan ----------------------------------------------------------------------------------------
 
 
@@ -249,6 +318,8 @@ class Row:
     """The recipe key that makes this row smaller (named when the role does not fit)."""
     counted: bool = True
     """False: shown for comparison only (e.g. activations with the other checkpointing setting)."""
+    note: str | None = None
+    """Why a row is not counted, when not "not used" (shown in the table)."""
 
 
 @dataclass
@@ -301,7 +372,7 @@ def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def plan_memory(recipe: Recipe, cfg: LingConfig, gpu_memory_gib: float = 80.0,
+def plan_memory(recipe: Recipe, cfg: LingConfig, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
                 host_memory_gib: float | None = None) -> list[RolePlan]:
     """Per role, the estimated memory of `recipe` with model `cfg` (see the module docstring)."""
     gpu = int(gpu_memory_gib * GIB)
@@ -326,7 +397,9 @@ def _learner(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
         Row("parameters (fp32 shards)", 4 * p.total // ranks, "learner.num_ranks"),
         Row("gradients (fp32 shards)", 4 * p.trainable // ranks, "learner.num_ranks"),
         Row("optimizer (AdamW m, v fp32)", 8 * p.trainable // ranks, "learner.num_ranks"),
-        Row("unsharded layers (FSDP2)", c * (p.root + 2 * p.largest_layer) + 4 * (p.root + p.largest_layer)),
+        Row("unsharded parameters (FSDP2: root, layer, prefetched layer)", c * (p.root + 2 * p.largest_layer)),
+        Row("unsharded gradients (FSDP2: root, one layer)", c * (p.root + p.largest_layer)),
+        Row("reduce-scatter buffers (fp32, two in flight)", 4 * (max(p.root, p.largest_layer) + p.largest_layer)),
     ]
     for on in (False, True):
         rows.append(Row(f"activations, checkpointing {'on' if on else 'off'} ({tokens} tokens)",
@@ -335,10 +408,18 @@ def _learner(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
                         counted=on == checkpointing))
     rows.append(Row(f"logits chunk ({chunk} x {cfg.vocab_size}), lm_head grad",
                     logits_bytes(cfg, chunk, c), "learner.logprob_chunk_tokens"))
+    if head_temporary_bytes(cfg, c):
+        rows.append(Row(f"lm_head grad temporary ({cfg.vocab_size} x {cfg.hidden_size})", head_temporary_bytes(cfg, c)))
+    if route_bytes(recipe, cfg):
+        rows.append(Row(f"routes ({recipe.rollout.routing_replay}, int64, whole batch)", route_bytes(recipe, cfg),
+                        "rollout.prompts_per_step"))
     if recipe.algorithm.kl.needs_reference:
         rows.append(Row("reference model (fp32 shards)", 4 * p.total // ranks, "algorithm.kl.coef"))
     if on_gpu:
         rows.append(Row("CUDA context, NCCL, allocator", CUDA_RUNTIME_BYTES))
+        counted = sum(r.bytes for r in rows if r.counted)
+        rows.append(Row(f"allocator fragmentation ({ALLOCATOR_FRAGMENTATION:.0%} of the above)",
+                        int(ALLOCATOR_FRAGMENTATION * counted)))
         return RolePlan("learner", f"per GPU ({ranks} ranks)", gpu, rows)
     rows.append(Row("process runtime", PROCESS_RUNTIME_BYTES))
     return RolePlan("learner", "host", host, rows, scale=ranks)
@@ -350,12 +431,12 @@ def _rollout(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
     b = _DTYPE_BYTES[dtype]
     tp = rc.tensor_parallel_size
     p = count_parameters(cfg, train_mtp=False)
-    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * b
     rows = [Row(f"weights ({dtype}, / tp {tp})", b * p.inference // tp, "rollout.tensor_parallel_size")]
     if rollout_on_gpu(recipe):
         seqs = rc.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
         length = rc.max_prompt_tokens + rc.max_response_tokens
-        rows.append(Row(f"KV cache ({seqs} seqs x {length} tokens)", seqs * length * kv_per_token // tp, "rollout.max_num_seqs"))
+        rows.append(Row(f"KV cache ({seqs} seqs x {length} tokens)", seqs * length * kv_bytes_per_token(cfg, b, tp),
+                        "rollout.max_num_seqs"))
         rows.append(Row("activations, sampler, CUDA graphs", VLLM_RUNTIME_BYTES))
         budget = int(rc.gpu_memory_utilization * gpu)
         return RolePlan("rollout", f"per GPU ({rc.gpu_memory_utilization:g} x {gib(gpu)})", budget, rows,
@@ -369,6 +450,10 @@ def _host(recipe: Recipe, cfg: LingConfig, host: int, on_host: list[RolePlan]) -
     """Everything on one node's host memory: the CPU roles whole, and for GPU roles their processes
     and what rank 0 reads while loading (one checkpoint part, fp32)."""
     rows = [Row(f"{r.role} on CPU (x {r.scale})", r.total, _host_key(r)) for r in on_host]
+    rows.append(Row("driver process", PROCESS_RUNTIME_BYTES))
+    if route_bytes(recipe, cfg):  # the driver builds the TrainBatch the ranks receive
+        rows.append(Row("routes of the rollout batch in the driver (int64)", batch_route_bytes(recipe, cfg),
+                        "rollout.prompts_per_step"))
     if learner_on_gpu(recipe):
         ranks = recipe.learner.num_ranks
         p = count_parameters(cfg, train_mtp=False)
@@ -379,7 +464,31 @@ def _host(recipe: Recipe, cfg: LingConfig, host: int, on_host: list[RolePlan]) -
                         recipe.rollout.num_engines * PROCESS_RUNTIME_BYTES, "rollout.num_engines"))
     workers = recipe.cluster.reward_workers
     rows.append(Row(f"reward workers (x {workers})", workers * PROCESS_RUNTIME_BYTES, "cluster.reward_workers"))
+    rows += _model_copies(recipe, cfg)
     return RolePlan("host", "host", host, rows)
+
+
+def _model_copies(recipe: Recipe, cfg: LingConfig) -> list[Row]:
+    """The final export's fp32 state on learner rank 0 and the weight sync's staging files: whole
+    copies of the model in host memory that never exist at once (the sync's files are deleted once
+    the engines loaded them; the export runs after the last step), so only the larger is counted."""
+    from ling_rl.weightsync.methods import choose_method
+
+    rc = recipe.rollout
+    method = choose_method(rc.weight_sync.method, rollout_on_gpu(recipe))
+    weights = _DTYPE_BYTES[rc.engine_dtype(recipe.model.dtype)] * count_parameters(cfg, train_mtp=False).inference
+    copies = {"shm_file": 1, "object_store": 1 + rc.num_engines}.get(method, 0)  # nccl: nothing staged
+    rows = []
+    if recipe.checkpoint.export_hf:
+        rows.append(Row("final export: fp32 state on learner rank 0", 4 * count_parameters(cfg, True).total,
+                        "checkpoint.export_hf"))
+    if copies:
+        where = "object store + each engine's files" if method == "object_store" else rc.weight_sync.dir
+        rows.append(Row(f"weight sync staging ({method}: {where})", copies * weights, "rollout.weight_sync.method"))
+    if len(rows) == 2:
+        smaller = min(rows, key=lambda r: r.bytes)
+        smaller.counted, smaller.note = False, "not at the same time as the other copy"
+    return rows
 
 
 def _host_key(role: RolePlan) -> str | None:
@@ -401,7 +510,7 @@ def plan_table(roles: list[RolePlan]):
             size = f"{row.bytes / GIB:.2f}" if row.counted else f"({row.bytes / GIB:.2f})"
             note = row.key or ""
             if not row.counted:
-                note = "not used" + (f": {row.key}" if row.key else "")
+                note = row.note or "not used" + (f": {row.key}" if row.key else "")
             table.add_row(role.role if i == 0 else "", row.name, size, note)
         times = f" x {role.scale}" if role.scale > 1 else ""
         verdict = "[green]fits[/]" if role.fits else "[bold red]does not fit[/]"

@@ -5,7 +5,7 @@
     result.notes                          # what could not be checked here, and why
 
 `ling-rl check` and `ling-rl train` both call it; train only starts its roles when it passes.
-Checked: reward plugins resolve; W&B credentials when tracking online; the model folder (a local
+Checked: an engine actor holds its tensor-parallel GPUs; reward plugins resolve; W&B credentials when tracking online; the model folder (a local
 folder, a cached hub model, or a tiny model, whose tokenizer is built here as `init-tiny` would);
 every data source's rows with the same code and messages as training (`data.train`, the
 curriculum stages' `data_mix`, `eval.data`, `dft.data`), prompt lengths against
@@ -36,6 +36,10 @@ class Preflight:
     notes: list[str] = field(default_factory=list)
     """What was not checked, and why (e.g. a hub dataset that is not cached)."""
 
+    gpu_memory_gib: float | None = None
+    """With `resources`: the memory of one GPU the memory plan uses (`cluster.gpu_memory_gib`, or
+    read from the GPUs); None when no role runs on a GPU."""
+
 
 def preflight(recipe: Recipe, run_dir: Path | None = None, data: bool = True, resources: bool = False) -> Preflight:
     """Check `recipe` (and `run_dir`, when given) without starting any role; raise `PreflightError`.
@@ -44,11 +48,16 @@ def preflight(recipe: Recipe, run_dir: Path | None = None, data: bool = True, re
     reads them itself before Ray starts, with the same code, so they are not read twice.
     `resources=True` (`ling-rl train`): the cluster has the GPUs the roles ask for, and the model
     can be had (a local folder, a cached hub model, or the Hub reachable); with `cluster.address`
-    this connects to that Ray cluster (train goes on with the connection)."""
+    this connects to that Ray cluster (train goes on with the connection); then the memory of one
+    GPU (`result.gpu_memory_gib`) for `memory_problems`."""
     result = Preflight()
     problems: list[str] = []
+    _collect(problems, _tensor_parallel, recipe)
     if resources:
+        before = len(problems)
         _collect(problems, _gpus, recipe)
+        if len(problems) == before:  # the GPUs are there: read how much memory one has
+            result.gpu_memory_gib = _collect(problems, _gpu_memory_gib, recipe)
         _collect(problems, _model_reachable, recipe)
     _collect(problems, _rewards, recipe)
     _collect(problems, _wandb, recipe)
@@ -142,19 +151,105 @@ def _gpus(recipe: Recipe) -> None:
 
 
 def _cluster_gpus(address: str) -> float:
-    """GPUs of the running Ray cluster at `address`. The connection stays: `train`'s `init_ray`
+    """GPUs of the running Ray cluster at `address`."""
+    import ray
+
+    _join(address)
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def _join(address: str) -> None:
+    """Connect to the Ray cluster at `address` (once). The connection stays: `train`'s `init_ray`
     finds Ray initialized and goes on with it (same address; Ray's INFO lines are kept out of
     preflight's one-line-per-problem output)."""
     import logging
 
     import ray
 
+    if ray.is_initialized():
+        return
     try:
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
     except ConnectionError as e:
         raise _Problem(f"cluster.address={address}: no running Ray cluster to join ({str(e).splitlines()[0]}); "
                        "start one (`ray start --head`) or remove cluster.address to start a local Ray") from None
-    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def _tensor_parallel(recipe: Recipe) -> None:
+    """A GPU engine actor reserves the GPUs of its tensor-parallel workers: with fewer, vLLM would
+    start its own Ray placement group for the rest, outside the recipe's placement."""
+    tp, gpus = recipe.rollout.tensor_parallel_size, recipe.cluster.rollout.num_gpus
+    if 0 < gpus < tp:
+        raise _Problem(f"rollout.tensor_parallel_size={tp} but cluster.rollout.num_gpus={gpus:g}: each engine actor "
+                       f"must hold its {tp} GPUs (set cluster.rollout.num_gpus: {tp}, or lower tensor_parallel_size)")
+
+
+GPU_PROBE_TIMEOUT_S = 120.0
+"""Bound on reading the GPU memory of a remote cluster: one task per GPU node, each needing a free
+GPU, a worker process and `import torch`."""
+
+_GPU_MEMORY_FIX = "set cluster.gpu_memory_gib to the memory one GPU reports (GiB; an 80 GB H100: about 79.2)"
+
+
+def _gpu_memory_gib(recipe: Recipe) -> float | None:
+    """The memory of one GPU for the memory plan: `cluster.gpu_memory_gib` when set; None when no
+    role runs on a GPU; else the smallest GPU's memory, read from this machine's CUDA devices for a
+    local Ray or from the cluster's GPU nodes with `cluster.address`."""
+    from ling_rl.commands.plan import GIB, learner_on_gpu, rollout_on_gpu
+
+    c = recipe.cluster
+    if c.gpu_memory_gib is not None:
+        return c.gpu_memory_gib
+    if not (learner_on_gpu(recipe) or rollout_on_gpu(recipe)):
+        return None
+    if c.address is not None:
+        return _cluster_gpu_memory_gib(c.address)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise _Problem(f"the memory plan is for GPUs (learner.device / cluster.*.num_gpus) but this machine has no "
+                       f"CUDA device to read their memory from; {_GPU_MEMORY_FIX}")
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / GIB
+
+
+def _gpu_total_memory() -> int | None:
+    """In a Ray task holding one GPU: its memory in bytes as torch reports it (None: no CUDA device)."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def _cluster_gpu_memory_gib(address: str) -> float:
+    """The smallest GPU memory (GiB) over the GPU nodes of the Ray cluster at `address`, each read
+    by a task that holds one GPU there (Ray's resources carry GPU counts, not their memory); at
+    most `GPU_PROBE_TIMEOUT_S`."""
+    import ray
+    from ray.exceptions import RayError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ling_rl.commands.plan import GIB
+
+    _join(address)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+    if not nodes:
+        raise _Problem(f"cluster.address={address}: no node of the cluster reports GPUs; {_GPU_MEMORY_FIX}")
+    probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(_gpu_total_memory)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes]
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=GPU_PROBE_TIMEOUT_S)
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    if pending:
+        raise _Problem(f"cluster.address={address}: the GPU memory of {len(pending)} of {len(nodes)} GPU node(s) "
+                       f"could not be read within {GPU_PROBE_TIMEOUT_S:.0f} s (no free GPU there?); {_GPU_MEMORY_FIX}")
+    try:
+        sizes = ray.get(done)
+    except RayError as e:
+        raise _Problem(f"cluster.address={address}: reading the GPU memory failed ({type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[-1][:200]}); {_GPU_MEMORY_FIX}") from None
+    if any(size is None for size in sizes):
+        raise _Problem(f"cluster.address={address}: a node offers Ray GPUs but torch sees no CUDA device in a task "
+                       f"holding one; {_GPU_MEMORY_FIX}")
+    return min(sizes) / GIB
 
 
 def _model_reachable(recipe: Recipe) -> None:
@@ -185,25 +280,24 @@ def _model_reachable(recipe: Recipe) -> None:
                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); {fix}") from None
 
 
-def memory_problems(recipe: Recipe, recipe_path: Path | None = None) -> list[str]:
+def memory_problems(recipe: Recipe, recipe_path: Path | None, gpu_memory_gib: float | None) -> list[str]:
     """`ling-rl plan`'s verdict for `train`: one line per role that does not fit (role, need, key),
-    planned for this machine's GPU memory (80 GiB when it has none: a remote cluster) and host
-    memory. Empty when the model's config.json is not available here (nothing to plan with)."""
-    from ling_rl.commands.plan import PlanError, model_config, plan_memory
+    planned for `gpu_memory_gib` per GPU (`Preflight.gpu_memory_gib`; None: no role on a GPU) and
+    this machine's host memory. Empty when the model's config.json is not available here (nothing
+    to plan with)."""
+    from ling_rl.commands.plan import DEFAULT_GPU_MEMORY_GIB, PlanError, model_config, plan_memory
+    from ling_rl.config import RecipeError
 
     try:
         cfg = model_config(recipe, recipe_path)
     except PlanError:
         return []
-    return [r.problem() for r in plan_memory(recipe, cfg, _local_gpu_gib()) if not r.fits]
-
-
-def _local_gpu_gib() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory / 2**30
-    return 80.0
+    gpu = gpu_memory_gib if gpu_memory_gib is not None else DEFAULT_GPU_MEMORY_GIB  # unused: no role on a GPU
+    try:
+        roles = plan_memory(recipe, cfg, gpu)
+    except RecipeError as e:  # e.g. rollout.weight_sync.method: nccl with engines on CPU
+        return [str(e)]
+    return [r.problem() for r in roles if not r.fits]
 
 
 # --- model and tokenizer ---------------------------------------------------------------------------
