@@ -1,8 +1,9 @@
 """The learner role: N `LearnerWorker` ranks as Ray actors, called together.
 
-Every call is gathered with a bounded wait: the first rank that raises or dies fails the call
-with its rank and the phase, and the whole group is torn down (the other ranks would otherwise
-block in a collective).
+Every call is gathered with a bounded wait (`ling_rl.cluster.waits`): the first rank that raises
+or dies fails the call with its rank and the phase, and so does a call not finished
+`call_timeout_s` after it was sent (one deadline per call, not per rank); the whole group is then
+torn down (the other ranks would otherwise block in a collective).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import ray
 
+from ling_rl.cluster import waits
 from ling_rl.cluster.config import ClusterConfig
 from ling_rl.cluster.placement import actor_options
 from ling_rl.learner.sections import LearnerSections
@@ -25,7 +27,8 @@ class LearnerError(RuntimeError):
 class LearnerGroup:
     def __init__(self, sections: LearnerSections, model_dir: str, cluster: ClusterConfig,
                  call_timeout_s: float = 1800.0, wait: bool = True) -> None:
-        """Start the ranks; with `wait` (default) also join them and build the model (`wait_started`)."""
+        """Start the ranks; with `wait` (default) also join them and build the model (`wait_started`).
+        `call_timeout_s`: the deadline of each call (start and setup included)."""
         self.timeout = call_timeout_s
         world = sections.learner.num_ranks
         threads = cluster.learner.actor_threads
@@ -76,20 +79,11 @@ class LearnerGroup:
         self.workers = []
 
     def _gather(self, refs: list[Any], what: str) -> list[Any]:
-        rank_of = {ref: i for i, ref in enumerate(refs)}
-        pending, results = list(refs), {}
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=self.timeout)
-            if not done:
-                self.shutdown()
-                raise LearnerError(f"learner {what}: no answer from rank(s) "
-                                   f"{sorted(rank_of[r] for r in pending)} within {self.timeout:.0f}s")
-            ref = done[0]
-            try:
-                results[rank_of[ref]] = ray.get(ref)
-            except Exception as e:  # a rank's exception, or RayActorError when it died
-                self.shutdown()
-                cause = getattr(e, "cause", None) or e
-                raise LearnerError(f"learner rank {rank_of[ref]} failed during {what}: "
-                                   f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}") from None
-        return [results[i] for i in range(len(refs))]
+        """Per rank, its result, by `waits.gather` within `call_timeout_s` of now; a failure shuts
+        the group down before `LearnerError` propagates."""
+        try:
+            return waits.gather(refs, [f"learner rank {rank}" for rank in range(len(refs))], what, self.timeout,
+                                LearnerError)
+        except LearnerError:
+            self.shutdown()
+            raise

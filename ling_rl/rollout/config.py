@@ -81,7 +81,7 @@ class RolloutConfig(Section):
     """Asynchronous RL (docs/async.md): the most policy versions a trained token may lag behind
     the learner (version = RL steps the learner has taken). 0: the synchronous loop, generation
     of step n+1 after the weights of step n are synced. k >= 1: the engines generate the next
-    batch while the learner trains on the current one (`ling_rl/driver/async_loop.py`)."""
+    batch while the learner trains on the current one (`ling_rl/driver/kstale.py`)."""
 
     token_budget: int | None = Field(default=None, ge=1)
     """Partial rollouts (C3PO++; needs max_staleness >= 1): the most new tokens one response gets
@@ -109,6 +109,20 @@ class RolloutConfig(Section):
     where the engine gave none (a row's last token), the old-policy pass's choice is kept for the
     updates, as in r2. On GPU vLLM returns the routes; its CPU build cannot, so there they are
     captured from the engine's forward (ling_rl/rollout/cpu_routes.py; prefix caching off)."""
+
+    start_timeout_s: float = Field(default=1200, gt=0)
+    """Seconds from starting the engines until each has loaded the model and answers; a later
+    or failed engine fails the run, named (model download and CUDA graph capture included)."""
+
+    stall_timeout_s: float = Field(default=300, gt=0)
+    """A generation call (training or evaluation) fails, naming the engine, when an engine
+    finishes no vLLM engine step for this many seconds. There is no wall-clock limit on the
+    call: one that keeps stepping (each step a new token for every running sequence, or a
+    prefill) runs as long as its batch needs."""
+
+    call_timeout_s: float = Field(default=600, gt=0)
+    """Every other engine call (weight reload and sync steps, node ids): one deadline per call,
+    from when it is sent."""
 
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     """How the learner's weights reach the engines after each step."""

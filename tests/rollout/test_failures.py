@@ -23,8 +23,8 @@ def test_engine_that_cannot_start_reports_its_error(tmp_path: Path, cluster_cfg:
     """Started without waiting (as the session starts its roles), the error comes from `wait_started`."""
     missing = tmp_path / "no_such_model"
     started = time.monotonic()
-    starting = RolloutGroup(str(missing), RolloutConfig(num_engines=1), cluster_cfg, dtype="float32",
-                            max_model_len=256, call_timeout_s=120, wait=False)
+    starting = RolloutGroup(str(missing), RolloutConfig(num_engines=1, start_timeout_s=120), cluster_cfg,
+                            dtype="float32", max_model_len=256, wait=False)
     with pytest.raises(RolloutError, match=r"rollout engine 0 died during start") as info:
         starting.wait_started()
     assert starting.engines == []  # killed
