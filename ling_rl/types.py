@@ -6,8 +6,9 @@ Token-aligned tensors in `TrainBatch` are indexed by token position: entry t ref
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import torch
 
@@ -66,42 +67,64 @@ class ScoredRollout:
     """True when a required plugin, or every plugin, returned None for it: the sample is not trained on."""
 
 
+TokenLayout = Literal["positions", "routes"]
+"""How a `TrainBatch` field holds its per-token values: `positions`, one [B, T] tensor (or None);
+`routes`, a list of [B*T, top_k] tensors, one per MoE layer (or None)."""
+
+
+def _per_token(layout: TokenLayout, **kwargs: Any) -> Any:
+    """A `TrainBatch` field holding one value per token position, in `layout`: every operation
+    on the batch's rows or positions (`TrainBatch.map_positions`) reaches it from this marker."""
+    return field(metadata={"layout": layout}, **kwargs)
+
+
 @dataclass
 class TrainBatch:
-    """What the learner needs for one rollout batch: tensors only, no algorithm names."""
+    """What the learner needs for one rollout batch: tensors only, no algorithm names.
 
-    input_ids: torch.Tensor
+    Every field is per token and marked with its layout (`_per_token`): a new field declared the
+    same way is selected, trimmed, padded and moved with the others (`map_positions`)."""
+
+    input_ids: torch.Tensor = _per_token("positions")
     """[B, T] prompt + response tokens, right-padded."""
-    response_mask: torch.Tensor
+    response_mask: torch.Tensor = _per_token("positions")
     """[B, T] bool: True at response-token positions that are trained on."""
-    advantages: torch.Tensor
+    advantages: torch.Tensor = _per_token("positions")
     """[B, T] per-token advantages (0 outside the response)."""
-    unit_ids: torch.Tensor
+    unit_ids: torch.Tensor = _per_token("positions")
     """[B, T] long: unit index of each response token within its row (0 outside the response)."""
-    inf_logprobs: torch.Tensor
+    inf_logprobs: torch.Tensor = _per_token("positions")
     """[B, T] inference-engine log-probs of the response tokens (0 elsewhere)."""
-    old_logprobs: torch.Tensor | None = None
+    old_logprobs: torch.Tensor | None = _per_token("positions", default=None)
     """[B, T] learner log-probs before this batch's updates (None: computed as needed)."""
-    routed_experts: list[torch.Tensor] | None = None
+    routed_experts: list[torch.Tensor] | None = _per_token("routes", default=None)
     """Per MoE layer, [B*T, top_k] expert ids to replay (routing replay; -1: the router chooses)."""
-    version_lag: torch.Tensor | None = None
+    version_lag: torch.Tensor | None = _per_token("positions", default=None)
     """[B, T] long: per response token, the learner's version minus the version that sampled it
     (asynchronous RL; 0 elsewhere); None: synchronous, every lag 0."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def map_positions(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TrainBatch:
+        """A new batch with `fn` applied to every per-token field, each seen as [B, T, ...] (the
+        routes' [B*T, top_k] as [B, T, top_k]); `fn` may change B and T (select rows, cut or pad
+        positions, move devices). None fields stay None."""
+        b, t = self.input_ids.shape
+
+        def apply(name: str, layout: TokenLayout | None) -> Any:
+            value = getattr(self, name)
+            if value is None:
+                return None
+            if layout == "positions":
+                return fn(value)
+            if layout == "routes":
+                out = [fn(r.view(b, t, r.shape[-1])) for r in value]
+                return [r.reshape(-1, r.shape[-1]) for r in out]
+            raise TypeError(f"TrainBatch.{name} has no per-token layout marker (declare it with _per_token)")
+
+        return TrainBatch(**{f.name: apply(f.name, f.metadata.get("layout")) for f in fields(self)})
+
     def select(self, rows: torch.Tensor | slice) -> TrainBatch:
         """The sub-batch of `rows` (for micro-batches and data-parallel shards)."""
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[rows]
-
-        replay = None
-        if self.routed_experts is not None:
-            b, t = self.input_ids.shape
-            replay = [r.view(b, t, -1)[rows].reshape(-1, r.shape[-1]) for r in self.routed_experts]
-        return TrainBatch(
-            input_ids=self.input_ids[rows], response_mask=self.response_mask[rows], advantages=self.advantages[rows],
-            unit_ids=self.unit_ids[rows], inf_logprobs=self.inf_logprobs[rows], old_logprobs=take(self.old_logprobs),
-            routed_experts=replay, version_lag=take(self.version_lag),
-        )
+        return self.map_positions(lambda t: t[rows])

@@ -240,11 +240,11 @@ def test_cpu_vllm_refuses_routed_experts_before_building_an_engine(tiny_dir: Pat
 @pytest.fixture
 def r3_worker(tmp_path: Path):
     """One learner rank (gloo, this process) on a 3-layer tiny model, r3, 2 updates per batch."""
-    from ling_rl.learner.sections import LearnerSections
+    from ling_rl.driver.session import learner_sections
     from ling_rl.learner.worker import LearnerWorker
 
     folder = save_model(build_tiny_model(TINY3, seed=0), tmp_path / "model")
-    sections = LearnerSections.of(parse_recipe(_recipe(
+    sections = learner_sections(parse_recipe(_recipe(
         rollout={"routing_replay": "r3"},
         learner={"precision": "fp32", "lr": 1e-2, "micro_batch_tokens": 40, "updates_per_batch": 2},
         algorithm={"mismatch": {"type": "none"}})))

@@ -50,20 +50,11 @@ def batch_to(batch: TrainBatch, device: torch.device, multiple: int = 1) -> Trai
     mask, so it changes no loss term; with causal attention it never reaches a real position)."""
     extra = -batch.input_ids.shape[1] % multiple
 
-    def move(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else F.pad(t.to(device), (0, extra))
+    def move(t: torch.Tensor) -> torch.Tensor:  # [B, T, ...] -> [B, T + extra, ...] on `device`, 0 on padding
+        t = t.to(device)
+        return F.pad(t, (0, 0) * (t.dim() - 2) + (0, extra)) if extra else t
 
-    def move_routing(r: torch.Tensor) -> torch.Tensor:  # [B*T, k] -> [B*(T+extra), k], expert 0 on padding
-        b = batch.input_ids.shape[0]
-        return F.pad(r.to(device).view(b, -1, r.shape[-1]), (0, 0, 0, extra)).reshape(-1, r.shape[-1])
-
-    return TrainBatch(
-        input_ids=move(batch.input_ids), response_mask=move(batch.response_mask),
-        advantages=move(batch.advantages), unit_ids=move(batch.unit_ids),
-        inf_logprobs=move(batch.inf_logprobs), old_logprobs=move(batch.old_logprobs),
-        routed_experts=None if batch.routed_experts is None else [move_routing(r) for r in batch.routed_experts],
-        version_lag=move(batch.version_lag),
-    )
+    return batch.map_positions(move)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

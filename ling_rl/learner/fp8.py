@@ -143,7 +143,10 @@ def apply_fp8(model: nn.Module, cfg: FP8Config, device: torch.device | None = No
     convert_to_float8_training(model, module_filter_fn=keep, config=float8_config(cfg))
     if use_routed_experts_fp8(cfg, device):
         converted += convert_routed_experts(model)
-    model.register_state_dict_post_hook(_plain_weights)
+    # On each converted module, not the root: the weight sync takes each layer's own state dict
+    # (`ling_rl.weightsync.stream.gather_layers`), which runs the hooks of that layer's modules only.
+    for fqn in converted:
+        model.get_submodule(fqn).register_state_dict_post_hook(_plain_weights)
     return converted
 
 
@@ -151,10 +154,12 @@ def _plain_weights(module: nn.Module, state_dict: dict, prefix: str, local_metad
     """With float8 all-gather, torchao wraps the converted weights in a tensor subclass that only
     the float8 GEMM understands; state dicts (export, weight sync, checkpoints) get the plain
     high-precision tensor inside, which safetensors and inference engines can use. Loading a
-    plain tensor back copies into the wrapped one, so checkpoints still resume."""
+    plain tensor back copies into the wrapped one, so checkpoints still resume. Registered on a
+    module, it runs in every state dict that module is part of (its own, a layer's, the root's),
+    and unwraps that module's entries (`prefix`)."""
     from torch.distributed.tensor import DTensor
 
-    for key, value in state_dict.items():
+    for key, value in [(k, v) for k, v in state_dict.items() if k.startswith(prefix)]:
         if isinstance(value, DTensor):
             local = _unwrapped(value._local_tensor)
             if local is not value._local_tensor:

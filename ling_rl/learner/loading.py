@@ -4,7 +4,8 @@
 
 1. the model is built on the meta device (structure only, no memory);
 2. `convert` runs (FP8: FSDP2 must see the Float8Linears, so before sharding);
-3. `fully_shard` each layer, then the root; `to_empty` gives each rank memory for its shards only;
+3. `fully_shard` each MoE router (its own unit, computing in fp32), each layer, then the root;
+   `to_empty` gives each rank memory for its shards only;
 4. part by part (a decoder layer, then embeddings / norm / lm_head), rank 0 reads that part's
    tensors from the safetensors and `set_model_state_dict(..., broadcast_from_rank0=True)` sends
    every rank its shards (replicated buffers such as the router expert bias whole);
@@ -46,7 +47,12 @@ def build_sharded(folder: str | Path, device: torch.device, mp_policy: MixedPrec
     # process sees a GPU, and a `learner.device: cpu` rank on a GPU machine would compute on the GPU
     # (seen on an H200: embeddings on cuda:0, RoPE buffers on the CPU).
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    # The routers are their own units that keep fp32 for compute (vLLM routes with fp32 weights and
+    # the sync ships them in fp32; a bf16 all-gather would round them before `Router` upcasts).
+    router_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for layer in model.model.layers:
+        if layer.is_moe and layer.mlp.gate.fp32:
+            fully_shard(layer.mlp.gate, mesh=mesh, mp_policy=router_policy)
         fully_shard(layer, mesh=mesh, mp_policy=mp_policy)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy)
     model.to_empty(device=device)

@@ -10,6 +10,7 @@ one rank.
 from __future__ import annotations
 
 import os
+import zlib
 from datetime import timedelta
 
 import torch
@@ -144,17 +145,7 @@ class LearnerWorker:
         of `multiple` (the batch's own length is one: `batch_to`)."""
         length = int(_lengths(mb).max()) if len(mb) else 1
         length = min(-(-length // multiple) * multiple, mb.input_ids.shape[1])
-        trimmed = TrainBatch(
-            input_ids=mb.input_ids[:, :length], response_mask=mb.response_mask[:, :length],
-            advantages=mb.advantages[:, :length], unit_ids=mb.unit_ids[:, :length],
-            inf_logprobs=mb.inf_logprobs[:, :length],
-            old_logprobs=None if mb.old_logprobs is None else mb.old_logprobs[:, :length],
-            version_lag=None if mb.version_lag is None else mb.version_lag[:, :length],
-        )
-        if mb.routed_experts is not None:
-            b, t = mb.input_ids.shape
-            trimmed.routed_experts = [r.view(b, t, -1)[:, :length].reshape(-1, r.shape[-1]) for r in mb.routed_experts]
-        return trimmed
+        return mb.map_positions(lambda t: t[:, :length])
 
     @torch.no_grad()
     def old_logprobs(self, batch: TrainBatch, record_routing: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
@@ -192,7 +183,7 @@ class LearnerWorker:
         cfg = self.cfg.learner
         lr = self.scheduler.get_last_lr()[0]  # the LR this step's updates use
         # The DFT warm start is over once RL trains: its AdamW state (8 bytes per parameter per rank,
-        # never checkpointed) would sit beside the RL optimizer's (ling_rl/plan.py counts one).
+        # never checkpointed) would sit beside the RL optimizer's (ling_rl/commands/plan.py counts one).
         self.__dict__.pop("sft_optimizer", None)
         if not carries_signal(batch, self.cfg.algorithm):
             return {"skipped": 1.0, "lr": lr}
@@ -204,9 +195,11 @@ class LearnerWorker:
             routing = self.routing_mismatch(batch)
         else:
             batch.routed_experts = None
-        if updates > 1 or replay_mode == "r2":
+        if updates > 1:
             # r2 records the old-policy pass's routing; r3 too, so the positions the engine gave no
-            # route for are routed alike in every update (the given ones stay the engine's).
+            # route for are routed alike in every update (the given ones stay the engine's). With one
+            # update there is no pass to run: its forward is the old policy, routing as that pass
+            # would have (its log-probs stand in for the old ones, detached).
             batch.old_logprobs, replay = self.old_logprobs(batch, record_routing=replay_mode != "none")
             batch.routed_experts = replay
         sums: dict[str, float] = {}
@@ -279,7 +272,7 @@ class LearnerWorker:
             # FSDP2 averages gradients over ranks; each rank's loss is its share of the batch mean.
             (loss * scale * self.world_size).backward()
             tokens = 0.0 if empty else float(mask[rows].sum())
-            if measure_gap and not empty:
+            if measure_gap:  # on every rank, a rank without rows too: all ranks must reduce the same keys
                 gap = (old - mb.inf_logprobs).abs()[mb.response_mask.bool()]
                 values["sync/gap_mean"] = float(gap.mean()) if gap.numel() else 0.0
                 values["sync/gap_max"] = float(gap.max()) if gap.numel() else 0.0
@@ -373,7 +366,7 @@ class LearnerWorker:
     def _full_state(self) -> dict[str, torch.Tensor]:
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    # Weight sync to the rollout engines, layer by layer (ling_rl/rollout/sync.py drives these;
+    # Weight sync to the rollout engines, layer by layer (ling_rl/weightsync/methods.py drives these;
     # every rank takes part: gathering FSDP2 shards is a collective; rank 0 sends).
 
     def node_id(self) -> str:
@@ -382,17 +375,17 @@ class LearnerWorker:
         return ray.get_runtime_context().get_node_id()
 
     def write_weight_buckets(self, prefix: str, dtype: str, bucket_bytes: int) -> dict:
-        from ling_rl.rollout.sync_sender import write_buckets
+        from ling_rl.weightsync.sender import write_buckets
 
         return write_buckets(self.model, getattr(torch, dtype), bucket_bytes, prefix, sender=self.rank == 0)
 
     def put_weight_buckets(self, dtype: str, bucket_bytes: int) -> dict:
-        from ling_rl.rollout.sync_sender import put_buckets
+        from ling_rl.weightsync.sender import put_buckets
 
         return put_buckets(self.model, getattr(torch, dtype), bucket_bytes, sender=self.rank == 0)
 
     def weight_metadata(self, dtype: str) -> list[tuple[str, str, list[int]]]:
-        from ling_rl.rollout.weight_stream import weight_metadata
+        from ling_rl.weightsync.stream import weight_metadata
 
         return weight_metadata(self.model, getattr(torch, dtype))
 
@@ -410,7 +403,7 @@ class LearnerWorker:
                                                "world_size": world_size})
 
     def broadcast_weights(self, dtype: str, bucket_bytes: int) -> dict:
-        from ling_rl.rollout.sync_sender import broadcast
+        from ling_rl.weightsync.sender import broadcast
 
         return broadcast(self.model, getattr(torch, dtype), bucket_bytes, getattr(self, "_weight_group", None))
 
@@ -481,6 +474,7 @@ def _lengths(batch: TrainBatch) -> torch.Tensor:
 def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
     """Reduce per-rank metric sums over ranks (tensors on `device`: NCCL reduces CUDA tensors only)."""
     keys = sorted(sums)
+    _check_same_keys(keys, device)
     groups = {
         dist.ReduceOp.MAX: [k for k in keys if k.endswith("_max")],
         dist.ReduceOp.MIN: [k for k in keys if k.endswith("_min")],
@@ -500,6 +494,19 @@ def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float
             value = value / out[f"__w/{key}"] if out[f"__w/{key}"] else 0.0
         result[key] = value
     return result
+
+
+def _check_same_keys(keys: list[str], device: torch.device) -> None:
+    """Fail on every rank alike when the ranks' metric keys differ. The reductions below send one
+    tensor per group of keys: a rank with other keys would send a tensor of another length, which
+    hangs the collective or crashes it. One small all-reduce of the key count and a checksum, by
+    MAX of the values and of their negatives, gives every rank the same maximum and minimum."""
+    digest = zlib.crc32("\n".join(keys).encode())
+    t = torch.tensor([len(keys), digest, -len(keys), -digest], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if t[0] != -t[2] or t[1] != -t[3]:
+        raise RuntimeError(f"learner rank {dist.get_rank()}: the ranks recorded different metric keys (this rank's: "
+                           f"{keys}); every rank must record the same keys, a rank without rows too")
 
 
 def _finalize(sums: dict[str, float], updates: int) -> dict[str, float]:

@@ -118,6 +118,12 @@ class Router(nn.Module):
         self.scaling = cfg.routed_scaling_factor
         self.fp32 = cfg.router_dtype == "fp32"
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Router scores [N, E] of tokens `x` [N, H]. The module's forward (not a separately named
+        method): the learner shards the router as its own FSDP2 unit that keeps its weight in
+        fp32 (`ling_rl.learner.loading`), and only a forward call gathers it."""
+        return self.scores(x)
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         logits = F.linear(x.float(), w.float()) if self.fp32 else F.linear(x, w)
@@ -250,7 +256,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        scores = self.gate.scores(flat)
+        scores = self.gate(flat)
         if expert_ids is None:
             expert_ids = self.gate.select(scores)
         elif expert_ids.shape != (flat.shape[0], self.gate.top_k):
@@ -412,9 +418,15 @@ class LingForCausalLM(nn.Module):
             mtp_out = []
             h = hidden
             for d, mtp in enumerate(self.mtp_layers, start=1):
-                # position t combines h_t with the embedding of token t+d to predict token t+d+1
-                h = mtp(h[:, :-1], embeds[:, d:], positions[:, d:])
-                mtp_out.append(self.lm_head(h) if head is None else head(h, self.lm_head.weight, d))
+                # Position t combines h_t with the embedding of token t+d to predict token t+d+1, for
+                # t < T-d. Every depth runs on all T positions, the last d right padding (zero
+                # embeddings, positions counted on): causal attention keeps them from the real ones,
+                # and they are cut before the head. So the MTP layers' GEMMs see the trunk's token
+                # count, which float8 training needs to be a multiple of 16 (`LearnerWorker.token_multiple`).
+                ahead = torch.cat([positions[:, d:], positions[:, -1:] + torch.arange(1, d + 1, device=positions.device)], 1)
+                h = mtp(h, F.pad(embeds[:, d:], (0, 0, 0, d)), ahead)
+                real = h[:, : t - d]
+                mtp_out.append(self.lm_head(real) if head is None else head(real, self.lm_head.weight, d))
             if head is None:
                 out.mtp_logits = mtp_out
             else:

@@ -53,13 +53,13 @@ def test_rows_missing_a_column_name_the_row(tokenizer) -> None:
 def _sft(rank: int, world: int, init: str, model_dir: str, out: str) -> None:
     import transformers
 
-    from ling_rl.learner.sections import LearnerSections
+    from ling_rl.driver.session import learner_sections
     from ling_rl.learner.worker import LearnerWorker
 
     tok = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
                            "learner": {"precision": "fp32", "num_ranks": world}})
-    worker = LearnerWorker(rank, world, LearnerSections.of(recipe), model_dir)
+    worker = LearnerWorker(rank, world, learner_sections(recipe), model_dir)
     worker.setup(init)
     data = DFTData(_rows(64), DFTConfig(enabled=True, batch_size=16), tok, "prompt", "answer", "train")
     losses = [worker.sft_step(data.batch(tok.pad_token_id), lr=3e-3)["dft/loss"] for _ in range(25)]

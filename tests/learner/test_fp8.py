@@ -57,7 +57,8 @@ def _run(rank: int, init: str, model_dir: str, out: str) -> None:
             "float8": sorted(n for n, m in modules.items() if isinstance(m, Float8Linear)),
             "converted": getattr(worker, "fp8_modules", []),
             "lm_head": type(modules["lm_head"]).__name__,
-            "router": type(modules["model.layers.1.mlp.gate"]).__name__,
+            # FSDP2 renames a sharded module's class FSDP<name>: the router is its own (fp32) unit.
+            "router": type(modules["model.layers.1.mlp.gate"]).__name__.removeprefix("FSDP"),
             "embeddings": type(modules["model.word_embeddings"]).__name__,
         }
         # The export (weight sync, HF folder) must carry plain tensors, not float8 wrapper subclasses.

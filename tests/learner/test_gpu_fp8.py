@@ -136,11 +136,11 @@ def test_fp8_step_with_routed_experts_is_finite_and_close_to_bf16(steps: dict) -
 
 def _worker_step(rank: int, init: str, model_dir: str, out: str) -> None:
     from ling_rl.config import parse_recipe
-    from ling_rl.learner.sections import LearnerSections
+    from ling_rl.driver.session import learner_sections
     from ling_rl.learner.worker import LearnerWorker
     from tests.learner.helpers import leave, random_batch
 
-    cfg = LearnerSections.of(parse_recipe({
+    cfg = learner_sections(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": "fp8", "device": "cuda", "fp8": {"routed_experts": True}, "lr": 1e-3,
                     "micro_batch_tokens": 200, "num_ranks": 1},
@@ -165,4 +165,37 @@ def test_learner_worker_fp8_step_with_routed_experts_on_cuda(tmp_path: Path, tin
     result = torch.load(out)
     assert any(n.endswith("mlp.experts") for n in result["converted"])
     for m in result["metrics"]:
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values() if isinstance(v, float)), m
+
+
+def _mtp_step(rank: int, init: str, model_dir: str, out: str) -> None:
+    from ling_rl.config import parse_recipe
+    from ling_rl.driver.session import learner_sections
+    from ling_rl.learner.worker import LearnerWorker
+    from tests.learner.helpers import leave, random_batch
+
+    cfg = learner_sections(parse_recipe({
+        "model": {"tiny": "tiny", "mtp": {"enabled": True}}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+        "learner": {"precision": "fp8", "device": "cuda", "lr": 1e-3, "micro_batch_tokens": 200, "num_ranks": 1},
+        "algorithm": {"mismatch": {"type": "none"}}, "cluster": {"learner": {"num_gpus": 1}},
+    }))
+    worker = LearnerWorker(0, 1, cfg, model_dir, threads=2)
+    worker.setup(init)
+    metrics = [worker.train_step(random_batch(1024, seed=s)) for s in range(2)]  # 17 positions: padded to 32
+    torch.save({"metrics": metrics, "converted": worker.fp8_modules, "multiple": worker.token_multiple,
+                "train_mtp": worker.train_mtp}, out)
+    leave(worker)
+
+
+def test_learner_worker_fp8_step_with_mtp_on_cuda(tmp_path: Path, tiny_dir: Path) -> None:
+    """MTP on with float8 linears in the MTP layer (issue 22 item 6): its GEMMs see the trunk's
+    padded token count, so `torch._scaled_mm` accepts them in backward (it failed there when
+    depth d ran on B*(T-d) tokens)."""
+    out = tmp_path / "out.pt"
+    mp.spawn(_mtp_step, args=(f"file://{tmp_path}/pg", str(tiny_dir), str(out)), nprocs=1)
+    result = torch.load(out)
+    assert result["train_mtp"] and result["multiple"] == 16
+    assert any(n.startswith("model.layers.2.") for n in result["converted"])  # the tiny model's MTP layer
+    for m in result["metrics"]:
+        assert m["mtp_loss"] > 0
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values() if isinstance(v, float)), m

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from ling_rl.config import Recipe, parse_recipe
 from ling_rl.learner.logprobs import processed_logits, token_logprobs
+from ling_rl.driver.session import learner_sections
 from ling_rl.learner.sections import LearnerSections
 from tests.learner.helpers import leave, random_batch
 
@@ -99,7 +100,7 @@ def test_the_learner_is_given_sections_not_the_recipe() -> None:
 # --- the worker applies the rollout's sampling settings in its RL passes -----------------------------
 
 def _sections(**rollout: float) -> LearnerSections:
-    return LearnerSections.of(parse_recipe({
+    return learner_sections(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": "fp32", "num_ranks": 1}, "rollout": rollout,
         "algorithm": {"mismatch": {"type": "none"}},

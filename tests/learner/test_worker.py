@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,14 @@ import torch
 import torch.multiprocessing as mp
 
 from ling_rl.config import parse_recipe
+from ling_rl.driver.session import learner_sections
 from ling_rl.learner.sections import LearnerSections
 from tests.learner.helpers import leave, random_batch
 
 
 def _recipe(world: int, sections: dict | None = None, **learner: object) -> LearnerSections:
     """A recipe for `world` ranks; `sections` overrides whole sections other than `learner`."""
-    return LearnerSections.of(parse_recipe({
+    return learner_sections(parse_recipe({
         "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": "fp32", "lr": 1e-3, "micro_batch_tokens": 40, "num_ranks": world, **learner},
         "rollout": {"routing_replay": "r2"} if learner.get("updates_per_batch", 1) > 1 else {},
@@ -293,3 +295,66 @@ def test_expert_bias_update(tmp_path: Path, tiny_dir: Path, freeze: bool) -> Non
             torch.testing.assert_close(after, expected, rtol=0, atol=1e-7)
             assert not torch.equal(after, before)
         assert torch.equal(zero["synced"][i], after)
+
+
+# --- ranks agree on metric keys; r2 with one update runs no extra pass ---------------------------
+
+def _few_rows(rank: int, world: int, init: str, model_dir: str, out: str, learner: dict, ckpt: str | None) -> None:
+    """Two rows, two updates, two ranks: each mini-batch has one row, so rank 1 has none in either."""
+    from ling_rl.learner.worker import LearnerWorker
+
+    worker = LearnerWorker(rank, world, _recipe(world, **learner), model_dir)
+    worker.setup(init, collective_timeout_s=60.0)  # a mismatch fails within a minute, not the 300 s default
+    metrics = worker.train_step(random_batch(1024, rows=2, seed=3))
+    torch.save(metrics, f"{out}.rank{rank}")
+    leave(worker)
+
+
+def _spawn_bounded(fn, world: int, tmp: Path, tag: str, model_dir: Path, learner: dict, timeout_s: float) -> list[dict]:
+    """`fn` on `world` ranks; fails (and ends the ranks) when they are not done within `timeout_s`."""
+    out = tmp / f"{tag}.pt"
+    ctx = mp.start_processes(fn, args=(world, f"file://{tmp}/pg-{tag}", str(model_dir), str(out), learner, None),
+                             nprocs=world, join=False, start_method="spawn")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ctx.join(timeout=max(deadline - time.monotonic(), 0.1)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"learner ranks still running after {timeout_s} s (a hung collective)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    return [torch.load(f"{out}.rank{r}") for r in range(world)]
+
+
+def test_a_rank_without_rows_in_a_mini_batch_reduces_the_same_metric_keys(tmp_path: Path, tiny_dir: Path) -> None:
+    """Fewer rows per update than ranks: the rank without rows still records `sync/gap_mean` and
+    `sync/gap_max` (before the fix it sent a shorter metric tensor: gloo failed or hung)."""
+    zero, one = _spawn_bounded(_few_rows, 2, tmp_path, "few", tiny_dir, {"updates_per_batch": 2}, timeout_s=240)
+    assert zero.keys() == one.keys()
+    assert zero == one  # reduced values: the same on every rank
+    assert 0.0 < zero["sync/gap_max"] < math.inf and 0.0 < zero["sync/gap_mean"] <= zero["sync/gap_max"]
+
+
+def _count_forwards(rank: int, world: int, init: str, model_dir: str, out: str, learner: dict, ckpt: str | None) -> None:
+    from ling_rl.learner.worker import LearnerWorker
+
+    worker = LearnerWorker(rank, world, _recipe(world, **learner), model_dir)
+    worker.setup(init)
+    forwards = {"no_grad": 0, "grad": 0}
+
+    def count(module, args, kwargs):
+        forwards["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+
+    worker.model.register_forward_pre_hook(count, with_kwargs=True)
+    metrics = worker.train_step(random_batch(1024, seed=0))
+    torch.save({"forwards": forwards, "metrics": metrics}, out)
+    leave(worker)
+
+
+def test_r2_with_one_update_per_batch_runs_no_old_policy_pass(tmp_path: Path, tiny_dir: Path) -> None:
+    """One update: its own forward routes as the old-policy pass would, so that pass is skipped."""
+    result = _spawn(_count_forwards, 1, tmp_path, "r2-one", tiny_dir,
+                    {"updates_per_batch": 1, "sections": {"rollout": {"routing_replay": "r2"}}})
+    assert result["forwards"]["no_grad"] == 0
+    assert result["forwards"]["grad"] >= 1 and result["metrics"]["skipped"] == 0.0
