@@ -80,6 +80,9 @@ class Recipe(Section):
             if stage.max_response_tokens is not None and stage.max_response_tokens > self.rollout.max_response_tokens:
                 raise _CrossField(f"curriculum.stages.{i}.max_response_tokens", f"is {stage.max_response_tokens}, above "
                                   f"rollout.max_response_tokens={self.rollout.max_response_tokens} (the engines' length budget)")
+        if self.eval.max_response_tokens is not None and self.eval.max_response_tokens > self.rollout.max_response_tokens:
+            raise _CrossField("eval.max_response_tokens", f"is {self.eval.max_response_tokens}, above rollout."
+                              f"max_response_tokens={self.rollout.max_response_tokens} (the engines' length budget)")
         if self.eval.every > 0 and self.eval.data is None:
             raise _CrossField("eval.data", f"is missing but eval.every={self.eval.every}: name the held-out prompts")
         duplicate = duplicate_keys(self.rewards)

@@ -1,8 +1,10 @@
 """`ling-rl eval` and a real run with chat templates and TRL's own reward functions.
 
 The real test trains the tiny model for 2 steps (chat template, system prompt, `trl.rewards`
-functions, in-run evaluation), then evaluates its export and its checkpoint with `ling-rl eval`:
-the export's evaluation, with the run's settings, repeats the in-run evaluation of the last step.
+functions, in-run evaluation, a curriculum stage with a shorter response budget), then evaluates
+its export and its checkpoint with `ling-rl eval`: the export's evaluation, with the run's
+settings, repeats the in-run evaluation of the last step (both with the evaluation's budget, not
+the stage's).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def test_chat_template_run_with_trl_rewards_then_eval_of_export_and_checkpoint(t
         "rewards": '[{name: exact_answer}, {name: "trl.rewards:think_format_reward", weight: 0.5},'
                    ' {name: "trl.rewards:accuracy_reward", required: false}]',
         "learner.num_ranks": 1, "rollout.prompts_per_step": 2, "rollout.group_size": 2, "rollout.max_response_tokens": 8,
+        "curriculum.stages": "[{name: short, max_response_tokens: 4}]",
         "eval.every": 2, "eval.data": EVAL, "eval.max_prompts": 3, "eval.samples": 2,
         "checkpoint.every": 0, "tracking.progress_bar": False,
     }
@@ -92,6 +95,7 @@ def test_chat_template_run_with_trl_rewards_then_eval_of_export_and_checkpoint(t
     length = sum(r["response_tokens"] for r in greedy) / len(greedy)
     accuracy = sum(bool(r["correct"]) for r in greedy) / len(greedy)
     assert (length, accuracy) == (in_run["eval/response_len_greedy"], in_run["eval/accuracy_greedy"])
+    assert max(r["response_tokens"] for r in records) > 4  # the evaluation's budget (8), not the stage's (4)
     table = {line.split("  ")[0].strip(): line.split()[-2:] for line in proc.stdout.splitlines() if "  " in line}
     assert table["mean length (tokens)"][0] == f"{in_run['eval/response_len_greedy']:.1f}", proc.stdout
     assert "reward think_format_reward" in table and "accuracy (exact_answer >= 1)" in table, proc.stdout

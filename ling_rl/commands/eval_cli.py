@@ -133,7 +133,7 @@ def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any) -> Eval
     import transformers
 
     from ling_rl.cluster.ray_init import init_ray
-    from ling_rl.driver.evaluation import eval_prompts, run_evaluation
+    from ling_rl.driver.evaluation import eval_max_tokens, eval_prompts, run_evaluation
     from ling_rl.reward.pool import RewardPool
     from ling_rl.rollout.group import RolloutGroup
 
@@ -141,9 +141,9 @@ def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any) -> Eval
     prompts = eval_prompts(recipe, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")  # a folder we cannot write to fails now, not after the generation
-    cfg = recipe.rollout
+    cfg, max_tokens = recipe.rollout, eval_max_tokens(recipe)
     progress(f"{len(prompts.samples)} prompts from {recipe.eval.data}; 1 greedy + {recipe.eval.samples} sampled "
-             f"responses each, up to {cfg.max_response_tokens} tokens; starting {cfg.num_engines} engine(s) and "
+             f"responses each, up to {max_tokens} tokens; starting {cfg.num_engines} engine(s) and "
              f"{recipe.cluster.reward_workers} reward worker(s)")
     init_ray(recipe.cluster)
     engines = rewards = None
@@ -154,7 +154,7 @@ def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any) -> Eval
                              worker_cpus=recipe.cluster.reward.num_cpus, wait=False)
         rewards.wait_started()
         engines.wait_started()
-        outcome = run_evaluation(prompts.samples, engines, rewards, recipe.eval, cfg.max_response_tokens,
+        outcome = run_evaluation(prompts.samples, engines, rewards, recipe.eval, max_tokens,
                                  recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=0)
     finally:
         for role in (engines, rewards):

@@ -50,6 +50,12 @@ class EvalConfig(Section):
     seed: int = 12345
     """Sampling seed (the same every evaluation, so curves compare like with like)."""
 
+    max_response_tokens: int | None = Field(default=None, ge=1)
+    """Generation budget of every evaluation response; None: `rollout.max_response_tokens` (it may
+    not exceed it, the engines' length budget). Never a curriculum stage's budget: the in-run
+    curves stay comparable across stage changes, and `ling-rl eval` of a run's model, with the
+    run's recipe, generates with the budget the run evaluated with."""
+
 
 @dataclass
 class EvalOutcome:
@@ -141,11 +147,17 @@ def eval_prompts(recipe: Any, tokenizer: Any) -> Any:
     return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens, rows=rows)
 
 
+def eval_max_tokens(recipe: Any) -> int:
+    """The response budget of every evaluation of `recipe`, in the run and in `ling-rl eval`:
+    `eval.max_response_tokens`, else `rollout.max_response_tokens`."""
+    return recipe.eval.max_response_tokens or recipe.rollout.max_response_tokens
+
+
 def evaluate(s: Any, step: int) -> dict[str, float]:
     """Metrics of the held-out evaluation with the run's current weights, engines and reward workers."""
     recipe = s.recipe
     segmenter = s.segmenter or unit_counter(s.tokenizer, recipe)
-    return run_evaluation(s.eval_data.samples, s.rollout, s.rewards, recipe.eval, s.curriculum.max_response_tokens(),
+    return run_evaluation(s.eval_data.samples, s.rollout, s.rewards, recipe.eval, eval_max_tokens(recipe),
                           recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=step,
                           segmenter=segmenter).metrics
 
