@@ -36,6 +36,12 @@ class LearnerConfig(Section):
     num_ranks: int = Field(default=1, ge=1)
     """Data-parallel FSDP2 ranks."""
 
+    call_timeout_s: float = Field(default=1800.0, gt=0)
+    """The deadline of one call to the learner ranks (start, setup, a train step, a weight sync, a
+    checkpoint), counted once from when the call is sent: a rank not done by then fails the call,
+    naming the rank. A learner step has no progress signal to judge by, so raise this for steps
+    that are long by design (big batches, many `updates_per_batch`)."""
+
     lr: float = Field(default=1e-6, gt=0)
     """Peak learning rate of AdamW."""
 

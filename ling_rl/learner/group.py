@@ -26,10 +26,11 @@ class LearnerError(RuntimeError):
 
 class LearnerGroup:
     def __init__(self, sections: LearnerSections, model_dir: str, cluster: ClusterConfig,
-                 call_timeout_s: float = 1800.0, wait: bool = True) -> None:
+                 call_timeout_s: float | None = None, wait: bool = True) -> None:
         """Start the ranks; with `wait` (default) also join them and build the model (`wait_started`).
-        `call_timeout_s`: the deadline of each call (start and setup included)."""
-        self.timeout = call_timeout_s
+        `call_timeout_s`: the deadline of each call (start and setup included); default
+        `learner.call_timeout_s`."""
+        self.timeout = sections.learner.call_timeout_s if call_timeout_s is None else call_timeout_s
         world = sections.learner.num_ranks
         threads = cluster.learner.actor_threads
         actor = ray.remote(LearnerWorker)
