@@ -36,12 +36,6 @@ class LearnerConfig(Section):
     num_ranks: int = Field(default=1, ge=1)
     """Data-parallel FSDP2 ranks."""
 
-    call_timeout_s: float = Field(default=1800.0, gt=0)
-    """The deadline of one call to the learner ranks (start, setup, a train step, a weight sync, a
-    checkpoint), counted once from when the call is sent: a rank not done by then fails the call,
-    naming the rank. A learner step has no progress signal to judge by, so raise this for steps
-    that are long by design (big batches, many `updates_per_batch`)."""
-
     lr: float = Field(default=1e-6, gt=0)
     """Peak learning rate of AdamW."""
 
@@ -63,6 +57,12 @@ class LearnerConfig(Section):
 
     grad_clip: float = Field(default=1.0, gt=0)
     """Global gradient-norm clip."""
+
+    call_timeout_s: float = Field(default=1800.0, gt=0)
+    """The deadline of one call to the learner ranks (start, setup, a train step, a weight sync, a
+    checkpoint), counted once from when the call is sent: a rank not done by then fails the call,
+    naming the rank. A learner step has no progress signal to judge by, so raise this for steps
+    that are long by design (big batches, many `updates_per_batch`)."""
 
     micro_batch_tokens: int = Field(default=8192, ge=1)
     """Token budget of one forward/backward micro-batch."""
