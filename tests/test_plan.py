@@ -109,13 +109,13 @@ def test_plan_exit_codes_on_a_cpu_recipe() -> None:
 
 
 def test_evo_cot_on_8_h100_and_names_the_key_when_not() -> None:
-    """At what an 80 GB H100 reports (79.2 GiB, the default), 6 learner ranks + 2 engines fit;
-    the shipped 5 + 3 needs ~85 GiB per learner GPU and is refused naming learner.num_ranks."""
-    fits = _plan("recipes/evo_cot.yaml", "learner.num_ranks=6", "rollout.num_engines=2", "--host-memory-gib", "512")
+    """At what an 80 GB H100 reports (79.2 GiB, the default), the shipped 6 learner ranks + 2
+    engines fit; 5 + 3 needs ~85 GiB per learner GPU and is refused naming learner.num_ranks."""
+    fits = _plan("recipes/evo_cot.yaml", "--host-memory-gib", "512")
     assert fits.exit_code == 0, fits.output
     assert "79.2" in fits.output
-    shipped = _plan("recipes/evo_cot.yaml", "--host-memory-gib", "512")
-    assert shipped.exit_code == 3 and "79.2 GiB available" in shipped.output and "learner.num_ranks" in shipped.output
+    five = _plan("recipes/evo_cot.yaml", "learner.num_ranks=5", "rollout.num_engines=3", "--host-memory-gib", "512")
+    assert five.exit_code == 3 and "79.2 GiB available" in five.output and "learner.num_ranks" in five.output
     tight = _plan("recipes/evo_cot.yaml", "--gpu-memory-gib", "8", "--host-memory-gib", "512")
     assert tight.exit_code == 3, tight.output
     assert "learner: needs" in tight.output and "change learner.num_ranks" in tight.output
