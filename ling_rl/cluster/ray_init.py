@@ -30,13 +30,12 @@ LOOPBACK = "127.0.0.1"
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray reads this variable when it is imported; at "0" a new local Ray takes 127.0.0.1 as its
 node's address (Ray's own default on Windows and macOS), and Ray's gRPC servers then bind to
-127.0.0.1 instead of every interface. It is set when this module is imported, before the driver
-imports Ray (the driver imports this module first; `init_ray` refuses a local start otherwise), and
-the Ray workers inherit it. Joining a cluster is unaffected: Ray 2.60 finds the driver's node by
+127.0.0.1 instead of every interface. The package sets it when it is imported
+(`ling_rl/__init__.py`), before any of its modules imports Ray (`init_ray` refuses a local start
+otherwise), and the Ray workers inherit it. Joining a cluster is unaffected: Ray 2.60 finds the driver's node by
 its host, not by this address (checked: a driver with it joined a `ray start --head` at the
 machine's own address)."""
 
-os.environ.setdefault(LOCAL_ONLY_ENV, "0")
 
 
 def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
@@ -45,7 +44,7 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
     Does nothing when Ray is already initialized in this process (tests share one session-wide
     Ray; the driver may have connected itself), so every role can call it. Raises RuntimeError
     rather than start a local Ray that would listen on every interface (Ray imported before this
-    module set `LOCAL_ONLY_ENV`, or the variable set otherwise).
+    package set `LOCAL_ONLY_ENV`, or the variable set otherwise).
     """
     import ray  # deferred: `ling-rl --help` and config checks must not pay for importing Ray
 
@@ -64,8 +63,8 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
     if address != LOOPBACK:
         raise RuntimeError(f"a local Ray here would listen on {address} (every interface), not on {LOOPBACK} only: "
                            f"{LOCAL_ONLY_ENV} is {os.environ.get(LOCAL_ONLY_ENV)!r} or Ray was imported before "
-                           f"ling_rl.cluster.ray_init set it to 0; set {LOCAL_ONLY_ENV}=0 in the environment, or "
-                           "import ling_rl.cluster.ray_init before ray")
+                           f"ling_rl (its __init__) set it to 0; set {LOCAL_ONLY_ENV}=0 in the environment, or "
+                           "import ling_rl before ray")
     ray.init(
         num_cpus=cluster_cfg.num_cpus,
         # Without this Ray reserves ~30% of RAM in /dev/shm for objects we never need that big.
