@@ -50,7 +50,8 @@ for proc in [me, *me.children(recursive=True)]:
 gcs = [p for p in me.children(recursive=True) if p.name() == "gcs_server"]
 print(json.dumps({"listening": listening, "workers": pids, "auth_mode": os.environ.get("RAY_AUTH_MODE"),
                   "gcs_auth_mode": gcs[0].environ().get("RAY_AUTH_MODE") if gcs else None,
-                  "node_ip": ray.util.get_node_ip_address()}))
+                  "node_ip": ray.util.get_node_ip_address(),
+                  "token_mode": oct(os.stat(os.path.expanduser("~/.ray/auth_token")).st_mode & 0o777)}))
 ray.shutdown()
 """
 
@@ -65,6 +66,7 @@ def test_a_local_ray_listens_on_loopback_only_with_token_auth() -> None:
     with tempfile.TemporaryDirectory(prefix="raylo", dir="/tmp") as temp_dir:  # socket paths <= 107 bytes
         env = {k: v for k, v in __import__("os").environ.items()
                if k not in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}  # production's defaults
+        env["HOME"] = temp_dir  # a home without a token: Ray writes a new one, which must be private
         proc = subprocess.run([sys.executable, "-c", _DRIVER, temp_dir], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -77,3 +79,4 @@ def test_a_local_ray_listens_on_loopback_only_with_token_auth() -> None:
     assert not any(exposed.values()), exposed
     assert out["node_ip"] == "127.0.0.1"
     assert out["auth_mode"] == "token" and out["gcs_auth_mode"] == "token", out
+    assert out["token_mode"] == "0o600", out  # Ray writes it 0644: no other user may read it

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from ling_rl import run_logs
 from ling_rl.cluster import reaper
@@ -75,9 +76,22 @@ def init_ray(cluster_cfg: ClusterConfig, temp_dir: str | None = None) -> None:
         _temp_dir=temp_dir,
         **output,
     )
+    _keep_token_private()
     global _reaper
     if _reaper is None:  # one per driver: it watches the whole tree, a later local Ray included
         _reaper = reaper.start_reaper()
+
+
+def _keep_token_private() -> None:
+    """Ray 2.60 writes the token of a new local cluster to `~/.ray/auth_token` with the default
+    mode (0644 under a usual umask): another user of the machine could read it and, since the
+    servers accept any local connection that presents it, run code as this user. Readable by its
+    owner only (a token Ray did not write, set by RAY_AUTH_TOKEN[_PATH], is the user's business)."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
+        token.chmod(0o600)
 
 
 def remove_after_driver(folder: str, pattern: str) -> bool:
