@@ -267,3 +267,19 @@ def test_cluster_gpu_memory_is_read_on_the_gpu_nodes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("PROBLEM cluster.address=auto: a node offers Ray GPUs but torch sees no CUDA device in a task holding "
             "one; set cluster.gpu_memory_gib") in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_a_users_files_in_hf_final_are_found_before_training(tmp_path: Path) -> None:
+    """The final export refuses a `hf_final` that holds a user's files: train and check say so
+    before anything starts (after training only learner rank 0 would find it), naming the key;
+    an earlier export of ours there is fine."""
+    run = tmp_path / "run"
+    (run / "hf_final").mkdir(parents=True)
+    (run / "hf_final" / "notes.txt").write_text("mine")
+    problems = _problems(_recipe(), run)
+    assert "checkpoint.export_hf" in problems and "notes.txt" in problems, problems
+    assert (run / "hf_final" / "notes.txt").read_text() == "mine"
+    preflight(parse_recipe(_recipe(checkpoint__export_hf=False)), run)  # no final export: nothing to refuse
+    (run / "hf_final" / "notes.txt").unlink()
+    (run / "hf_final" / "config.json").write_text("{}")  # what an export of ours writes
+    preflight(parse_recipe(_recipe()), run)

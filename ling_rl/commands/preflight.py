@@ -63,6 +63,7 @@ def preflight(recipe: Recipe, run_dir: Path | None = None, data: bool = True, re
     _collect(problems, _wandb, recipe)
     if run_dir is not None:
         result.complete_step = _collect(problems, _complete_step, recipe, run_dir)
+        _collect(problems, _final_export_target, recipe, run_dir)
     if not data:
         if problems:
             raise PreflightError("\n".join(problems))
@@ -123,6 +124,21 @@ def _complete_step(recipe: Recipe, run_dir: Path) -> int | None:
         return None
     step = Checkpointer.step_of(ckpt)
     return step if step >= recipe.run.steps else None
+
+
+def _final_export_target(recipe: Recipe, run_dir: Path) -> None:
+    """The run ends by writing `run_dir/hf_final`, which is refused if it holds files that are not
+    an export of ours: found here, not after the training, where only learner rank 0 would raise
+    while the other ranks wait in the weight gather."""
+    if not recipe.checkpoint.export_hf:
+        return
+    from ling_rl.models.hf_io import check_replaceable
+    from ling_rl.models.ling_config import ModelFolderError
+
+    try:
+        check_replaceable(run_dir / "hf_final")
+    except ModelFolderError as e:
+        raise _Problem(f"checkpoint.export_hf: {e}") from None
 
 
 # --- resources: GPUs, the model, memory ---------------------------------------------------------------
