@@ -56,7 +56,7 @@ def drive_session(recipe: Any, run_dir: Path, steps: int) -> tuple[dict[str, flo
 
     from ling_rl.driver import session as sessions
     from ling_rl.driver.batching import build_train_batch
-    from ling_rl.driver.loop import score
+    from ling_rl.driver.generation import score
     from ling_rl.tracking import PhaseTimer
 
     began = time.perf_counter()

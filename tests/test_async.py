@@ -159,6 +159,50 @@ def test_async_keys_are_checked() -> None:
     assert RolloutConfig(max_staleness=2, token_budget=16, max_response_tokens=32).token_budget == 16
 
 
+def _calls(path: Path) -> list[str]:
+    """The dotted name of every call in a module (`s.tracker.log`, `evaluate`, ...)."""
+    import ast
+
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            parts, f = [], node.func
+            while isinstance(f, ast.Attribute):
+                parts.append(f.attr)
+                f = f.value
+            if isinstance(f, ast.Name):
+                names.append(".".join([f.id, *reversed(parts)]))
+    return names
+
+
+def test_one_driver_loop_stops_evaluates_logs_and_saves_in_one_place() -> None:
+    """Synchronous and k-stale RL share `ling_rl/driver/loop.py`'s loop: no other driver module
+    handles stop requests, evaluates, logs a step or decides a checkpoint (ARCHITECTURE.md, "One
+    driver"); what differs is the generation strategy."""
+    driver = ROOT / "ling_rl" / "driver"
+    skeleton = ("StopRequest.install", "evaluate", "s.tracker.log", "s.checkpointer.due", "monitor.observe")
+    where = {name: [p.name for p in sorted(driver.glob("*.py")) for call in _calls(p) if call == name]
+             for name in skeleton}
+    assert where == {"StopRequest.install": ["loop.py"], "evaluate": ["loop.py", "loop.py"],
+                     "s.tracker.log": ["loop.py"], "s.checkpointer.due": ["loop.py"],
+                     "monitor.observe": ["loop.py"]}, where
+
+
+def test_generation_strategies_implement_the_interface() -> None:
+    """Each strategy has every method of `GenerationStrategy`, with its parameters."""
+    import inspect
+
+    from ling_rl.driver.generation import GenerationStrategy, SynchronousGeneration
+    from ling_rl.driver.kstale import KStaleGeneration
+
+    methods = [m for m in vars(GenerationStrategy) if not m.startswith("_") and callable(vars(GenerationStrategy)[m])]
+    assert methods == ["next_batch", "train", "after_train", "step_metrics", "checkpoint_state"]
+    for cls in (SynchronousGeneration, KStaleGeneration):
+        for m in methods:
+            want = inspect.signature(getattr(GenerationStrategy, m))
+            assert list(inspect.signature(getattr(cls, m)).parameters) == list(want.parameters), (cls, m)
+
+
 # --- real runs of the tiny recipe ----------------------------------------------------------------
 
 

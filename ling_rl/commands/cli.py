@@ -138,7 +138,7 @@ def train(
     from ling_rl import run_logs
     from ling_rl.errors import USER_ERRORS
     from ling_rl.driver.interrupt import Interrupted
-    from ling_rl.driver.async_loop import train as run_training  # max_staleness 0: ling_rl.driver.loop.train
+    from ling_rl.driver.loop import train as run_training
 
     logs = run_logs.route(folder, verbose)
     if logs is not None:

@@ -1,24 +1,21 @@
-"""The driver loop. One RL step, one role call per line:
+"""The driver loop: one RL step per iteration, one role call per line.
 
-    next_prompts()               curriculum: data mix, pass rates, length alpha per prompt
-        |
-    rollout.generate()           vLLM engines: G responses per prompt, per-token log-probs
-        |
-    rewards.score()              reward workers: total reward + per-plugin breakdown
-        |
-    collect_groups()             dynamic sampling: drop flat groups, refill (bounded)
+    strategy.next_batch()        generation strategy: prompts (curriculum data mix) -> vLLM engines
+        |                        (G responses per prompt, per-token log-probs) -> reward workers ->
+        |                        dynamic sampling (drop flat groups, refill, bounded)
     curriculum.update()          pass rates, rolling accuracy, stage advance
         |
     build_train_batch()          advantages (group-relative) + linguistic-unit segmentation
         |
-    learner.train_step()         FSDP2 ranks: policy loss (lpo / ppo_token / gspo), mismatch correction
+    strategy.train()             FSDP2 ranks: policy loss (lpo / ppo_token / gspo), mismatch correction
         |
-    sync_weights()               learner -> engines; the next step's train/inference gap proves it
+    strategy.after_train()       learner -> engines; the next step's train/inference gap proves it
         |
     evaluate(); tracker.log(); checkpoint
 
-Before the first step, an optional DFT warm start trains the learner with SFT (`dft:`).
-Synchronous: generation of step n+1 starts after the weights of step n are synced.
+Before the first step, an optional DFT warm start trains the learner with SFT (`dft:`). The
+generation strategy (ling_rl/driver/generation.py) is the one part that differs between synchronous
+RL and k-stale RL with partial rollouts (`rollout.max_staleness`).
 """
 
 from __future__ import annotations
@@ -26,14 +23,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ling_rl.config import Recipe
 from ling_rl.driver import session as sessions
 from ling_rl.driver.batching import build_train_batch
-from ling_rl.config import Recipe
-from ling_rl.curriculum.dynamic_sampling import collect_groups
 from ling_rl.driver.evaluation import evaluate
+from ling_rl.driver.generation import GenerationStrategy, SynchronousGeneration
+from ling_rl.driver.kstale import KStaleGeneration
 from ling_rl.driver.interrupt import StopRequest
 from ling_rl.reward.signal import NoRewardSignal, SignalMonitor
-from ling_rl.rollout.requests import make_requests, to_rollouts
 from ling_rl.tracking import PhaseTimer
 from ling_rl.types import ScoredRollout
 
@@ -45,45 +42,41 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
     stop = StopRequest.install()  # Ctrl-C / SIGTERM: finish the step, save it, exit 130 / 143
     monitor = SignalMonitor(recipe.reward_signal.max_failed_steps, recipe.rewards)  # no reward signal: stop
     try:
+        strategy = generation_strategy(s)
         if recipe.dft.enabled and s.start_step == 0:
             warm_start(s)
         # The starting point (after DFT, before any RL update) is logged with step 0.
         pending_eval = evaluate(s, -1) if recipe.eval.every and s.start_step == 0 else {}
         for step in range(s.start_step, recipe.run.steps):
             if stop.requested:
-                raise stop.interrupted(step, _save_done(s, step))
+                raise stop.interrupted(step, _save_done(s, strategy, step))
             timer = PhaseTimer()
-            first = score(s, timer, s.next_prompts(recipe.rollout.prompts_per_step, step), step)
-            kept, dyn_metrics, seen = first, {}, first
-            if recipe.curriculum.dynamic_sampling:
-                kept, dyn_metrics, seen = collect_groups(first, lambda n: score(s, timer, s.next_prompts(n, step), step),
-                                                         recipe.rollout.prompts_per_step, recipe.curriculum.max_refill_rounds,
-                                                         s.curriculum.filter_value)
-            cur_metrics = s.curriculum.update(step, seen)
-            batch, batch_metrics = build_train_batch(kept, recipe.algorithm, s.segmenter, s.pad_id)
+            got = strategy.next_batch(step, timer)
+            cur_metrics = s.curriculum.update(step, got.seen)
+            batch, batch_metrics = build_train_batch(got.kept, recipe.algorithm, s.segmenter, s.pad_id, got.version)
             with timer.phase("learner"):
-                learner_metrics = s.learner.train_step(batch)
-            # A batch without signal is skipped by the learner (`carries_signal`): the weights did
-            # not change, so the engines keep theirs.
+                learner_metrics = strategy.train(batch)
+            # A batch without signal is skipped by the learner (`carries_signal`): no weight changed.
             s.skipped_steps += int(learner_metrics["skipped"])
             learner_metrics["skipped_total"] = float(s.skipped_steps)
-            sync_metrics = {}  # sync/gather_s, sync/transfer_s, sync/load_s
-            if not learner_metrics["skipped"]:
-                with timer.phase("sync"):
-                    sync_metrics = s.sync_weights(step + 1)
+            eval_due = bool(recipe.eval.every) and ((step + 1) % recipe.eval.every == 0 or step == last)
+            # A k-stale step may train only on groups scored in earlier steps: nothing new to judge.
+            stalled = monitor.observe(step, got.reward_metrics, got.seen) if got.seen else None
+            save_due = s.checkpointer.due(step, last) or stalled is not None
+            sync_metrics = strategy.after_train(step, bool(learner_metrics["skipped"]), timer,
+                                                drain=eval_due or save_due, sync=eval_due)
             eval_metrics, pending_eval = pending_eval, {}
-            if recipe.eval.every and ((step + 1) % recipe.eval.every == 0 or step == last):
+            if eval_due:
                 with timer.phase("eval"):
                     eval_metrics = evaluate(s, step)
             # Logged before the checkpoint: a run killed during the save resumes after this step,
             # whose metrics must already be on disk.
-            s.tracker.log(step, {**s.last_reward_metrics, **batch_metrics, **rollout_metrics(kept), **cur_metrics,
-                                 **dyn_metrics, **eval_metrics,
-                                 **train_metrics(learner_metrics),
-                                 **sync_metrics, **timer.as_metrics(), **s.startup_metrics()})
-            stalled = monitor.observe(step, s.last_reward_metrics, seen)  # why the signal is gone, or None
-            if s.checkpointer.due(step, last) or stalled:
-                s.save(step)
+            s.tracker.log(step, {**got.reward_metrics, **batch_metrics, **rollout_metrics(got.kept), **cur_metrics,
+                                 **got.dynamic_metrics, **eval_metrics, **train_metrics(learner_metrics),
+                                 **sync_metrics, **strategy.step_metrics(step), **timer.as_metrics(),
+                                 **s.startup_metrics()})
+            if save_due:
+                save(s, strategy, step)
             if stalled:
                 raise NoRewardSignal(f"{stalled}; saved checkpoint {s.checkpointer.complete()[-1]}")
         return export_final(s, run_dir)
@@ -92,29 +85,23 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
         s.close()
 
 
-def _save_done(s: sessions.Session, step: int) -> Path | None:
+def generation_strategy(s: sessions.Session) -> GenerationStrategy:
+    """The strategy `rollout.max_staleness` asks for: 0 synchronous, k >= 1 k-stale with partial rollouts."""
+    return KStaleGeneration(s) if s.recipe.rollout.max_staleness >= 1 else SynchronousGeneration(s)
+
+
+def save(s: sessions.Session, strategy: GenerationStrategy, step: int) -> Path:
+    """A checkpoint after `step`, with what the generation strategy holds (k-stale: the in-flight buffer)."""
+    s.async_state = strategy.checkpoint_state()
+    return s.save(step)
+
+
+def _save_done(s: sessions.Session, strategy: GenerationStrategy, step: int) -> Path | None:
     """The checkpoint of the steps done before `step`: the latest one if it holds them, else a new one."""
     done = s.checkpointer.complete()
     if done and s.checkpointer.step_of(done[-1]) == step:
         return done[-1]
-    return s.save(step - 1) if step > s.start_step else (done[-1] if done else None)
-
-
-def score(s: sessions.Session, timer: PhaseTimer, samples: list, step: int) -> list[ScoredRollout]:
-    """Generate a group per prompt and score it. Refill rounds of dynamic sampling call this again
-    within the step: their groups (and seeds) continue after the ones already generated."""
-    cfg = s.recipe.rollout
-    offset = 0 if not s.step_groups or s.step_groups[0] != step else s.step_groups[1]
-    s.step_groups = (step, offset + len(samples))
-    with timer.phase("generate"):
-        requests = make_requests(samples, cfg, step, max_tokens=s.curriculum.max_response_tokens(), offset=offset)
-        outputs = s.rollout.generate(requests, cfg.temperature, cfg.top_p, cfg.top_k)
-    rollouts = to_rollouts(samples, outputs, version=step, group_offset=offset)
-    with timer.phase("reward"):
-        scored, metrics = s.rewards.score(rollouts)
-    if offset == 0:  # the step's first round: the reward metrics of the policy as sampled
-        s.last_reward_metrics = metrics.as_dict()
-    return scored
+    return save(s, strategy, step - 1) if step > s.start_step else (done[-1] if done else None)
 
 
 def warm_start(s: sessions.Session) -> None:

@@ -10,7 +10,7 @@
         |
     add_ready(...) / take_batch(version, n)   scored groups, oldest first, never staler than k
 
-Pure Python (no Ray, no vLLM): the driver (`ling_rl/driver/async_loop.py`) makes the engine calls.
+Pure Python (no Ray, no vLLM): the driver (`ling_rl/driver/kstale.py`) makes the engine calls.
 
 Version: the number of RL steps the learner has taken when the weights were made (the weights
 synced into the engines before step n's generation call are version n). A token's lag at train
