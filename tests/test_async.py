@@ -188,6 +188,22 @@ def test_one_driver_loop_stops_evaluates_logs_and_saves_in_one_place() -> None:
                      "monitor.observe": ["loop.py"]}, where
 
 
+def test_driver_generation_calls_are_judged_by_progress() -> None:
+    """The k-stale strategy's calls go through `RolloutGroup.start_generate` / `finish_generate`
+    (an engine fails only when it stops stepping, tests/rollout/test_deadlines.py), never through
+    `submit("generate")` + `wait`, whose one deadline would fail a long call that still progresses."""
+    import ast
+
+    raw = []
+    for path in sorted((ROOT / "ling_rl" / "driver").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "submit"
+                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "generate"):
+                raw.append(f"{path.name}:{node.lineno}")
+    assert not raw, raw
+    assert {"s.rollout.start_generate", "self.s.rollout.finish_generate"} <= set(_calls(ROOT / "ling_rl" / "driver" / "kstale.py"))
+
+
 def test_generation_strategies_implement_the_interface() -> None:
     """Each strategy has every method of `GenerationStrategy`, with its parameters."""
     import inspect

@@ -36,7 +36,7 @@ from ling_rl.driver import session as sessions
 from ling_rl.driver.generation import StepBatch
 from ling_rl.learner.group import LearnerError
 from ling_rl.rollout.engine import generation_texts
-from ling_rl.rollout.group import RolloutError, split_contiguous
+from ling_rl.rollout.group import GenerateCall, RolloutError
 from ling_rl.rollout.inflight import CallPlan, InflightBuffer, ReadyGroup
 from ling_rl.rollout.requests import request_seed
 from ling_rl.tracking import PhaseTimer
@@ -55,8 +55,7 @@ class AsyncDriverError(RolloutError):
 @dataclasses.dataclass
 class InFlightCall:
     plan: CallPlan
-    refs: list[Any]
-    launched_at: float
+    generate: GenerateCall
     finished_at: float | None = None
     """When the driver saw every engine's result ready: exact when it was waiting (on the learner
     or on this call), else when it next looked (an upper bound of the engines' busy time)."""
@@ -123,7 +122,7 @@ class KStaleGeneration:
 
         refs = self.s.learner.submit("train_step", ray.put(batch))
         learner_left = set(refs)
-        engine_left = set(self.call.refs) if self.call is not None and self.call.finished_at is None else set()
+        engine_left = set(self.call.generate.refs) if self.call is not None and self.call.finished_at is None else set()
         timeout = float(self.s.learner.timeout)
         deadline = time.monotonic() + timeout
         while learner_left:
@@ -136,7 +135,7 @@ class KStaleGeneration:
             if ready[0] in engine_left:
                 engine_left.discard(ready[0])
                 if not engine_left and self.call is not None:
-                    self.call.finished_at = time.perf_counter()
+                    self.call.finished_at = time.monotonic()
         return self.s.learner.wait(refs, "train_step")[0]  # a failed rank raises LearnerError here
 
     def after_train(self, step: int, skipped: bool, timer: PhaseTimer, *, drain: bool,
@@ -228,10 +227,7 @@ class KStaleGeneration:
         if not plan.requests:
             return False
         plan.version = self.engine_version
-        bounds = split_contiguous(len(plan.requests), len(s.rollout.engines))
-        refs = s.rollout.submit("generate", lambda i: (plan.requests[bounds[i][0]:bounds[i][1]], cfg.temperature,
-                                                       cfg.top_p, cfg.top_k))
-        self.call = InFlightCall(plan, refs, time.perf_counter())
+        self.call = InFlightCall(plan, s.rollout.start_generate(plan.requests, cfg.temperature, cfg.top_p, cfg.top_k))
         return True
 
     def gather(self, timer: PhaseTimer) -> None:
@@ -240,13 +236,12 @@ class KStaleGeneration:
             return
         call, self.call = self.call, None
         with timer.phase("wait_generate"):
-            per_engine = self.s.rollout.wait(call.refs, "generate")  # bounded: RolloutError names the engine
-        call.finished_at = call.finished_at or time.perf_counter()
-        outputs = [gens for chunk in per_engine for gens in chunk]
+            # Judged by progress: RolloutError names an engine that fails or makes no step for
+            # rollout.stall_timeout_s, however long a progressing call runs.
+            outputs = self.s.rollout.finish_generate(call.generate)
+        call.finished_at = call.finished_at or time.monotonic()
         self.buffer.absorb(call.plan, outputs, call.plan.version)
-        self.engine_busy_s += call.finished_at - call.launched_at
-        if self.s.rollout.first_generation_at is None:
-            self.s.rollout.first_generation_at = time.time()
+        self.engine_busy_s += call.finished_at - call.generate.started
 
     def sync(self, timer: PhaseTimer) -> dict[str, float]:
         """Bring the engines to the learner's version between calls; a learner that skipped its
