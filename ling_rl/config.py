@@ -85,6 +85,13 @@ class Recipe(Section):
                               f"max_response_tokens={self.rollout.max_response_tokens} (the engines' length budget)")
         if self.eval.every > 0 and self.eval.data is None:
             raise _CrossField("eval.data", f"is missing but eval.every={self.eval.every}: name the held-out prompts")
+        sources = {self.data.train, *(k for st in self.curriculum.stages for k in st.data_mix or {}),
+                   *([self.eval.data] if self.eval.data else []), *self.eval.extra_data.values(),
+                   *([self.dft.data] if self.dft.data else [])}
+        for name in self.data.splits:
+            if name not in sources:
+                raise _CrossField(f"data.splits.{name}", f"names no data source of the recipe; its sources: "
+                                  f"{', '.join(sorted(sources))}")
         duplicate = duplicate_keys(self.rewards)
         if duplicate:
             raise _CrossField("rewards", duplicate)

@@ -388,11 +388,11 @@ def _data_checks(recipe: Recipe, tokenizer: Any | None) -> list[Callable[[list[s
     return checks
 
 
-def _rows(source: str, max_rows: int | None, notes: list[str]) -> list[dict[str, Any]] | None:
+def _rows(source: str, max_rows: int | None, notes: list[str], split: str | None) -> list[dict[str, Any]] | None:
     from ling_rl.curriculum.data import NotCachedError, load_rows
 
     try:
-        return load_rows(source, max_rows, local_only=True)
+        return load_rows(source, max_rows, local_only=True, split=split)
     except NotCachedError as e:
         notes.append(f"{e} (train downloads it); its rows are not checked")
         return None
@@ -401,7 +401,7 @@ def _rows(source: str, max_rows: int | None, notes: list[str]) -> list[dict[str,
 def _prompts(cfg: Any, tokenizer: Any | None, max_prompt_tokens: int, notes: list[str]) -> None:
     from ling_rl.curriculum.data import PromptSource
 
-    rows = _rows(cfg.train, cfg.max_rows, notes)
+    rows = _rows(cfg.train, cfg.max_rows, notes, cfg.splits.get(cfg.train))
     if rows is not None:
         PromptSource(cfg, tokenizer, max_prompt_tokens, rows=rows)  # DatasetError: the same message as train
 
@@ -410,7 +410,7 @@ def _dft(recipe: Recipe, tokenizer: Any | None, notes: list[str]) -> None:
     from ling_rl.curriculum.dft import DFTData
 
     source = recipe.dft.data or recipe.data.train
-    rows = _rows(source, None, notes)
+    rows = _rows(source, None, notes, recipe.data.splits.get(source))
     if rows is None:
         return
     if tokenizer is None:

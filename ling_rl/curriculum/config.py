@@ -40,6 +40,12 @@ class DataConfig(Section):
     max_rows: int | None = Field(default=None, ge=1)
     """Use only the first N rows (quick runs)."""
 
+    splits: dict[str, str] = Field(default_factory=dict)
+    """Dataset -> the split to read, for a local dataset folder or a hub dataset with several
+    splits: any source of the recipe (`train`, a `data_mix` key, `eval.data`, an `eval.extra_data`
+    set, `dft.data`), e.g. `{HuggingFaceH4/MATH-500: test}`. A source not named here reads its only
+    split, else its `train` split. A single file has no splits."""
+
     answer_key: str = "answer"
     """Column holding the reference answer (passed to rewards)."""
 

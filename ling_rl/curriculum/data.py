@@ -18,8 +18,15 @@ class DatasetError(ValueError):
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_rows(source: str, max_rows: int | None = None, local_only: bool = False) -> list[dict[str, Any]]:
-    """Rows of a local JSONL/JSON/parquet/CSV file or of a Hugging Face hub dataset (`org/name`).
+def load_rows(source: str, max_rows: int | None = None, local_only: bool = False,
+              split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a local JSONL/JSON/parquet/CSV file, a local dataset folder, or a Hugging Face hub
+    dataset (`org/name`).
+
+    `split` (`data.splits`) picks the split of a folder or hub dataset; None takes its only split,
+    else its `train` split (a dataset with several splits and no `train` must name one). A single
+    file is one split and takes no `split`. CSV cells are read as text, as written: type guessing
+    would turn an answer "007" into 7.0 and "NA" or a blank cell into None.
 
     `local_only` (`ling-rl check`): a hub dataset is read from the local Hugging Face cache, never
     downloaded, and only its first `max_rows` (default `CHECK_HUB_ROWS`) rows are streamed;
@@ -31,18 +38,68 @@ def load_rows(source: str, max_rows: int | None = None, local_only: bool = False
     if path.suffix in _FORMATS:
         if not path.is_file():
             raise DatasetError(f"{source}: dataset file not found")
+        if split is not None:
+            raise DatasetError(f"{source}: a single file has no splits, but data.splits gives it split {split!r}")
+        if path.suffix == ".csv":
+            return _csv_rows(path, max_rows)
         try:
             ds = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as e:  # datasets wraps parse errors in several exception types
             raise DatasetError(f"{source}: cannot be read as {path.suffix[1:]}: {e}") from None
     elif local_only and not path.exists():
-        stream = datasets.load_dataset(str(cached_hub_dataset(source)), split="train", streaming=True)
+        folder = str(cached_hub_dataset(source))
+        stream = datasets.load_dataset(folder, split=_split_of(source, folder, split), streaming=True)
         return list(stream.take(max_rows or CHECK_HUB_ROWS))
     else:
-        ds = datasets.load_dataset(source, split="train")
+        chosen = _split_of(source, source, split)
+        try:
+            ds = datasets.load_dataset(source, split=chosen)
+        except ValueError as e:  # e.g. a split that exists in the metadata but has no data files
+            raise DatasetError(f"{source}: cannot load split {chosen!r}: {e}") from None
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return ds.to_list()
+
+
+def _split_of(source: str, location: str, split: str | None) -> str:
+    """The split of `source` (read from `location`) to load: `split` when it exists, else the only
+    split, else `train`; `DatasetError` naming the splits it has otherwise."""
+    import datasets
+
+    try:
+        names = list(datasets.get_dataset_split_names(location))
+    except FileNotFoundError as e:
+        raise DatasetError(f"{source}: no such local dataset folder or hub dataset ({e})") from None
+    if split is not None:
+        if split not in names:
+            raise DatasetError(f"{source}: no split {split!r} (data.splits); its splits: {', '.join(names)}")
+        return split
+    if len(names) == 1:
+        return names[0]
+    if "train" in names:
+        return "train"
+    raise DatasetError(f"{source}: has splits {', '.join(names)} and none is 'train'; name the one to use in "
+                       f"data.splits ({{{source}: {names[0]}}})")
+
+
+def _csv_rows(path: Path, max_rows: int | None) -> list[dict[str, Any]]:
+    """A CSV file's rows as text: every cell the string written in the file ('' for a blank one)."""
+    import csv
+
+    rows: list[dict[str, Any]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                if max_rows is not None and len(rows) >= max_rows:
+                    break
+                if None in row or None in row.values():  # more cells, or fewer, than the header names
+                    raise DatasetError(f"{path}: line {reader.line_num} does not have the "
+                                       f"{len(reader.fieldnames or [])} cells its header names")
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot be read as csv: {e}") from None
+    return rows
 
 
 CHECK_HUB_ROWS = 1000
@@ -107,7 +164,7 @@ class PromptSource:
         """Validates every row. `rows` replaces reading `cfg.train` (check reads cached hub data
         itself); without a `tokenizer` (check, model not available yet) prompt lengths are not checked."""
         self.cfg = cfg
-        rows = load_rows(cfg.train, cfg.max_rows) if rows is None else rows
+        rows = load_rows(cfg.train, cfg.max_rows, split=cfg.splits.get(cfg.train)) if rows is None else rows
         if not rows:
             raise DatasetError(f"{cfg.train}: the dataset is empty")
         self.samples = [self._sample(i, row, tokenizer, max_prompt_tokens) for i, row in enumerate(rows)]

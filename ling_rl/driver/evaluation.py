@@ -141,9 +141,10 @@ def eval_prompts(recipe: Any, tokenizer: Any) -> Any:
     cfg = recipe.data.model_copy(update={"train": recipe.eval.data, "shuffle": False, "max_rows": recipe.eval.max_prompts})
     if not recipe.eval.extra_data:
         return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens)
-    rows = load_rows(recipe.eval.data, recipe.eval.max_prompts)
+    splits = recipe.data.splits
+    rows = load_rows(recipe.eval.data, recipe.eval.max_prompts, split=splits.get(recipe.eval.data))
     for name, path in recipe.eval.extra_data.items():
-        rows += [{**row, EVAL_SET: name} for row in load_rows(path, recipe.eval.max_prompts)]
+        rows += [{**row, EVAL_SET: name} for row in load_rows(path, recipe.eval.max_prompts, split=splits.get(path))]
     return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens, rows=rows)
 
 

@@ -251,7 +251,8 @@ def _dft_data(recipe: Recipe, tokenizer: Any) -> Any:
     from ling_rl.curriculum.dft import DFTData
 
     source = recipe.dft.data or recipe.data.train
-    return DFTData(load_rows(source), recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source,
+    rows = load_rows(source, split=recipe.data.splits.get(source))
+    return DFTData(rows, recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source,
                    chat_template=recipe.data.chat_template, system_prompt=recipe.data.system_prompt)
 
 
