@@ -174,9 +174,17 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     from ling_rl.tracking import Tracker
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     checkpointer = Checkpointer(run_dir, recipe.checkpoint)
     resume_from = checkpointer.to_resume()
+    # Before anything is written: checkpoints after the starting point belong to an abandoned
+    # trajectory (resume: never, or an older checkpoint), and must not be resumed or overwritten.
+    superseded = checkpointer.set_aside(resume_from)
+    if superseded is not None:
+        import logging
+
+        logging.getLogger(__name__).warning("this run does not continue the run folder's latest checkpoint: the later "
+                                            "checkpoints, metrics.jsonl and recipe.yaml are kept in %s", superseded)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     model_dir = prepare_model(recipe, run_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
     data = PromptSource(recipe.data, tokenizer, recipe.rollout.max_prompt_tokens)
