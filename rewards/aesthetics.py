@@ -8,14 +8,18 @@
 - Without a judge: the deterministic layout proxy of `rewards.layout_score` (WCAG contrast,
   overflow, overlap, alignment, whitespace balance, palette size), computed from the page.
 
-A response without HTML, or whose page did not load, scores 0.0 either way.
+A response without HTML, or whose page did not load, scores 0.0 either way. On the layout proxy, a
+page whose measurement failed or came back malformed (`rewards.layout_score.validate_layout`)
+scores 0.0 alone (metric `layout_failed`): the other pages of the call keep their scores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hashlib
+import threading
 from typing import Any
 
 from ling_rl.reward.contract import RewardOutput
@@ -23,7 +27,7 @@ from ling_rl.reward.registry import reward
 from rewards.browser import RenderResult
 from rewards.function import render_completion
 from rewards.judge import JudgeClient, JudgeStats, JudgeUnavailable
-from rewards.layout_score import COMPONENTS, layout_components, layout_score
+from rewards.layout_score import COMPONENTS, check_weights, layout_components, layout_score
 
 RUBRIC_PROMPT = (
     "You are a senior web designer. Rate the visual design of this rendered web page from 0 to 10: "
@@ -57,10 +61,14 @@ class AestheticsScorer:
     def __init__(self, judge: dict[str, Any] | None = None, layout_weights: dict[str, float] | None = None,
                  prompt: str = RUBRIC_PROMPT) -> None:
         self.judge = VisionJudge(judge, prompt) if judge else None
-        self.layout_weights = layout_weights
-        # The plugin is sync (playwright's sync API runs on the worker's main thread), so the judge
-        # requests of a call run on this loop of our own, kept for the client's connections.
-        self._loop = asyncio.new_event_loop() if self.judge else None
+        self.layout_weights = check_weights(layout_weights)  # a bad recipe fails here, not per page
+        # The plugin is sync, and the thread calling it has playwright's event loop running on it
+        # (the sync API keeps it there after the first render), so no other loop may run there:
+        # the judge requests run on a loop of their own thread, kept for the client's connections.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if self.judge is not None:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="aesthetics-judge", daemon=True).start()
 
     def startup_check(self) -> None:
         """The vision judge, if any, must answer (`JudgeClient.check_endpoint`); the layout proxy needs nothing."""
@@ -71,21 +79,47 @@ class AestheticsScorer:
         if self.judge is None:
             return self._layout(results)
         assert self._loop is not None
-        return self._loop.run_until_complete(self._judged(results))
+        future = asyncio.run_coroutine_threadsafe(self._judged(results), self._loop)
+        bound = self._bound_s(sum(r is not None and r.loaded for r in results))
+        try:
+            return future.result(timeout=bound)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise JudgeUnavailable(f"aesthetics: the judge requests of this call did not end within {bound:.0f} s") from None
+
+    def _bound_s(self, pages: int) -> float:
+        """The longest the judge requests of `pages` pages can take: every attempt timing out, with
+        its backoff, in rounds of `max_concurrency`; plus a margin."""
+        assert self.judge is not None
+        cfg = self.judge.client.config
+        per_request = (cfg.max_retries + 1) * cfg.timeout_s + sum(cfg.backoff_s * 2**a for a in range(cfg.max_retries))
+        return -(-max(1, pages) // cfg.max_concurrency) * per_request + 30.0
 
     def _layout(self, results: list[RenderResult | None]) -> tuple[list[float | None], dict[str, float]]:
         scores: list[float | None] = []
         sums = dict.fromkeys(COMPONENTS, 0.0)
-        pages = 0
+        pages = failed = 0
         for r in results:
-            if r is None or not r.loaded or r.layout is None:
+            if r is None or not r.loaded:
+                scores.append(0.0)
+                continue
+            try:
+                if r.layout is None:  # the measurement failed (`r.layout_error`)
+                    raise ValueError(r.layout_error or "no layout measured")
+                components = layout_components(r.layout)
+                score = layout_score(r.layout, self.layout_weights)
+            except ValueError:
+                # This page's measurements are unusable: it scores 0, the other pages keep theirs.
+                failed += 1
                 scores.append(0.0)
                 continue
             pages += 1
-            for name, value in layout_components(r.layout).items():
+            for name, value in components.items():
                 sums[name] += value
-            scores.append(layout_score(r.layout, self.layout_weights))
-        return scores, {f"layout_{k}": v / max(1, pages) for k, v in sums.items()}
+            scores.append(score)
+        metrics = {f"layout_{k}": v / max(1, pages) for k, v in sums.items()}
+        metrics["layout_failed"] = failed / max(1, len(results))
+        return scores, metrics
 
     async def _judged(self, results: list[RenderResult | None]) -> tuple[list[float | None], dict[str, float]]:
         assert self.judge is not None

@@ -54,6 +54,15 @@ clicks accumulate state):
 `selector` is a CSS selector; `text`/`expect` compare case-sensitively after collapsing
 whitespace. A check passes or fails; a malformed check is a failure naming the problem.
 
+What the page cannot touch. The page is the policy's output, and its JavaScript runs before we
+measure: it can replace any built-in of its own world (`getComputedStyle`, the `outerHTML` getter,
+`Math.max`, `querySelectorAll`). So every read we score (the layout measurements, check counts and
+texts, the before/after DOM of a click) runs in an isolated world of the page's frame (CDP
+`Page.createIsolatedWorld`, then `Runtime.evaluate` in that context): the same DOM, but its own
+JavaScript globals and DOM wrappers, which the page's script cannot reach. The click itself is a
+real input event (playwright). A measurement that fails or returns malformed numbers marks only
+its own page (`RenderResult.layout_error`).
+
 Per-page time limit: `timeout_s` covers load, checks, screenshot and layout measurement; past it,
 the remaining checks fail and the page counts as timed out (a `while(true){}` script cannot hold a
 worker: the context is closed, which ends its renderer).
@@ -136,7 +145,10 @@ class RenderResult:
     screenshot: bytes | None = None
     """PNG of the viewport, taken after load and before the checks (what a user first sees)."""
     layout: dict[str, Any] | None = None
-    """Measurements for `rewards.layout_score` (see `_LAYOUT_JS`), taken with the screenshot."""
+    """Measurements for `rewards.layout_score` (see `_LAYOUT_JS`), taken with the screenshot in an
+    isolated world; None when not taken or when the measurement failed (`layout_error`)."""
+    layout_error: str | None = None
+    """Why the layout measurement of a loaded page failed."""
     timed_out: bool = False
     error: str | None = None
     elapsed_s: float = 0.0
@@ -310,11 +322,15 @@ class Browser:
             result.loaded = True
             if screenshot:
                 result.screenshot = page.screenshot(timeout=_ms(deadline))
+            page.set_default_timeout(_ms(deadline))
+            measure = IsolatedWorld(context.new_cdp_session(page), page)
             if layout:
-                page.set_default_timeout(_ms(deadline))
-                result.layout = page.evaluate(_LAYOUT_JS)
+                try:
+                    result.layout = measure.evaluate(f"({_LAYOUT_JS})()", deadline)
+                except MeasureError as e:
+                    result.layout_error = str(e)
             for check in checks or []:
-                result.checks.append(_run_check(page, check, deadline))
+                result.checks.append(_run_check(page, measure, check, deadline))
         except PlaywrightError as e:
             result.timed_out = time.monotonic() >= deadline or "Timeout" in type(e).__name__
             result.error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
@@ -348,40 +364,84 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def _run_check(page: Any, check: dict[str, Any], deadline: float) -> CheckResult:
-    """Run one scripted check; playwright timeouts propagate (the page is then out of time)."""
+class MeasureError(Exception):
+    """A read in the isolated world failed (a bad selector, a destroyed document, a result that is
+    not JSON): the check or measurement fails, the page's other results stand."""
+
+
+class IsolatedWorld:
+    """Evaluates our JavaScript in a fresh isolated world of the page's main frame, where the page's
+    own script cannot replace the built-ins we call (see the module docstring). A world is created
+    per read: a click may navigate and destroy the previous document's worlds."""
+
+    NAME = "ling-rl-measure"
+
+    def __init__(self, cdp: Any, page: Any) -> None:
+        self._cdp, self._page = cdp, page
+
+    def evaluate(self, expression: str, deadline: float) -> Any:
+        """The JSON value of `expression`; raises `MeasureError` when it throws or is not JSON.
+        A hung renderer is ended by the render's watchdog (the CDP call then raises)."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        try:
+            frame_id = self._cdp.send("Page.getFrameTree")["frameTree"]["frame"]["id"]
+            world = self._cdp.send("Page.createIsolatedWorld", {"frameId": frame_id, "worldName": self.NAME})
+            answer = self._cdp.send("Runtime.evaluate", {
+                "expression": expression, "contextId": world["executionContextId"], "returnByValue": True,
+                "timeout": _ms(deadline)})
+        except PlaywrightError as e:
+            if self._page.is_closed() or time.monotonic() >= deadline:
+                raise  # the page (or its renderer) is gone, or out of time: the render's error
+            raise MeasureError(f"isolated evaluation failed: {' '.join(str(e).split())[:200]}") from e
+        if "exceptionDetails" in answer:
+            details = answer["exceptionDetails"]
+            text = details.get("exception", {}).get("description") or details.get("text", "exception")
+            raise MeasureError(f"measurement threw: {' '.join(str(text).split())[:200]}")
+        return answer["result"].get("value")
+
+    def call(self, function: str, arg: Any, deadline: float) -> Any:
+        """`function(arg)` in the isolated world; `arg` is passed as JSON."""
+        return self.evaluate(f"({function})({json.dumps(arg)})", deadline)
+
+
+# Reads of the checks, in the isolated world. `sel` is a CSS selector; a malformed one throws.
+_COUNT_JS = "sel => document.querySelectorAll(sel).length"
+_TEXT_JS = "sel => Array.from(document.querySelectorAll(sel), e => e.innerText).join(' ')"
+_OUTER_HTML_JS = "sel => { const e = document.querySelector(sel); return e ? e.outerHTML : null; }"
+
+
+def _run_check(page: Any, world: IsolatedWorld, check: dict[str, Any], deadline: float) -> CheckResult:
+    """Run one scripted check; playwright timeouts propagate (the page is then out of time). The
+    DOM is read in the isolated world; the click is playwright's (a real input event)."""
     kind, selector = check.get("type"), check.get("selector")
-    if kind == "exists":
-        n = page.locator(selector).count()
-        want = check.get("count")
-        passed = n == want if want is not None else n > 0
-        return CheckResult(check, passed, f"{n} match")
-    if kind == "text":
-        text = _text_of(page, selector or "body")
-        return CheckResult(check, _norm(check["expect"]) in text, f"text: {text[:80]!r}")
-    if kind == "click":
-        target = check.get("target", "body")
-        if page.locator(selector).count() == 0:
-            return CheckResult(check, False, f"no element matches {selector!r}")
-        before = page.locator(target).first.evaluate("e => e.outerHTML") if page.locator(target).count() else None
-        page.locator(selector).first.click(timeout=_ms(deadline))
-        page.wait_for_timeout(min(50.0, _ms(deadline)))  # let handlers scheduled by the click run
-        if "expect" in check:
-            text = _text_of(page, target)
-            return CheckResult(check, _norm(str(check["expect"])) in text, f"{target} text: {text[:80]!r}")
-        after = page.locator(target).first.evaluate("e => e.outerHTML") if page.locator(target).count() else None
-        return CheckResult(check, after != before, "changed" if after != before else "no DOM change")
+    try:
+        if kind == "exists":
+            n = world.call(_COUNT_JS, selector, deadline)
+            want = check.get("count")
+            passed = n == want if want is not None else n > 0
+            return CheckResult(check, passed, f"{n} match")
+        if kind == "text":
+            text = _norm(str(world.call(_TEXT_JS, selector or "body", deadline)))
+            return CheckResult(check, _norm(check["expect"]) in text, f"text: {text[:80]!r}")
+        if kind == "click":
+            target = check.get("target", "body")
+            if world.call(_COUNT_JS, selector, deadline) == 0:
+                return CheckResult(check, False, f"no element matches {selector!r}")
+            before = world.call(_OUTER_HTML_JS, target, deadline)
+            page.locator(selector).first.click(timeout=_ms(deadline))
+            page.wait_for_timeout(min(50.0, _ms(deadline)))  # let handlers scheduled by the click run
+            if "expect" in check:
+                text = _norm(str(world.call(_TEXT_JS, target, deadline)))
+                return CheckResult(check, _norm(str(check["expect"])) in text, f"{target} text: {text[:80]!r}")
+            after = world.call(_OUTER_HTML_JS, target, deadline)
+            return CheckResult(check, after != before, "changed" if after != before else "no DOM change")
+    except MeasureError as e:
+        return CheckResult(check, False, str(e))
     return CheckResult(check, False, f"unknown check type {kind!r}")
 
 
-def _text_of(page: Any, selector: str) -> str:
-    loc = page.locator(selector)
-    if loc.count() == 0:
-        return ""
-    return _norm(" ".join(loc.all_inner_texts()))
-
-
-# Measured in the page: the visible elements that draw something (text, images, form controls,
+# Measured in an isolated world of the page: the visible elements that draw something (text, images, form controls,
 # boxes with a background or border), with their box, text colour, effective background colour
 # (the first non-transparent one up the ancestors) and font size. Capped at 300 elements.
 _LAYOUT_JS = """

@@ -31,6 +31,7 @@ Components, each in [0, 1], averaged with `weights` (default equal):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +58,54 @@ def contrast_ratio(fg: list[float], bg: list[float]) -> float:
     return (max(a, b) + 0.05) / (min(a, b) + 0.05)
 
 
+_NUMBERS = ("x", "y", "w", "h", "text", "font")
+_COLOURS = ("color", "bg")
+
+
+def validate_layout(layout: Any) -> None:
+    """Raise ValueError naming the first malformed field of one page's measurements: every number
+    finite (`w`, `h`, `text`, `font` and the viewport >= 0), colours three channels in 0-255, flags
+    booleans. Scoring trusts nothing it did not check: one page's bad numbers fail that page only."""
+    def number(value: Any, where: str, low: float | None = None) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"layout {where} = {value!r}: not a finite number")
+        if low is not None and value < low:
+            raise ValueError(f"layout {where} = {value!r}: below {low}")
+
+    if not isinstance(layout, Mapping):
+        raise ValueError(f"layout is {type(layout).__name__}, not a mapping")
+    for box in ("viewport", "scroll"):
+        if not isinstance(layout.get(box), Mapping):
+            raise ValueError(f"layout {box} missing or not a mapping")
+        for k in ("w", "h"):
+            number(layout[box].get(k), f"{box}.{k}", 0.0)
+    number(layout["viewport"]["w"], "viewport.w", 1.0)
+    number(layout["viewport"]["h"], "viewport.h", 1.0)
+    elements = layout.get("elements")
+    if not isinstance(elements, list):
+        raise ValueError("layout elements missing or not a list")
+    for i, e in enumerate(elements):
+        if not isinstance(e, Mapping):
+            raise ValueError(f"layout elements[{i}] is not a mapping")
+        for k in _NUMBERS:
+            number(e.get(k), f"elements[{i}].{k}", None if k in ("x", "y") else 0.0)
+        for k in _COLOURS:
+            c = e.get(k)
+            if not isinstance(c, list) or len(c) != 3:
+                raise ValueError(f"layout elements[{i}].{k} = {c!r}: not three channels")
+            for ch in c:
+                number(ch, f"elements[{i}].{k}", 0.0)
+                if ch > 255:
+                    raise ValueError(f"layout elements[{i}].{k} = {c!r}: channel above 255")
+        for k in ("bold", "leaf", "boxed"):
+            if not isinstance(e.get(k), bool):
+                raise ValueError(f"layout elements[{i}].{k} = {e.get(k)!r}: not a boolean")
+
+
 def layout_components(layout: Mapping[str, Any]) -> dict[str, float]:
-    """The six component scores of one page's measurements (all 0.0 for a page with nothing visible)."""
+    """The six component scores of one page's measurements (all 0.0 for a page with nothing
+    visible); raises ValueError (`validate_layout`) on malformed measurements."""
+    validate_layout(layout)
     elements = layout.get("elements") or []
     if not elements:
         return {name: 0.0 for name in COMPONENTS}
@@ -74,12 +121,18 @@ def layout_components(layout: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def layout_score(layout: Mapping[str, Any], weights: Mapping[str, float] | None = None) -> float:
-    """Weighted mean of `layout_components`; `weights` maps component names to weights (default 1 each)."""
+def check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """The layout weights (default 1 each); raises ValueError naming unknown components."""
     weights = dict(weights or {name: 1.0 for name in COMPONENTS})
     unknown = set(weights) - set(COMPONENTS)
     if unknown:
         raise ValueError(f"layout weights: unknown components {sorted(unknown)}; known: {', '.join(COMPONENTS)}")
+    return weights
+
+
+def layout_score(layout: Mapping[str, Any], weights: Mapping[str, float] | None = None) -> float:
+    """Weighted mean of `layout_components`; `weights` maps component names to weights (default 1 each)."""
+    weights = check_weights(weights)
     components = layout_components(layout)
     total = sum(weights.values())
     return sum(w * components[name] for name, w in weights.items()) / total if total > 0 else 0.0

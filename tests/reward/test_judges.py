@@ -154,6 +154,34 @@ def test_image_request_reaches_the_server(vllm_server: str) -> None:
         assert isinstance(answer, str) and stats.failed == 0
 
 
+def test_vision_judge_after_a_render(vllm_server: str) -> None:
+    """`aesthetics` with a judge, called twice after the browser has rendered on this thread
+    (playwright's loop runs here then): each call's request reaches the server. The tiny model is
+    text-only, so vLLM refuses the image (a counted 4xx, the call raises JudgeUnavailable) or, if a
+    version accepts it, answers; it must never be the event-loop clash of issue 23 item 4."""
+    from pathlib import Path
+
+    from rewards.aesthetics import Aesthetics
+    from rewards.browser import CHROMIUM, close_browser, get_browser
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium not installed (scripts/setup.sh)")
+    plugin = Aesthetics(judge={"base_url": vllm_server, "model": "tiny", "max_tokens": 8, "max_retries": 0})
+    try:
+        assert get_browser().render("<p>warm</p>").loaded
+        for text in ("first page", "second page"):
+            page = f"```html\n<html><body><h1>{text}</h1></body></html>\n```"
+            try:
+                out = plugin([page])
+                assert out.metrics["failed"] == 0 and len(out.scores) == 1
+            except JudgeUnavailable as e:
+                assert "HTTP 4" in str(e), e  # refused by the server: the request got there
+    finally:
+        close_browser()  # later tests run asyncio.run on this thread
+    assert plugin.scorer.judge is not None
+    assert plugin.scorer.judge.client.total.attempts == 2  # one HTTP request per call, both sent
+
+
 def test_timeout_retries_and_backoff_on_a_silent_server() -> None:
     server = LoopbackServer("silent")
     try:
