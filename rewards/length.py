@@ -10,13 +10,20 @@ so among correct answers the shortest earns +0.5 alpha and the longest about -0.
 answer is never paid for being short. Correctness comes from the `math` verifier or `exact_answer`
 (arg `correctness`) against the `answer` column.
 
-alpha: with a `pass_rate` column (the prompt's rolling pass rate, which the Evo-CoT curriculum
-supplies), the bucket table `alpha_buckets`: rows `[threshold, alpha]`, thresholds distinct and
-highest first; the row of the largest threshold the pass rate exceeds gives alpha, and the last row
-also takes every lower pass rate (the curriculum's rule: `ling_rl.curriculum.buckets.bucket_index`).
-The default is ALGORITHMS.md's: > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1, so easy
-prompts pay for brevity and hard ones leave room to reason. Without `pass_rate` (or where it is
-null), the constant arg `alpha` (default 1.0).
+alpha, in this order of precedence (the same in training and in evaluation):
+
+1. the arg `alpha`, when set: a constant, whatever the curriculum or the row says;
+2. the `length_alpha` column: the Evo-CoT curriculum's stage alpha for the prompt's pass-rate
+   bucket (`curriculum.stages[*].alpha`; training prompts only, evaluation prompts have none);
+3. with a `pass_rate` column, the bucket table `alpha_buckets`: rows `[threshold, alpha]`,
+   thresholds distinct and highest first; the row of the largest threshold the pass rate exceeds
+   gives alpha, and the last row also takes every lower pass rate (the curriculum's rule:
+   `ling_rl.curriculum.buckets.bucket_index`). The default is ALGORITHMS.md's: > 0.8 -> 1.0,
+   > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1, so easy prompts pay for brevity and hard ones leave room
+   to reason;
+4. else 1.0.
+
+`alpha` and `alpha_buckets` together are an error (the table would never apply).
 """
 
 from __future__ import annotations
@@ -50,8 +57,8 @@ def length_scores(lengths: list[int], correct: list[bool]) -> list[float]:
 
 @reward("length", group_level=True)
 class Length:
-    """alpha * R_length per response of one group (see the module docstring); args `alpha`,
-    `alpha_buckets`, `correctness` (`math` or `exact_answer`).
+    """alpha * R_length per response of one group (see the module docstring for alpha's
+    precedence); args `alpha`, `alpha_buckets`, `correctness` (`math` or `exact_answer`).
 
     Rows without `answer` are skipped (None). Metrics: `alpha` (mean), `correct` (fraction),
     `length_mean` (tokens).
@@ -61,11 +68,18 @@ class Length:
     [0.5, -0.5, 0.0]
     >>> length(completions=["12", "so it is 12"], completion_ids=[[1] * 2, [1] * 6], answer=["12"] * 2, pass_rate=[0.3] * 2).scores
     [0.1, -0.1]
+    >>> Length(alpha=0.2, correctness="exact_answer")(completions=["12", "so it is 12"], completion_ids=[[1] * 2, [1] * 6],
+    ...     answer=["12"] * 2, length_alpha=[1.0] * 2).scores
+    [0.1, -0.1]
     """
 
-    def __init__(self, alpha: float = 1.0, alpha_buckets: list[list[float]] | None = None, correctness: str = "math") -> None:
+    def __init__(self, alpha: float | None = None, alpha_buckets: list[list[float]] | None = None,
+                 correctness: str = "math") -> None:
         if correctness not in CORRECTNESS:
             raise ValueError(f"length reward: correctness must be one of {', '.join(CORRECTNESS)}, got {correctness!r}")
+        if alpha is not None and alpha_buckets is not None:
+            raise ValueError("length reward: set `alpha` (a constant) or `alpha_buckets` (alpha by pass rate), not "
+                             "both: `alpha` takes precedence, so the table would never apply")
         buckets = DEFAULT_ALPHA_BUCKETS if alpha_buckets is None else alpha_buckets
         if not buckets or any(len(row) != 2 for row in buckets):
             raise ValueError(f"length reward: alpha_buckets must be [threshold, alpha] rows, got {buckets!r}")
@@ -73,7 +87,7 @@ class Length:
         if thresholds != sorted(set(thresholds), reverse=True):
             raise ValueError("length reward: alpha_buckets thresholds must be distinct and in decreasing order, "
                              f"got {thresholds}")
-        self.alpha = float(alpha)
+        self.alpha = None if alpha is None else float(alpha)
         self.thresholds = thresholds
         self.bucket_alphas = [float(a) for _, a in buckets]
         self.correctness = correctness
@@ -94,16 +108,24 @@ class Length:
         correct = [self._correct(completions[i], answer[i]) for i in scored]
         lengths = [len(completion_ids[i]) for i in scored]
         rates = pass_rate if pass_rate is not None else [None] * len(completions)
-        # The Evo-CoT curriculum supplies `length_alpha` (its stage's alpha for the prompt's bucket);
-        # it wins over this plugin's own table so that the stage schedule is what applies.
         stage_alpha = length_alpha if length_alpha is not None else [None] * len(completions)
-        alphas = [float(stage_alpha[i]) if stage_alpha[i] is not None
-                  else self.alpha if rates[i] is None else self.bucket_alpha(float(rates[i])) for i in scored]
+        alphas = [self._alpha(stage_alpha[i], rates[i]) for i in scored]
         for i, alpha, r in zip(scored, alphas, length_scores(lengths, correct)):
             scores[i] = alpha * r
         n = len(scored)
         metrics = {"alpha": sum(alphas) / n, "correct": sum(correct) / n, "length_mean": sum(lengths) / n}
         return RewardOutput(scores=scores, metrics=metrics)
+
+    def _alpha(self, stage_alpha: float | None, pass_rate: float | None) -> float:
+        """One response's alpha by the module docstring's precedence: the `alpha` arg, the
+        curriculum's `length_alpha`, `alpha_buckets` on `pass_rate`, 1.0. An explicit arg wins so
+        that what the recipe writes on the plugin applies in training and evaluation alike (the
+        curriculum writes `length_alpha` on every training prompt, evaluation prompts have none)."""
+        if self.alpha is not None:
+            return self.alpha
+        if stage_alpha is not None:
+            return float(stage_alpha)
+        return 1.0 if pass_rate is None else self.bucket_alpha(float(pass_rate))
 
     def bucket_alpha(self, pass_rate: float) -> float:
         """alpha of `pass_rate`'s `alpha_buckets` row.

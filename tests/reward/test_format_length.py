@@ -89,10 +89,13 @@ def test_length_alpha_from_pass_rate_buckets_or_arg() -> None:
     assert [Length().bucket_alpha(r) for r in (1.0, 0.8, 0.51, 0.2)] == [1.0, 0.5, 0.5, 0.1]
     call = {"completions": ["12", "it is 12"], "completion_ids": [[1], [1, 1, 1]], "answer": ["12", "12"]}
     assert Length(alpha=0.3, correctness="exact_answer")(**call).scores == pytest.approx([0.15, -0.15])
+    # An explicit `alpha` arg wins over the pass-rate table (issue 23 item 10: one precedence).
     with_rates = Length(alpha=0.3, correctness="exact_answer")(**call, pass_rate=[0.9, 0.9])
-    assert with_rates.scores == pytest.approx([0.5, -0.5]) and with_rates.metrics["alpha"] == 1.0
-    # A null pass rate (prompt never seen) falls back to the arg alpha.
-    assert Length(alpha=0.3, correctness="exact_answer")(**call, pass_rate=[None, None]).scores == pytest.approx([0.15, -0.15])
+    assert with_rates.scores == pytest.approx([0.15, -0.15]) and with_rates.metrics["alpha"] == 0.3
+    by_table = Length(correctness="exact_answer")(**call, pass_rate=[0.9, 0.9])
+    assert by_table.scores == pytest.approx([0.5, -0.5]) and by_table.metrics["alpha"] == 1.0
+    # A null pass rate (prompt never seen) and no arg: 1.0.
+    assert Length(correctness="exact_answer")(**call, pass_rate=[None, 0.3]).metrics["alpha"] == pytest.approx((1.0 + 0.2) / 2)
     custom = Length(alpha_buckets=[[0.5, 2.0], [0.0, 0.0]], correctness="exact_answer")
     assert custom(**call, pass_rate=[0.6, 0.6]).scores == pytest.approx([1.0, -1.0])
     assert custom(**call, pass_rate=[0.4, 0.4]).scores == pytest.approx([0.0, 0.0])
@@ -104,7 +107,7 @@ def test_length_skips_rows_without_answer() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [{"correctness": "judge"}, {"alpha_buckets": [[0.2, 1.0], [0.8, 0.5]]}, {"alpha_buckets": [[0.5]]}, {"alpha_buckets": []},
+    "args", [{"correctness": "judge"}, {"alpha": 0.2, "alpha_buckets": [[0.0, 1.0]]}, {"alpha_buckets": [[0.2, 1.0], [0.8, 0.5]]}, {"alpha_buckets": [[0.5]]}, {"alpha_buckets": []},
              {"alpha_buckets": [[0.5, 1.0], [0.5, 2.0], [0.0, 0.1]]}]
 )
 def test_length_rejects_bad_args(args: dict[str, Any]) -> None:
@@ -133,15 +136,15 @@ def test_length_and_format_through_the_pool(ray_session: None) -> None:
     """Length is group-level: each prompt's min/max length is its own, alpha from its pass rate."""
     rollouts = [
         _rollout(0, "12", 2, "12", 0.9), _rollout(0, "so 12", 6, "12", 0.9),
-        _rollout(1, "<think>x</think> 7", 20, "7", None), _rollout(1, "7", 40, "7", None),
+        _rollout(1, "<think>x</think> 7", 20, "7", 0.3), _rollout(1, "7", 40, "7", 0.3),
     ]  # fmt: skip
     specs = [
-        RewardSpec(name="length", args={"alpha": 0.5, "correctness": "exact_answer"}),
+        RewardSpec(name="length", args={"correctness": "exact_answer"}),
         RewardSpec(name="format", args={"mode": "instant"}),
     ]
     with RewardPool(specs, num_workers=1, worker_cpus=0.25) as pool:
         scored, metrics = pool.score(rollouts)
-    assert [s.breakdown["length"] for s in scored] == pytest.approx([0.5, -0.5, 0.25, -0.25])
+    assert [s.breakdown["length"] for s in scored] == pytest.approx([0.5, -0.5, 0.1, -0.1])
     assert [s.breakdown["format"] for s in scored] == [0.0, 0.0, -0.5, 0.0]
     assert metrics.plugins["length"].failures == 0 and metrics.plugins["format"].failures == 0
 
