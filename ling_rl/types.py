@@ -28,6 +28,9 @@ class Sample:
     messages: list[dict[str, str]] | None = None
     """The conversation rendered into `prompt` (`data.chat_template`: system and user messages as
     `{role, content}`), passed to TRL-style reward plugins; None when the prompt is plain text."""
+    source: str = ""
+    """The data source the row came from (`data.train` or a `data_mix` key): pass rates are keyed by
+    source and id, since ids repeat across sources. Empty for samples not read from a data source."""
 
 
 @dataclass

@@ -190,7 +190,8 @@ class PromptSource:
         columns = {k: v for k, v in row.items() if k != self.cfg.prompt_key}
         if self.cfg.answer_key in columns:
             columns["answer"] = columns[self.cfg.answer_key]
-        return Sample(id=str(row.get("id", i)), prompt=text, prompt_ids=ids, columns=columns, messages=messages)
+        return Sample(id=str(row.get("id", i)), prompt=text, prompt_ids=ids, columns=columns, messages=messages,
+                      source=self.cfg.train)
 
     def _permutation(self, epoch: int) -> list[int]:
         order = list(range(len(self.samples)))

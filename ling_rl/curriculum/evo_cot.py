@@ -27,11 +27,14 @@ from ling_rl.curriculum.config import CurriculumConfig, StageConfig
 if TYPE_CHECKING:  # ling_rl.types imports torch; this module stays pure Python
     from ling_rl.types import Sample, ScoredRollout
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: pass rates keyed by data source, then sample id (1: by sample id alone)."""
 
 
 class PassRateTracker:
-    """Exponential moving average of each prompt's group accuracy, keyed by `Sample.id`.
+    """Exponential moving average of each prompt's group accuracy, keyed by (`Sample.source`,
+    `Sample.id`): an id alone repeats across sources (the row indices "0", "1", ... of every
+    dataset without an `id` column), and two prompts must never share one rate.
 
     The first observed group sets a prompt's rate; each later one blends in with weight `ema`.
     Prompts never observed report `initial`.
@@ -42,26 +45,30 @@ class PassRateTracker:
             raise ValueError(f"ema must be in (0, 1], got {ema}")
         self.ema = ema
         self.initial = initial
-        self.rates: dict[str, float] = {}
+        self.rates: dict[tuple[str, str], float] = {}
 
-    def rate(self, sample_id: str) -> float:
-        return self.rates.get(sample_id, self.initial)
+    def rate(self, sample_id: str, source: str = "") -> float:
+        return self.rates.get((source, sample_id), self.initial)
 
-    def update(self, sample_id: str, group_accuracy: float) -> float:
+    def update(self, sample_id: str, group_accuracy: float, source: str = "") -> float:
         """Blend in one group's accuracy (fraction of counted responses that are correct); returns the new rate."""
-        old = self.rates.get(sample_id)
+        old = self.rates.get((source, sample_id))
         new = group_accuracy if old is None else (1 - self.ema) * old + self.ema * group_accuracy
-        self.rates[sample_id] = new
+        self.rates[(source, sample_id)] = new
         return new
 
     def __len__(self) -> int:
         return len(self.rates)
 
-    def state_dict(self) -> dict[str, float]:
-        return dict(self.rates)
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """Source -> sample id -> rate (JSON has no tuple keys)."""
+        by_source: dict[str, dict[str, float]] = {}
+        for (source, sample_id), rate in self.rates.items():
+            by_source.setdefault(source, {})[sample_id] = rate
+        return by_source
 
-    def load_state_dict(self, rates: dict[str, float]) -> None:
-        self.rates = {str(k): float(v) for k, v in rates.items()}
+    def load_state_dict(self, by_source: dict[str, dict[str, float]]) -> None:
+        self.rates = {(str(source), str(k)): float(v) for source, rates in by_source.items() for k, v in rates.items()}
 
 
 def bucket_edge(rate: float, alpha_table: dict[str, float]) -> str:
@@ -145,7 +152,7 @@ class Curriculum:
         epoch, and a group still in flight (async) must keep the alpha of its own draw."""
         out = []
         for sample in samples:
-            rate = self.tracker.rate(sample.id)
+            rate = self.tracker.rate(sample.id, sample.source)
             edge = bucket_edge(rate, self.stage.alpha)
             columns = {**sample.columns, "pass_rate": rate, "length_alpha": self.stage.alpha[edge], "difficulty_bucket": edge}
             out.append(dataclasses.replace(sample, columns=columns))
@@ -177,12 +184,12 @@ class Curriculum:
         rates: list[float] = []
         for group in split_groups(scored):
             verdicts = [v for v in (self.is_correct(s) for s in group) if v is not None]
-            sample_id = group[0].rollout.sample.id
+            sample = group[0].rollout.sample
             if verdicts:
                 correct += sum(verdicts)
                 counted += len(verdicts)
-                self.tracker.update(sample_id, sum(verdicts) / len(verdicts))
-            rate = self.tracker.rate(sample_id)
+                self.tracker.update(sample.id, sum(verdicts) / len(verdicts), sample.source)
+            rate = self.tracker.rate(sample.id, sample.source)
             rates.append(rate)
             buckets[bucket_edge(rate, stage.alpha)] += 1
 
@@ -232,7 +239,10 @@ class Curriculum:
 
     def weights_for_mix(self) -> dict[str, float]:
         """Dataset -> weight of the current stage (`{train_source: 1.0}` without a data_mix)."""
-        mix = self.stage.data_mix
+        return self._mix_of(self.stage)
+
+    def _mix_of(self, stage: StageConfig) -> dict[str, float]:
+        mix = stage.data_mix
         return {self.train_source: 1.0} if mix is None else {k: w for k, w in mix.items() if w > 0}
 
     def choose_sources(self, n: int, rng: random.Random) -> list[str]:
@@ -261,9 +271,22 @@ class Curriculum:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`; refuses a stage that the current stage list does not have."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"curriculum state version {state.get('version')!r} is not {STATE_VERSION}")
+        """Restore `state_dict()`; refuses a stage that the current stage list does not have.
+
+        A version-1 state (pass rates by sample id alone) loads when the recipe draws from one data
+        source, whose rates they then are; with several, ids of different sources may have been
+        mixed into one rate, and it is refused."""
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"curriculum state version {version!r} is not {STATE_VERSION}")
+        pass_rates = state["pass_rates"]
+        if version == 1:
+            sources = sorted({name for stage in self.stages for name in self._mix_of(stage)})
+            if len(sources) != 1:
+                raise ValueError(f"checkpoint's curriculum state (version 1) keys pass rates by sample id alone, and this "
+                                 f"recipe draws from several data sources ({', '.join(sources)}) whose ids may repeat: "
+                                 "its pass rates cannot be told apart; start a fresh run (checkpoint.resume=never)")
+            pass_rates = {sources[0]: pass_rates}
         index, name = int(state["stage_index"]), str(state["stage_name"])
         if index >= len(self.stages) or self.stages[index].name != name:
             names = ", ".join(s.name for s in self.stages)
@@ -272,4 +295,4 @@ class Curriculum:
         self.steps_in_stage = int(state["steps_in_stage"])
         self.last_step = None if state["last_step"] is None else int(state["last_step"])
         self.window = [(int(c), int(n)) for c, n in state["window"]][-self.cfg.accuracy_window:]
-        self.tracker.load_state_dict(state["pass_rates"])
+        self.tracker.load_state_dict(pass_rates)
