@@ -10,7 +10,7 @@ A group of n responses costs n(n-1) judge requests (cached per ordered pair, so 
 two identical responses are a tie without a request). A comparison whose verdict cannot be parsed,
 or whose request failed after retries, is left out of the mean and counted (`parse_failures`,
 `failed`); a response with no usable comparison scores None (skipped). A call in which every
-request failed raises `JudgeUnavailable`, so the pool counts a failure and scores `error_value`.
+request failed raises `JudgeUnavailable`, so the pool counts a failure and skips the responses (unless `error_value` is set).
 
 Judge prompt: the prompt and both responses, asking for a final verdict as one of
 `[[A>>B]]`, `[[A>B]]`, `[[A=B]]`, `[[B>A]]`, `[[B>>A]]` (see `rewards.judge.parse_verdict`).

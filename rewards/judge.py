@@ -75,7 +75,7 @@ class JudgeConfig:
 
 
 class JudgeUnavailable(RuntimeError):
-    """Every judge request of a plugin call failed (the pool scores `error_value`), or the endpoint
+    """Every judge request of a plugin call failed (the pool skips the responses unless `error_value` is set), or the endpoint
     did not answer the start-up check."""
 
 

@@ -12,7 +12,7 @@ Each (response, item) is one judge request asking for a 0-10 score ending in `[[
 accepted: `Score: N`, `N/10`; see `rewards.judge.parse_score`), scaled to [0, 1]. Items whose
 answer cannot be parsed or whose request failed are left out of the weighted mean and counted; a
 response with no scored item, or without any rubric, scores None (skipped). A call in which every
-request failed raises `JudgeUnavailable` (the pool scores `error_value`).
+request failed raises `JudgeUnavailable` (the pool skips the responses, unless `error_value` is set).
 """
 
 from __future__ import annotations

@@ -210,6 +210,9 @@ class Curriculum:
             "curriculum/rolling_accuracy": rolling,
             "curriculum/window_steps": float(window_steps),
             "curriculum/counted_responses": float(counted),
+            # No correctness verdict (the plugin returned None, or its call failed or timed out):
+            # neither right nor wrong, so out of pass rates, accuracy and stage advance.
+            "curriculum/uncounted_responses": float(len(scored) - counted),
             "curriculum/pass_rate_mean": sum(rates) / len(rates) if rates else self.cfg.initial_pass_rate,
             "curriculum/tracked_prompts": float(len(self.tracker)),
             "curriculum/response_len_mean": sum(lengths) / len(lengths) if lengths else 0.0,

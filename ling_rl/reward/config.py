@@ -33,10 +33,12 @@ class RewardSpec(Section):
     rows of their own domain). Default (null): required when `weight` is not 0."""
 
     timeout_s: float = Field(default=30.0, gt=0)
-    """A call taking longer counts as a failure and scores `error_value`."""
+    """A call taking longer counts as a timeout (see `error_value`)."""
 
-    error_value: float = 0.0
-    """Score given when the plugin raises, times out or returns a malformed result (counted in metrics)."""
+    error_value: float | None = None
+    """Score of a response whose call raised, timed out or returned a malformed result (counted in
+    metrics). None (default): no score, the response is skipped (a plugin that could not judge a
+    response has not found it wrong), and kept out of the curriculum's pass rates."""
 
     args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the plugin: passed to `__init__` of a class plugin (once per worker),

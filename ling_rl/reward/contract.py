@@ -24,9 +24,11 @@ a None from a required plugin skips the sample (not trained on; counted per plug
 `reward/<plugin>/skipped_samples`); a None from a plugin that is not required contributes nothing
 to the total; a sample no plugin scored is skipped. It may instead return
 `RewardOutput(scores, metrics)` to report its own metrics (averaged over its calls of a step).
-A plugin that raises scores its call's responses `error_value` (counted as `failures`), except
-with `InfrastructureError` (its sandbox or browser failed, not the response): those samples are
-skipped, never scored, and the step counts as one without reward signal.
+A plugin that raises or times out leaves its call's responses unscored and skipped (counted as
+`failures` / `timeouts`; a call over several responses is first run again one response per call),
+unless the recipe gives the plugin a numeric `error_value`; with `InfrastructureError` (its sandbox
+or browser failed, not the response) they are always skipped, and the step counts as one without
+reward signal.
 
 Variants: an `async def` function (calls run concurrently inside a worker), a class (instantiated
 once per worker with `args`, then called like a function; `__call__` may be async; an optional

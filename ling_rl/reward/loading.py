@@ -54,7 +54,7 @@ class ResolvedPlugin:
     required: bool
     """A None from it skips the sample (`RewardSpec.is_required`)."""
     timeout_s: float
-    error_value: float
+    error_value: float | None
     is_class: bool
     is_async: bool
     group_level: bool

@@ -18,17 +18,25 @@ class PluginMetrics:
     """Mean wall time of a call inside the worker."""
     latency_max_s: float
     failures: int
-    """Calls that raised, returned a malformed result or lost their worker (scored `error_value`,
-    except the `infra_failures` among them)."""
+    """Calls that raised, returned a malformed result or lost their worker (retries included)."""
     infra_failures: int
     """Failed calls whose plugin raised `InfrastructureError` (a sandbox that did not start): their
     samples are skipped, not scored; any of them makes the step one without reward signal."""
     timeouts: int
-    """Calls that exceeded `timeout_s` (scored `error_value`)."""
+    """Calls that exceeded `timeout_s` (retries included)."""
     skipped: int
     """Samples the plugin returned None for."""
     skipped_samples: int
     """Samples not trained on because this plugin is required and returned None for them."""
+    failed_samples: int = 0
+    """Samples whose (last) call failed, timed out or hit an infrastructure failure: the plugin
+    could not judge them."""
+    unscored_samples: int = 0
+    """Of `failed_samples`, those left without a score and skipped (all of them unless the plugin
+    sets a numeric `error_value`): not trained on, and out of pass rates when this is the
+    curriculum's correctness plugin."""
+    retried_samples: int = 0
+    """Samples run again alone after their call over several samples failed or timed out."""
     errors: list[str] = field(default_factory=list)
     """Distinct failure messages (at most five), for logs."""
     extra: dict[str, float] = field(default_factory=dict)
@@ -74,6 +82,9 @@ class RewardMetrics:
                 f"{p}/timeouts": m.timeouts,
                 f"{p}/skipped": m.skipped,
                 f"{p}/skipped_samples": m.skipped_samples,
+                f"{p}/failed_samples": m.failed_samples,
+                f"{p}/unscored_samples": m.unscored_samples,
+                f"{p}/retried_samples": m.retried_samples,
             })
             out.update({f"{p}/{k}": v for k, v in m.extra.items()})
         return out

@@ -6,11 +6,13 @@
             (or per group, group-level)         async calls concurrently on the worker's loop
       dispatch one task per idle worker  <---  CallResult per call (scores | error | timed out)
       a task past timeout_s + grace:
-        kill that worker, start a new one,
-        its calls score error_value
+        kill that worker, start a new one
+      a failed or timed-out call over several
+        responses: once more, one call each  --->  (the response that hangs costs only itself)
       total = sum(weight * score), breakdown, RewardMetrics
       (a None from a required plugin, or from every plugin, skips the sample; so does a call
-       that raised InfrastructureError: a sandbox that did not start scores nothing, not 0)
+       that failed, timed out or raised InfrastructureError: a response the plugin could not
+       judge scores nothing, not 0, unless the plugin sets a numeric error_value)
 
 Workers are processes so CPU-bound plugins run in parallel and a plugin that hangs or crashes
 costs one worker, never the driver. A worker holds at most one task at a time, so a task's
@@ -119,10 +121,13 @@ class RewardPool:
         start, replaced_before = time.monotonic(), self._replaced
         jobs = self._plan(rollouts)
         results = self._execute(jobs)
-        scores, unscored = self._scores_per_plugin(len(rollouts), jobs, results)
+        retries = self._retries(rollouts, jobs, results)
+        if retries:
+            jobs, results = jobs + retries, results + self._execute(retries)
+        scores, unscored, failed = self._scores_per_plugin(len(rollouts), jobs, results)
         scored = [self._total(r, [s[i] for s in scores], i in unscored) for i, r in enumerate(rollouts)]
         elapsed = time.monotonic() - start
-        metrics = self._metrics(scored, scores, jobs, results, elapsed, self._replaced - replaced_before)
+        metrics = self._metrics(scored, scores, failed, jobs, results, retries, elapsed, self._replaced - replaced_before)
         return scored, metrics
 
     def node_ids(self) -> list[str]:
@@ -165,6 +170,23 @@ class RewardPool:
             for share in shares:
                 jobs.append(_Job(p, share, [_call_input(rollouts, idx, columns, plugin.conversational) for idx in share]))
         return jobs
+
+    def _retries(self, rollouts: Sequence[Rollout], jobs: list[_Job], results: list[list[CallResult]]) -> list[_Job]:
+        """One job per response of every call over several responses that failed or timed out (not
+        for infrastructure failures, nor group-level plugins, whose unit is the group): the response
+        that hangs or breaks the plugin then costs only itself, not its slice. At most one retry
+        round, so a batch waits at most about twice a plugin's `timeout_s` (plus worker restarts)."""
+        retries = []
+        for job, job_results in zip(jobs, results):
+            plugin = self.plugins[job.plugin]
+            if plugin.group_level:
+                continue
+            for indices, result in zip(job.indices, job_results):
+                if len(indices) > 1 and result.scores is None and not result.infrastructure:
+                    columns = self._column_names(rollouts)
+                    retries.extend(_Job(job.plugin, [[i]], [_call_input(rollouts, [i], columns, plugin.conversational)])
+                                   for i in indices)
+        return retries
 
     def _column_names(self, rollouts: Sequence[Rollout]) -> list[str]:
         names = sorted({k for r in rollouts for k in r.sample.columns})
@@ -249,21 +271,32 @@ class RewardPool:
 
     def _scores_per_plugin(
         self, n: int, jobs: list[_Job], results: list[list[CallResult]]
-    ) -> tuple[list[list[float | None]], set[int]]:
-        """Per plugin, the score of each batch position; and the positions a call could not score
-        for an infrastructure failure (left None and skipped: the response was never judged)."""
+    ) -> tuple[list[list[float | None]], set[int], list[set[int]]]:
+        """Per plugin, the score of each batch position; the positions left unscored (None and
+        skipped: the response was never judged); and per plugin, the positions whose call failed or
+        timed out. A later call of a position (a retry, `_retries`) supersedes an earlier one.
+
+        A failed or timed-out call is not a judgement of the response: its positions stay None and
+        are skipped (and so out of pass rates, dynamic sampling and advantages), unless the
+        plugin sets a numeric `error_value`; an infrastructure failure always leaves them unscored."""
         scores: list[list[float | None]] = [[None] * n for _ in self.plugins]
-        unscored: set[int] = set()
+        failed: list[dict[int, bool]] = [{} for _ in self.plugins]
+        """Per plugin, position -> whether its latest call failed, timed out or broke."""
         for job, job_results in zip(jobs, results):
-            error_value = self.plugins[job.plugin].error_value
+            plugin = self.plugins[job.plugin]
             for indices, result in zip(job.indices, job_results):
-                if result.infrastructure:
-                    unscored.update(indices)
-                    continue
-                values = result.scores if result.scores is not None else [error_value] * len(indices)
+                if result.scores is not None:
+                    values: list[float | None] = list(result.scores)
+                elif result.infrastructure or plugin.error_value is None:
+                    values = [None] * len(indices)
+                else:
+                    values = [plugin.error_value] * len(indices)
                 for i, value in zip(indices, values):
                     scores[job.plugin][i] = value
-        return scores, unscored
+                    failed[job.plugin][i] = result.scores is None
+        failed_sets = [{i for i, f in per.items() if f} for per in failed]
+        unscored = {i for p, per in enumerate(failed_sets) for i in per if scores[p][i] is None}
+        return scores, unscored, failed_sets
 
     def _total(self, rollout: Rollout, per_plugin: list[float | None], unscored: bool) -> ScoredRollout:
         total = sum(p.weight * s for p, s in zip(self.plugins, per_plugin) if s is not None)
@@ -278,8 +311,10 @@ class RewardPool:
         self,
         scored: list[ScoredRollout],
         scores: list[list[float | None]],
+        failed: list[set[int]],
         jobs: list[_Job],
         results: list[list[CallResult]],
+        retries: list[_Job],
         elapsed: float,
         replaced: int,
     ) -> RewardMetrics:
@@ -290,6 +325,7 @@ class RewardPool:
         for p, plugin in enumerate(self.plugins):
             calls = per_plugin[p]
             used = [s for s in scores[p] if s is not None]
+            unscored = [i for i in failed[p] if scores[p][i] is None]
             errors = list(dict.fromkeys(c.error for c in calls if c.error is not None))
             failures = sum(c.error is not None for c in calls)
             infra_failures = sum(c.infrastructure for c in calls)
@@ -307,8 +343,11 @@ class RewardPool:
                 failures=failures,
                 infra_failures=infra_failures,
                 timeouts=timeouts,
-                skipped=len(scores[p]) - len(used),
-                skipped_samples=sum(s is None for s in scores[p]) if plugin.required else 0,
+                skipped=len(scores[p]) - len(used) - len(unscored),
+                failed_samples=len(failed[p]),
+                unscored_samples=len(unscored),
+                retried_samples=sum(r.plugin == p for r in retries),
+                skipped_samples=len(scores[p]) - len(used) - len(unscored) if plugin.required else 0,
                 errors=errors[:MAX_ERRORS_KEPT],
                 extra={k: _mean([c.metrics[k] for c in calls if k in c.metrics]) for k in extra_keys},
             )

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from conftest import PLUGIN_DIR, make_rollouts
+from ling_rl.curriculum.config import CurriculumConfig
+from ling_rl.curriculum.evo_cot import Curriculum
 from ling_rl.reward.config import RewardSpec
 from ling_rl.reward.loading import RewardResolutionError, resolve_rewards
 from ling_rl.reward.pool import RewardPool, RewardWorkerError
@@ -49,6 +51,7 @@ def test_same_plugin_twice_needs_aliases(sample_plugins: Any) -> None:
 
 
 def test_raising_and_malformed_plugins_score_error_value(ray_session: None, sample_plugins: Any) -> None:
+    """A numeric `error_value` is opted into: failed calls score it (after a retry of each response alone)."""
     specs = [
         RewardSpec(name="t_raises", error_value=-1.0),
         RewardSpec(name="t_wrong_length", error_value=-2.0),
@@ -57,38 +60,71 @@ def test_raising_and_malformed_plugins_score_error_value(ray_session: None, samp
     with RewardPool(specs, num_workers=2, worker_cpus=0.25) as pool:
         scored, metrics = pool.score(ROLLOUTS)
     assert [s.breakdown["t_raises"] for s in scored] == [-1.0] * 4
-    assert [s.breakdown["t_wrong_length"] for s in scored] == [-2.0] * 4
+    # t_wrong_length returns one score: wrong for a slice of 2, right for each response retried alone.
+    assert [s.breakdown["t_wrong_length"] for s in scored] == [1.0] * 4
     assert [s.breakdown["t_length"] for s in scored] == [1.0, 2.0, 3.0, 4.0]
-    assert [s.reward for s in scored] == [-2.0, -1.0, 0.0, 1.0]
+    assert [s.reward for s in scored] == [1.0, 2.0, 3.0, 4.0]
+    assert not any(s.skipped for s in scored)
     raised = metrics.plugins["t_raises"]
-    assert raised.failures == raised.calls == 2 and raised.timeouts == 0
+    assert raised.failures == raised.calls == 2 + 4 and raised.timeouts == 0
+    assert (raised.retried_samples, raised.failed_samples, raised.unscored_samples) == (4, 4, 0)
     assert raised.errors == ["ValueError: plugin exploded on purpose"]
     assert metrics.plugins["t_wrong_length"].errors == ["returned 1 scores for 2 completions"]
-    assert metrics.as_dict()["reward/t_raises/failures"] == 2
+    assert metrics.plugins["t_wrong_length"].failed_samples == 0
+    assert metrics.as_dict()["reward/t_raises/failures"] == 6
 
 
 def test_hanging_sync_plugin_times_out_and_pool_recovers(ray_session: None, sample_plugins: Any) -> None:
-    specs = [RewardSpec(name="t_hangs", timeout_s=1.0, error_value=-0.5), RewardSpec(name="t_length")]
+    rollouts = make_rollouts([("p0", "1", ["a", "hang"]), ("p1", "2", ["ccc", "dddd"])])
+    specs = [RewardSpec(name="t_judge", timeout_s=1.0, error_value=-0.5), RewardSpec(name="t_length")]
     with RewardPool(specs, num_workers=1, worker_cpus=0.25, kill_grace_s=0.5) as pool:
-        for _ in range(2):  # the second batch runs on the replacement worker
-            start = time.monotonic()
-            scored, metrics = pool.score(ROLLOUTS)
-            # The hung call is given up at timeout + grace (1.5 s); the batch also waits for the
-            # replacement worker to start before t_length runs, which on a loaded box takes seconds.
-            assert 1.5 <= metrics.plugins["t_hangs"].latency_max_s < 2.5
-            assert time.monotonic() - start < 60.0
-            assert [s.breakdown["t_hangs"] for s in scored] == [-0.5] * 4
-            assert [s.breakdown["t_length"] for s in scored] == [1.0, 2.0, 3.0, 4.0]
-            assert metrics.plugins["t_hangs"].timeouts == 1 and metrics.plugins["t_hangs"].failures == 0
-            assert metrics.workers_replaced == 1
+        start = time.monotonic()
+        scored, metrics = pool.score(rollouts)
+    # A hung call is given up at timeout + grace (1.5 s); the batch also waits for replacement
+    # workers to start (the slice's, then the retried response's), which on a loaded box takes seconds.
+    assert 1.5 <= metrics.plugins["t_judge"].latency_max_s < 2.5
+    assert time.monotonic() - start < 120.0
+    # The slice of 4 timed out; run again one response each, only the one that hangs scores error_value.
+    assert [s.breakdown["t_judge"] for s in scored] == [0.0, -0.5, 0.0, 0.0]
+    assert [s.breakdown["t_length"] for s in scored] == [1.0, 4.0, 3.0, 4.0]
+    judge = metrics.plugins["t_judge"]
+    assert (judge.timeouts, judge.failures, judge.calls, judge.retried_samples) == (2, 0, 5, 4)
+    assert metrics.workers_replaced == 2
 
 
 def test_hanging_async_plugin_times_out_inside_the_worker(ray_session: None, sample_plugins: Any) -> None:
     with RewardPool([RewardSpec(name="t_async_hangs", timeout_s=0.5, error_value=-3.0)], worker_cpus=0.25) as pool:
         scored, metrics = pool.score(ROLLOUTS)
     assert [s.reward for s in scored] == [-3.0] * 4
-    assert metrics.plugins["t_async_hangs"].timeouts == 1
+    assert metrics.plugins["t_async_hangs"].timeouts == 1 + 4  # the slice, then each response alone
     assert metrics.workers_replaced == 0  # cancelled by asyncio, no process killed
+
+
+def test_a_response_the_correctness_plugin_could_not_judge_is_skipped_not_wrong(
+    ray_session: None, sample_plugins: Any
+) -> None:
+    """Issue 23 item 6: a failed or timed-out call scored 0.0 like a wrong answer, for its whole
+    slice, and the curriculum counted those zeros in pass rates. Now the response that hung or broke
+    the verifier is unscored (None), skipped, counted, and out of the pass rates; its slice-mates
+    are judged on a retry of each alone."""
+    rollouts = make_rollouts([("p0", "1", ["right", "hang", "wrong", "right"]),
+                              ("p1", "2", ["boom", "right", "wrong", "wrong"])])
+    specs = [RewardSpec(name="t_judge", timeout_s=1.0), RewardSpec(name="t_length", weight=0.0)]
+    with RewardPool(specs, num_workers=2, worker_cpus=0.25, kill_grace_s=0.5) as pool:
+        scored, metrics = pool.score(rollouts)
+    assert [s.breakdown["t_judge"] for s in scored] == [1.0, None, 0.0, 1.0, None, 1.0, 0.0, 0.0]
+    assert [s.skipped for s in scored] == [False, True, False, False, True, False, False, False]
+    judge = metrics.plugins["t_judge"]
+    assert (judge.failed_samples, judge.unscored_samples, judge.retried_samples) == (2, 2, 8)
+    assert (judge.timeouts, judge.failures, judge.skipped, judge.skipped_samples) == (2, 2, 0, 0)
+    assert metrics.skipped == 2
+    assert metrics.as_dict()["reward/t_judge/unscored_samples"] == 2
+
+    curriculum = Curriculum(CurriculumConfig(correctness="t_judge"), default_max_tokens=16)
+    out = curriculum.update(0, scored)
+    assert out["curriculum/counted_responses"] == 6 and out["curriculum/uncounted_responses"] == 2
+    assert out["curriculum/accuracy"] == 3 / 6
+    assert curriculum.tracker.rate("s0") == 2 / 3 and curriculum.tracker.rate("s1") == 1 / 3
 
 
 def test_class_plugin_failing_to_initialize_fails_the_pool(ray_session: None, sample_plugins: Any) -> None:

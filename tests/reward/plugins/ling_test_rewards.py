@@ -89,6 +89,18 @@ def hangs(prompts, completions, **columns):
     time.sleep(3600)
 
 
+@reward("t_judge")
+def judge(prompts, completions, **columns):
+    """A correctness plugin a response can break: 1.0 for "right", 0.0 otherwise; it hangs on a
+    response containing "hang" and raises on one containing "boom" (e.g. output that makes a
+    verifier loop or crash)."""
+    if any("hang" in c for c in completions):
+        time.sleep(3600)
+    if any("boom" in c for c in completions):
+        raise ValueError("verifier crashed on this output")
+    return [1.0 if c == "right" else 0.0 for c in completions]
+
+
 @reward("t_async_hangs")
 async def async_hangs(prompts, completions, **columns):
     await asyncio.sleep(3600)
