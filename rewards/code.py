@@ -35,7 +35,9 @@ What it does not guarantee: a *script test* (anything else: several asserts, a l
 comparison whose both sides use the solution's names) is judged, or both its sides computed, in the
 solution's interpreter, so a solution that tampers with that interpreter (replaces `exec` or `eval`)
 can fake it; `is_value_test` tells the two apart, and every test of `data/python/tasks.jsonl` is a
-value test. A value test checks only the
+value test. In `assert A` and `assert not A` the solution's interpreter computes A's truth: a
+boolean answer that a solution can guess, or fake by tampering when A is a predicate over its result
+(`isinstance(f(), int)`); `assert A == expected` checks more. A value test checks only the
 values its asserts compare: a solution that special-cases the inputs it sees in the tests (which it
 can read when they are evaluated) still passes them, as any test suite allows.
 """
