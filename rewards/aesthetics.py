@@ -4,7 +4,8 @@
   base64 `data:image/png;base64,...` URL in a chat message with a rubric prompt; the answer's score
   (`[[N]]`, `Score: N`, `N/10`) is parsed and scaled to [0, 1]. Unparseable answers and failed
   requests are counted; such a response scores None (skipped), and a call where every request
-  failed raises (the pool scores `error_value`).
+  failed raises (the pool counts a failure and leaves the responses unscored, unless the plugin
+  sets a numeric `error_value`).
 - Without a judge: the deterministic layout proxy of `rewards.layout_score` (WCAG contrast,
   overflow, overlap, alignment, whitespace balance, palette size), computed from the page.
 
