@@ -53,7 +53,9 @@ def _first_clause(text: str) -> str:
 
 
 # A number followed only by unit words: "5 apples", "12 dollars", "3.5 km per hour".
-_NUMBER_WITH_UNITS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?)\s*(?:[A-Za-z]{2,}\.?(?:\^\d)?\s*)+")
+# `{2,}+` is possessive: a unit word takes its whole run of letters, so a run cannot be split into
+# words in exponentially many ways when the match fails (38 letters took 6.5 s, x1.6 per letter).
+_NUMBER_WITH_UNITS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?)\s*(?:[A-Za-z]{2,}+\.?(?:\^\d)?\s*)+")
 
 
 def strip_units(answer: str) -> str:
@@ -76,13 +78,34 @@ def last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
+MAX_NUMBER_CHARS = 1000
+"""Longer text is not read as a number (`parse_number` gives None; equal texts still match as text)."""
+
+MAX_EXPONENT = 1000
+"""Largest |exponent| `parse_number` reads: `Fraction("1e10000000")` builds a ten-million-digit
+integer (7 s) and `1e999999999` never finishes; no reference answer needs more."""
+
+_EXPONENT = re.compile(r"[eE][-+]?(\d+)")
+
+
 def parse_number(text: str) -> Fraction | None:
-    """Exact value of a numeric answer ("12", "12.0", "1,234", "-3/4", "\\frac{3}{4}", "$5$"), else None."""
+    """Exact value of a numeric answer ("12", "12.0", "1,234", "-3/4", "\\frac{3}{4}", "$5$"), else None.
+
+    None too for text longer than `MAX_NUMBER_CHARS` and exponents beyond `MAX_EXPONENT`, so a
+    response cannot make the exact arithmetic run for seconds.
+
+    >>> parse_number("1.5e3"), parse_number("1e10000000")
+    (Fraction(1500, 1), None)
+    """
+    if len(text) > MAX_NUMBER_CHARS:
+        return None
     t = _TEXT.sub(r"\1", text).replace("\\!", "").replace("−", "-").replace("$", "").strip()
     t = _FRAC.sub(r"(\1)/(\2)", t).replace("(", "").replace(")", "")
     t = t.rstrip(".,;:").strip()
     if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", t):
         t = t.replace(",", "")
+    if any(len(e) > 4 or int(e) > MAX_EXPONENT for e in _EXPONENT.findall(t)):
+        return None
     try:
         return Fraction(t.replace(" ", ""))
     except (ValueError, ZeroDivisionError):

@@ -5,15 +5,21 @@ the last `\boxed{}`, else `<answer>...</answer>`, else "answer is ...", else the
 compared with the `answer` column by math-verify, which knows LaTeX (`\frac`, `\sqrt`, `\%`,
 `^\circ`, `\text{cm}`), intervals, sets and equations (`x = 5` matches `5`).
 
-math-verify guards its sympy calls with `signal.alarm`, which only works in a process's main
-thread. Sync plugins run there in the reward worker (see `ling_rl.reward.worker`), and so do direct
-calls from a script or a test; in any other thread the alarm is switched off and the pool's
-per-plugin timeout is the only bound.
+Time bound: a response is verified within `VERIFY_BUDGET_S` (all math-verify parses and
+comparisons of one completion together; past it the answer counts as wrong, metric `timed_out`).
+math-verify's own timeout takes whole seconds per parse and per comparison (up to 4 of each per
+completion), so the budget is a `signal.setitimer` alarm of our own instead, which only works in a
+process's main thread. Sync plugins run there in the reward worker (see `ling_rl.reward.worker`),
+and so do direct calls from a script or a test; in any other thread there is no alarm and the
+pool's per-plugin timeout is the only bound.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +30,17 @@ from rewards.answers import answers_match, extract_answer, strip_units
 MAX_ANSWER_CHARS = 1000
 """Longer extracted answers count as parse failures: sympy on pages of garbage can take seconds."""
 
-PARSE_TIMEOUT_S = 5
-"""math-verify's own limit per parse and per comparison (main thread only)."""
+VERIFY_BUDGET_S = 0.5
+"""math-verify's time for one completion (its parses and comparisons together; main thread only).
+Nested `\\frac`s, towers of powers and `99999999!` otherwise took 4-5 s each."""
+
+GOLD_BUDGET_S = 2.0
+"""math-verify's time to parse one reference answer (main thread only)."""
+
+
+class VerifyTimeout(BaseException):
+    """Raised by our alarm inside math-verify/sympy. A BaseException, like math-verify's own, so
+    their `except Exception` blocks do not swallow it."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,8 @@ class MathVerdict:
     """No final answer could be extracted, or math-verify could not parse it."""
     extracted: str | None
     """The extracted final answer (before parsing)."""
+    timed_out: bool = False
+    """math-verify ran past `VERIFY_BUDGET_S` (the answer then counts as wrong)."""
 
 
 def verify_answer(completion: str, gold: Any, gold_parsed: list[Any] | None = None) -> MathVerdict:
@@ -45,7 +62,7 @@ def verify_answer(completion: str, gold: Any, gold_parsed: list[Any] | None = No
     `gold_parsed`: `parse_gold(gold)` when the caller already has it (groups share one gold).
 
     >>> verify_answer(r"so \boxed{\frac{1}{2}}", "0.5")
-    MathVerdict(correct=True, parse_failed=False, extracted='\\frac{1}{2}')
+    MathVerdict(correct=True, parse_failed=False, extracted='\\frac{1}{2}', timed_out=False)
     >>> verify_answer("The answer is 5 apples.", "5").correct, verify_answer("no idea", "5").parse_failed
     (True, True)
     """
@@ -59,19 +76,28 @@ def verify_answer(completion: str, gold: Any, gold_parsed: list[Any] | None = No
 
     gold_parsed = parse_gold(gold) if gold_parsed is None else gold_parsed
     parse_failed = True
-    for candidate in dict.fromkeys([extracted, strip_units(extracted)]):  # unique, in order
-        parsed = _parse(candidate)
-        if not parsed:
-            continue
-        parse_failed = False
-        if gold_parsed and verify(gold_parsed, parsed, timeout_seconds=_timeout()):
-            return MathVerdict(correct=True, parse_failed=False, extracted=extracted)
+    try:
+        with _time_limit(VERIFY_BUDGET_S):
+            for candidate in dict.fromkeys([extracted, strip_units(extracted)]):  # unique, in order
+                parsed = _parse(candidate)
+                if not parsed:
+                    continue
+                parse_failed = False
+                if gold_parsed and verify(gold_parsed, parsed, timeout_seconds=None):
+                    return MathVerdict(correct=True, parse_failed=False, extracted=extracted)
+    except VerifyTimeout:
+        return MathVerdict(correct=False, parse_failed=parse_failed, extracted=extracted, timed_out=True)
     return MathVerdict(correct=False, parse_failed=parse_failed, extracted=extracted)
 
 
 def parse_gold(gold: Any) -> list[Any]:
-    """math-verify's parse of a reference answer (empty when it cannot be parsed)."""
-    return _parse(str(gold))
+    """math-verify's parse of a reference answer (empty when it cannot be parsed or takes longer
+    than `GOLD_BUDGET_S`)."""
+    try:
+        with _time_limit(GOLD_BUDGET_S):
+            return _parse(str(gold))
+    except VerifyTimeout:
+        return []
 
 
 @reward("math")
@@ -79,8 +105,9 @@ def math_reward(prompts: list[str], completions: list[str], answer: list[Any], *
     r"""1.0 if the final answer equals `answer` by math-verify, else 0.0; rows without `answer`: None.
 
     Metrics: `parse_failed`, the fraction of scored completions whose answer could not be extracted
-    or parsed (a format problem rather than a wrong answer), and `gold_parse_failed`, the fraction
-    whose reference math-verify could not parse (then only plain equality can match).
+    or parsed (a format problem rather than a wrong answer), `gold_parse_failed`, the fraction
+    whose reference math-verify could not parse (then only plain equality can match), and
+    `timed_out`, the fraction whose check ran past `VERIFY_BUDGET_S` (scored 0.0).
 
     >>> out = math_reward(prompts=["?"] * 3, completions=[r"\boxed{[1, 2)}", "x = 0.75", "hmm"], answer=["[1,2)", r"\frac34", "1"])
     >>> out.scores, out.metrics["parse_failed"]
@@ -88,7 +115,7 @@ def math_reward(prompts: list[str], completions: list[str], answer: list[Any], *
     """
     scores: list[float | None] = []
     gold_cache: dict[str, list[Any]] = {}
-    failed = gold_failed = scored = 0
+    failed = gold_failed = timed_out = scored = 0
     for completion, gold in zip(completions, answer):
         if gold is None:
             scores.append(None)
@@ -101,7 +128,9 @@ def math_reward(prompts: list[str], completions: list[str], answer: list[Any], *
         scored += 1
         failed += verdict.parse_failed
         gold_failed += not gold_cache[key]
-    metrics = {"parse_failed": failed / scored, "gold_parse_failed": gold_failed / scored} if scored else {}
+        timed_out += verdict.timed_out
+    metrics = ({"parse_failed": failed / scored, "gold_parse_failed": gold_failed / scored, "timed_out": timed_out / scored}
+               if scored else {})
     return RewardOutput(scores=scores, metrics=metrics)
 
 
@@ -112,9 +141,23 @@ def _parse(text: str) -> list[Any]:
     body = text.strip().strip("$").strip()
     if not body:
         return []
-    return list(parse(f"${body}$", parsing_timeout=_timeout()))
+    return list(parse(f"${body}$", parsing_timeout=None))  # bounded by `_time_limit` instead
 
 
-def _timeout() -> int | None:
-    """math-verify's timeout: its `signal.alarm` raises outside the main thread, so None there."""
-    return PARSE_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise `VerifyTimeout` in the block after `seconds` (main thread only; elsewhere no limit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise VerifyTimeout(f"math-verify ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
