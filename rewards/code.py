@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ling_rl.reward.contract import RewardOutput
+from ling_rl.reward.contract import RewardOutput, worker_cpus
 from ling_rl.reward.registry import reward
 from rewards.sandbox import SandboxError, SandboxLimits, SandboxUnavailable, available_isolation, run_python, unavailable_reason
 
@@ -360,7 +360,7 @@ class Code:
 
     Args: `mode`; `timeout_s` (wall clock per completion, also its CPU limit), `memory_mb` (address
     space), `max_processes`, `max_file_mb`: the sandbox limits; `max_parallel`: sandboxes run at
-    once in one call (default: the CPU count). The recipe's `timeout_s` for the plugin must cover a
+    once in one call (default: the CPUs Ray gave this reward worker, `cluster.reward.num_cpus`, at least 1). The recipe's `timeout_s` for the plugin must cover a
     call: about ceil(completions per call / max_parallel) * timeout_s.
 
     Metrics: `all_passed`, `timed_out` and `solution_failed` (fractions of scored completions).
@@ -396,7 +396,8 @@ class Code:
         self.mode = mode
         self.limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                                     max_file_mb=max_file_mb)
-        self.max_parallel = max_parallel or os.cpu_count() or 1
+        # The CPUs this reward worker was given, not the node's: several workers share a node.
+        self.max_parallel = max_parallel or worker_cpus()
 
     def __call__(self, prompts: list[str], completions: list[str], tests: list[Any], **kwargs: Any) -> RewardOutput:
         jobs = [(i, extract_code(c), _as_tests(t)) for i, (c, t) in enumerate(zip(completions, tests))]

@@ -65,6 +65,11 @@ class Rubric:
     judge counters of `rewards.judge.JudgeStats`.
     """
 
+    max_concurrent_calls = 1
+    """One call at a time per worker, each with the judge's `max_concurrency` requests in flight, so
+    the plugin's `timeout_s` bounds a call's own requests, not the queue of the worker's other calls
+    (`ling_rl.reward.contract.MAX_CONCURRENT_CALLS`)."""
+
     def __init__(self, judge: dict[str, Any], rubric: list[dict[str, Any]] | None = None, max_score: float = 10.0,
                  max_chars: int = 4000, system_prompt: str = SYSTEM_PROMPT) -> None:
         self.client = JudgeClient(judge)

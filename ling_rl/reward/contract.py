@@ -58,6 +58,8 @@ This module is imported by the reward workers: it must stay free of torch, ray a
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +136,44 @@ def required_keywords(fn: Callable[..., Any]) -> frozenset[str]:
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         and p.default is inspect.Parameter.empty
     )
+
+
+MAX_CONCURRENT_CALLS = "max_concurrent_calls"
+"""Optional attribute of an async plugin (the function, or the class): how many of its calls a
+worker runs at once. Each call's `timeout_s` counts from when it gets one of these slots, so calls
+waiting for a slot do not spend their time. A plugin whose calls share a bottleneck (a judge client
+with a concurrency limit) sets it, so that `timeout_s` bounds one call's own work rather than the
+queue of every call before it. Unset: all calls of a task start at once."""
+
+
+def concurrent_call_slots(target: object) -> int | None:
+    """The `max_concurrent_calls` of a plugin's function or class, or None when unset.
+
+    >>> async def judge(completions): ...
+    >>> judge.max_concurrent_calls = 2
+    >>> concurrent_call_slots(judge), concurrent_call_slots(len)
+    (2, None)
+    """
+    slots = getattr(target, MAX_CONCURRENT_CALLS, None)
+    if slots is None:
+        return None
+    if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+        raise ValueError(f"reward plugin {getattr(target, '__qualname__', target)!r}: {MAX_CONCURRENT_CALLS} "
+                         f"must be an int >= 1, got {slots!r}")
+    return slots
+
+
+def worker_cpus() -> int:
+    """CPUs a plugin may keep busy at once in this process: in a Ray actor (a reward worker), the
+    CPUs Ray assigned it (`cluster.reward.num_cpus`), rounded down, at least 1; outside Ray (a
+    script, a test calling a plugin directly), `os.cpu_count()`. Several reward workers share a
+    node, so sizing by the node's core count would oversubscribe it."""
+    ray = sys.modules.get("ray")  # a reward worker has imported Ray; a plain script need not load it
+    if ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if assigned is not None:  # None in a task or actor started with no CPUs
+            return max(1, int(assigned))
+    return os.cpu_count() or 1
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:

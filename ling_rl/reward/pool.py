@@ -38,7 +38,7 @@ from ling_rl.reward.config import RewardSpec
 from ling_rl.reward.contract import INPUT_KEYWORDS
 from ling_rl.reward.loading import ResolvedPlugin, RewardResolutionError, resolve_rewards
 from ling_rl.reward.metrics import MAX_ERRORS_KEPT, PluginMetrics, RewardMetrics
-from ling_rl.reward.worker import CallInput, CallResult, RewardWorker
+from ling_rl.reward.worker import CallInput, CallResult, RewardWorker, task_timeout_s
 from ling_rl.types import Rollout, ScoredRollout
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,8 @@ class RewardPool:
                 j, w = pending.popleft(), idle.popleft()
                 now = time.monotonic()
                 ref = self._workers[w].run.remote(jobs[j].plugin, jobs[j].calls)
-                running[ref] = (j, w, now, now + self.plugins[jobs[j].plugin].timeout_s + self.kill_grace_s)
+                limit = task_timeout_s(self.plugins[jobs[j].plugin], len(jobs[j].calls))  # async: calls wait for slots
+                running[ref] = (j, w, now, now + limit + self.kill_grace_s)
             deadlines = [d for *_, d in running.values()] + [d for _, d in starting.values()]
             wait_s = max(0.0, min(deadlines) - time.monotonic())
             done, _ = ray.wait([*running, *starting], num_returns=1, timeout=wait_s)

@@ -3,7 +3,8 @@
 The pool runs this class as a Ray actor (a process of its own). Calls arrive one task at a time
 and Ray runs a synchronous actor's tasks on the process's main thread, so sync plugins may use
 `signal.alarm` (math-verify does). Async plugins run on the worker's own event loop, all calls of a
-task concurrently, each under `asyncio.wait_for`. A sync call is not interrupted here: the pool
+task concurrently, each under `asyncio.wait_for` whose clock starts when the call gets one of the
+plugin's `max_concurrent_calls` slots (all calls at once when it sets none). A sync call is not interrupted here: the pool
 kills the whole worker when a call overruns (Python cannot stop a hung thread, and a plugin stuck
 in C code ignores signals); a sync call that returns late is still reported as timed out.
 
@@ -22,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ling_rl import run_logs
-from ling_rl.reward.contract import STARTUP_CHECK, InfrastructureError, RewardOutput, accepted_keywords, required_keywords
+from ling_rl.reward.contract import (
+    STARTUP_CHECK,
+    InfrastructureError,
+    RewardOutput,
+    accepted_keywords,
+    concurrent_call_slots,
+    required_keywords,
+)
 
 
 @dataclass
@@ -97,7 +105,9 @@ class RewardWorker:
         if plugin.is_async:
             fn = self._callables[plugin_index]
             kwargs = [self._kwargs(plugin_index, c) for c in calls]
-            return asyncio.run_coroutine_threadsafe(_run_all_async(fn, kwargs, calls, plugin.timeout_s), self._loop).result()
+            slots = concurrent_call_slots(plugin.target)
+            coro = _run_all_async(fn, kwargs, calls, plugin.timeout_s, slots)
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
         return [self._run_sync(plugin_index, c) for c in calls]
 
     def _run_sync(self, index: int, call: CallInput) -> CallResult:
@@ -150,12 +160,19 @@ def _start(plugin: Any) -> Any:
 
 
 async def _run_all_async(
-    fn: Any, kwargs: list[dict[str, Any]], calls: list[CallInput], timeout_s: float
+    fn: Any, kwargs: list[dict[str, Any]], calls: list[CallInput], timeout_s: float, slots: int | None
 ) -> list[CallResult]:
-    return list(await asyncio.gather(*(_run_async(fn, kw, len(c.completions), timeout_s) for kw, c in zip(kwargs, calls))))
+    slot = asyncio.Semaphore(slots or max(1, len(calls)))
+    return list(await asyncio.gather(*(_run_async(fn, kw, len(c.completions), timeout_s, slot)
+                                       for kw, c in zip(kwargs, calls))))
 
 
-async def _run_async(fn: Any, kwargs: dict[str, Any], expected: int, timeout_s: float) -> CallResult:
+async def _run_async(fn: Any, kwargs: dict[str, Any], expected: int, timeout_s: float, slot: asyncio.Semaphore) -> CallResult:
+    async with slot:  # the call's clock starts here, not while it waits for a slot
+        return await _timed_call(fn, kwargs, expected, timeout_s)
+
+
+async def _timed_call(fn: Any, kwargs: dict[str, Any], expected: int, timeout_s: float) -> CallResult:
     start = time.monotonic()
     try:
         out = await asyncio.wait_for(fn(**kwargs), timeout_s)
@@ -168,6 +185,16 @@ async def _run_async(fn: Any, kwargs: dict[str, Any], expected: int, timeout_s: 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def task_timeout_s(plugin: Any, calls: int) -> float:
+    """How long one task of `calls` calls of `plugin` (a `ResolvedPlugin`) may take in a worker: a
+    sync task holds one call, so `timeout_s`; an async task runs its calls `max_concurrent_calls` at
+    a time, each within `timeout_s` of getting its slot, so `ceil(calls / slots) * timeout_s`."""
+    if not plugin.is_async:
+        return plugin.timeout_s
+    slots = concurrent_call_slots(plugin.target) or calls
+    return -(-calls // max(1, slots)) * plugin.timeout_s
 
 
 def _raised(error: Exception, latency: float) -> CallResult:
