@@ -17,6 +17,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,7 @@ def test_a_released_lease_never_kills_the_next_holders_processes(tmp_path: Path)
     first.release()
     second = lease_uid(base, 1, lock_dir)
     victim = subprocess.Popen(["setpriv", f"--reuid={base}", f"--regid={base}", "--clear-groups", "--", "sleep", "60"])
+    _wait_for_uid(victim.pid, base)  # until then it runs as root, and no kill of the uid would find it
     try:
         first.kill_processes()
         first.release()
@@ -161,6 +163,18 @@ def test_a_released_lease_never_kills_the_next_holders_processes(tmp_path: Path)
     finally:
         victim.kill()
         second.release()
+
+
+def _wait_for_uid(pid: int, uid: int, timeout_s: float = 30.0) -> None:
+    """Wait until process `pid` has switched its real uid to `uid` (setpriv does it before exec;
+    on a loaded box that can take a while after Popen returns)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:") and int(line.split()[1]) == uid:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not switch to uid {uid} within {timeout_s:g} s")
 
 
 # --- the browser ---------------------------------------------------------------------------------
