@@ -146,18 +146,43 @@ def _parse(text: str) -> list[Any]:
 
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise `VerifyTimeout` in the block after `seconds` (main thread only; elsewhere no limit)."""
+    """Raise `VerifyTimeout` in the block after `seconds` (main thread only; elsewhere no limit).
+
+    The alarm repeats every `_REFIRE_S` after the first until the block is left: one raise can be
+    swallowed where it lands (a bare `except:` in sympy, a `__del__` or a weakref callback, where
+    Python only prints "Exception ignored"), and a one-shot alarm would then leave the block
+    unbounded (seen: a nested-fraction answer ran for 20 minutes in a full test run)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    armed, fired = [True], [0]
 
     def expired(signum: int, frame: Any) -> None:
-        raise VerifyTimeout(f"math-verify ran past {seconds} s")
+        fired[0] += 1
+        if fired[0] > _MAX_REFIRES:  # never a run-away timer, whatever swallowed the raises
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return
+        if armed[0]:
+            raise VerifyTimeout(f"math-verify ran past {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, _REFIRE_S)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        # A repeat may land inside this cleanup: disarm, stop and restore again until it is done
+        # (the exception that is leaving the block, if any, goes on after the finally).
+        while True:
+            try:
+                armed[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+                break
+            except VerifyTimeout:
+                continue
+
+
+_REFIRE_S = 0.05
+"""Seconds between repeats of an expired alarm (see `_time_limit`)."""
+_MAX_REFIRES = 200
+"""Repeats at most (10 s past the budget); then the pool's per-plugin timeout is the bound."""
