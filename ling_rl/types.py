@@ -42,8 +42,11 @@ class Rollout:
     """Index of the prompt's group within the step's batch."""
     response_ids: list[int]
     response_text: str
+    """The text the model wrote (for a multi-turn episode: its turns' text, tool results left out:
+    a tool's output is not the model's answer)."""
     inf_logprobs: list[float]
-    """Per response token, the log-prob under the inference engine at sampling time."""
+    """Per response token, the log-prob under the inference engine at sampling time (0 for the
+    tool-result tokens of an episode)."""
     finish_reason: str
     """`stop` (EOS or stop string) or `length` (hit the token budget)."""
     policy_version: int
@@ -55,6 +58,44 @@ class Rollout:
     token_versions: list[int] | None = None
     """Per response token, the policy version that generated it (asynchronous RL: a partial
     rollout continued under newer weights holds several); None: every token `policy_version`."""
+    loss_mask: list[bool] | None = None
+    """Multi-turn episodes: per response token, True where the model sampled it, False for the
+    tool results fed back to it (never trained on); None: every response token was sampled."""
+    episode: EpisodeInfo | None = None
+    """Multi-turn episodes (`environment:`): turns, tool calls and their outcomes; None: single-turn."""
+
+    @property
+    def failed(self) -> bool:
+        """The episode's environment failed (crashed, did not start): the response is not trained on."""
+        return self.episode is not None and self.episode.failure is not None
+
+
+@dataclass
+class EpisodeInfo:
+    """What happened in one multi-turn episode (ling_rl/rollout/episodes.py): the conversation as
+    reward plugins see it and the counts the `agent/*` metrics sum."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The completion in TRL's conversational form: assistant messages (with `tool_calls`) and
+    tool messages (`{"role": "tool", "name", "content"}`), in order."""
+    turns: int = 0
+    """Model turns generated."""
+    tool_calls: int = 0
+    """Tool calls run (parsed calls, whatever their outcome)."""
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """Tool calls by `ToolStatus` (`ok`, `error`, `unknown_tool`, `bad_call`, `timeout`, `crashed`)."""
+    parse_errors: int = 0
+    """Malformed tool-call blocks (answered with an error result, counted under `bad_call` too)."""
+    infra_errors: int = 0
+    """Tool calls whose tool reported an infrastructure failure (e.g. its sandbox did not start)."""
+    tool_seconds: float = 0.0
+    cut: str | None = None
+    """Why the episode ended early: `max_turns`, `max_episode_tokens` or `tool_timeout`; None: the
+    model answered without a tool call."""
+    failure: str | None = None
+    """The environment failed (did not start, crashed, `reset`/`get_reward` failed): the message."""
+    env_reward: float | None = None
+    """The environment's `get_reward()` at the end (None: it has none, or the episode failed)."""
 
 
 @dataclass

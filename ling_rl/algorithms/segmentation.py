@@ -107,7 +107,9 @@ class Segmenter:
     def segment_padded(self, token_ids: Tensor, response_mask: Tensor) -> Tensor:
         """[B, T] token ids and response mask -> [B, T] long unit ids (0 off the response).
 
-        The response tokens of a row need not be contiguous; they are segmented in order.
+        The response tokens of a row need not be contiguous: each contiguous run is segmented on
+        its own, so no unit spans the tokens between two runs (a multi-turn episode's tool results),
+        and unit ids keep counting up along the row.
         """
         if token_ids.shape != response_mask.shape or token_ids.ndim != 2:
             raise ValueError(
@@ -119,7 +121,12 @@ class Segmenter:
         out = np.zeros(ids.shape, dtype=np.int64)
         for row in range(ids.shape[0]):
             positions = np.flatnonzero(mask[row])
-            out[row, positions] = self._unit_ids(ids[row, positions])
+            next_unit = 0
+            for run in np.split(positions, np.flatnonzero(np.diff(positions) > 1) + 1):
+                if len(run):
+                    units = self._unit_ids(ids[row, run]) + next_unit
+                    out[row, run] = units
+                    next_unit = int(units[-1]) + 1
         return torch.from_numpy(out).to(token_ids.device)
 
     def _unit_ids(self, ids: np.ndarray) -> np.ndarray:

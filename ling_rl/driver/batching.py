@@ -44,7 +44,9 @@ def build_train_batch(scored: list[ScoredRollout], algo: AlgorithmConfig, segmen
         input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
         inf[i, len(p) : len(p) + len(r)] = torch.tensor(s.rollout.inf_logprobs)
         if trainable[i]:
-            mask[i, len(p) : len(p) + len(r)] = True
+            # Only the tokens the model sampled: an episode's tool results are context, not actions.
+            sampled = s.rollout.loss_mask
+            mask[i, len(p) : len(p) + len(r)] = True if sampled is None else torch.tensor(sampled, dtype=torch.bool)
     unit_ids = segmenter.segment_padded(input_ids, mask) if segmenter is not None else torch.zeros(b, t, dtype=torch.long)
     routes = batch_routes([s.rollout.routed_experts for s in scored],
                           [len(s.rollout.sample.prompt_ids) + len(s.rollout.response_ids) for s in scored], t,

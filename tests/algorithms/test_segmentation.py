@@ -164,6 +164,21 @@ def test_segment_padded_matches_segment_per_row(word_tokenizer) -> None:
     assert seg.segment_batch(rows) == [seg.segment(r) for r in rows]
 
 
+def test_units_never_span_the_gap_between_response_runs(word_tokenizer) -> None:
+    """A multi-turn episode's row: two sampled turns with a tool result (masked) between them.
+    Each turn is segmented on its own; without the split, the unit open at the end of the first
+    turn ("no cut") would run on into the second turn, across the tool result."""
+    first, tool, second = (word_tokenizer.encode(t) for t in ("One. no cut", "Result: 42.", "so two. Done."))
+    seg = Segmenter(word_tokenizer.token_bytes(), SegmentationConfig(min_unit_tokens=1))
+    ids = torch.tensor([first + tool + second], dtype=torch.long)
+    mask = torch.tensor([[True] * len(first) + [False] * len(tool) + [True] * len(second)])
+    out = seg.segment_padded(ids, mask)[0]
+    a, b = seg.segment(first), seg.segment(second)
+    assert out[: len(first)].tolist() == a
+    assert out[len(first) + len(tool):].tolist() == [u + a[-1] + 1 for u in b]
+    assert torch.all(out[len(first): len(first) + len(tool)] == 0)
+
+
 def test_bad_input_is_refused(word_tokenizer) -> None:
     seg = Segmenter([b"a", b"."], SegmentationConfig())
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
