@@ -19,6 +19,7 @@ from ling_rl.cluster.config import ClusterConfig
 from ling_rl.curriculum.dft import DFTConfig
 from ling_rl.driver.evaluation import EvalConfig
 from ling_rl.curriculum.config import CurriculumConfig, DataConfig
+from ling_rl.environments.config import EnvironmentConfig
 from ling_rl.learner.config import CheckpointConfig, LearnerConfig
 from ling_rl.models.config import ModelConfig
 from ling_rl.reward.config import RewardSignalConfig, RewardSpec, duplicate_keys
@@ -56,7 +57,11 @@ class Recipe(Section):
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
-    rewards: list[RewardSpec] = Field(min_length=1)
+    rewards: list[RewardSpec] = Field(default_factory=list)
+    """Reward plugins; empty only with an `environment.factory` whose `get_reward` owns the reward."""
+    environment: EnvironmentConfig | None = None
+    """Tools or an environment for multi-turn episodes (agentic RL, docs/environments.md); absent:
+    single-turn responses."""
     reward_signal: RewardSignalConfig = Field(default_factory=RewardSignalConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -92,6 +97,12 @@ class Recipe(Section):
             if name not in sources:
                 raise _CrossField(f"data.splits.{name}", f"names no data source of the recipe; its sources: "
                                   f"{', '.join(sorted(sources))}")
+        if not self.rewards and (self.environment is None or self.environment.factory is None):
+            raise _CrossField("rewards", "is empty: give at least one reward plugin (only an environment.factory "
+                              "whose get_reward() owns the reward may stand in for them)")
+        if self.environment is not None and not self.data.chat_template:
+            raise _CrossField("data.chat_template", "is false, but environment is set: tool calls and their results "
+                              "are turns of a conversation, rendered by the tokenizer's chat template (set it to true)")
         duplicate = duplicate_keys(self.rewards)
         if duplicate:
             raise _CrossField("rewards", duplicate)

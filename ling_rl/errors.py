@@ -12,9 +12,10 @@ from ling_rl.registry import RegistryError
 from ling_rl.reward.loading import RewardResolutionError
 from ling_rl.reward.pool import RewardWorkerError
 from ling_rl.reward.signal import NoRewardSignal
+from ling_rl.rollout.episodes import EnvironmentFailures
 from ling_rl.rollout.group import RolloutError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     RecipeError, DatasetError, ModelFolderError, LearnerError, RolloutError, RewardResolutionError,
-    RewardWorkerError, RegistryError, CheckpointError, NoRewardSignal,
+    RewardWorkerError, RegistryError, CheckpointError, NoRewardSignal, EnvironmentFailures,
 )

@@ -9,12 +9,15 @@
 - `math`: final-answer correctness by math-verify (LaTeX, fractions, intervals, units), with a
   parse-failure rate; `format`: Evo-CoT's thinking-tag penalty and required answer format;
   `length`: Evo-CoT's group-level dynamic length reward; `code`: Python tests in a sandbox.
+- `environment_reward`: an agentic environment's own `get_reward()` (added by the driver).
 """
 
 from rewards import answer_proximity, exact_answer, numeric_response
 from rewards import aesthetics, function, gar, rubric, sfa, syntax
 from rewards import code, format, length, math
+from rewards import environment
 
 __all__ = ["answer_proximity", "exact_answer", "numeric_response"]
 __all__ += ["aesthetics", "function", "gar", "rubric", "sfa", "syntax"]
 __all__ += ["code", "format", "length", "math"]
+__all__ += ["environment"]

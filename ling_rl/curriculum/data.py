@@ -127,25 +127,38 @@ def chat_messages(user: str, system_prompt: str | None) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": user}]
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
     """`messages` through the tokenizer's chat template, ending with the opening of the assistant's
     turn (`add_generation_prompt`): the text the model continues. The text is tokenized afterwards
-    without special tokens added, since the template already writes the ones it wants."""
+    without special tokens added, since the template already writes the ones it wants.
+    `template_kwargs` go to the template (e.g. `tools=` schemas)."""
     if not getattr(tokenizer, "chat_template", None):
         raise DatasetError(f"data.chat_template is true but the tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) "
                            "has no chat template (no `chat_template` in tokenizer_config.json or chat_template.jinja)")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
 
 
-def render_chat_reply(tokenizer: Any, messages: list[dict[str, str]], reply: str) -> tuple[str, str]:
+def render_chat_reply(tokenizer: Any, messages: list[dict[str, Any]], reply: str | dict[str, Any],
+                      **template_kwargs: Any) -> tuple[str, str]:
     """(prompt, response) texts of a supervised example (DFT) in the chat template: the prompt as
-    `render_chat` renders it, and the response as the template renders the assistant's turn after it."""
-    prompt = render_chat(tokenizer, messages)
-    whole = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": reply}], tokenize=False)
+    `render_chat` renders it, and the response as the template renders the assistant's turn after it.
+    `reply` is the assistant's text, or its whole message (e.g. with `tool_calls`)."""
+    prompt = render_chat(tokenizer, messages, **template_kwargs)
+    message = {"role": "assistant", "content": reply} if isinstance(reply, str) else reply
+    whole = tokenizer.apply_chat_template([*messages, message], tokenize=False, **template_kwargs)
     if not whole.startswith(prompt):
         raise DatasetError("data.chat_template: the tokenizer's chat template does not render an assistant message "
                            "as a continuation of its generation prompt, so a DFT response cannot be cut from it")
     return prompt, whole[len(prompt):]
+
+
+def reply_token_ids(tokenizer: Any, reply: str) -> list[int]:
+    """The tokens a model samples for a rendered reply (`render_chat_reply`'s response): up to and
+    including the first EOS, with EOS appended when the template's turn does not write it, so the
+    model learns to stop where generation stops."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer.encode(reply, add_special_tokens=False)
+    return ids[: ids.index(eos) + 1] if eos in ids else [*ids, eos]
 
 
 @dataclass
@@ -160,10 +173,12 @@ class PromptSource:
     """Yields batches of `Sample`s in a seeded order that is reproducible from a `Cursor`."""
 
     def __init__(self, cfg: DataConfig, tokenizer: Any | None, max_prompt_tokens: int,
-                 rows: list[dict[str, Any]] | None = None) -> None:
+                 rows: list[dict[str, Any]] | None = None, tools: list[dict[str, Any]] | None = None) -> None:
         """Validates every row. `rows` replaces reading `cfg.train` (check reads cached hub data
-        itself); without a `tokenizer` (check, model not available yet) prompt lengths are not checked."""
+        itself); without a `tokenizer` (check, model not available yet) prompt lengths are not checked.
+        `tools`: the JSON schemas of an environment's tools, shown by the chat template in every prompt."""
         self.cfg = cfg
+        self.tools = tools
         rows = load_rows(cfg.train, cfg.max_rows, split=cfg.splits.get(cfg.train)) if rows is None else rows
         if not rows:
             raise DatasetError(f"{cfg.train}: the dataset is empty")
@@ -183,7 +198,7 @@ class PromptSource:
         if self.cfg.chat_template:
             messages = chat_messages(text, self.cfg.system_prompt)
             if tokenizer is not None:  # without one (check), the prompt stays the user's message
-                text = render_chat(tokenizer, messages)
+                text = render_chat(tokenizer, messages, **({"tools": self.tools} if self.tools else {}))
         ids = tokenizer.encode(text, add_special_tokens=False) if tokenizer is not None else []
         if len(ids) > max_prompt_tokens:
             raise DatasetError(f"{where}: prompt has {len(ids)} tokens, above rollout.max_prompt_tokens={max_prompt_tokens}")

@@ -75,21 +75,32 @@ class EvalOutcome:
 
 
 def run_evaluation(samples: list[Any], rollout: Any, rewards: Any, cfg: EvalConfig, max_tokens: int, correctness: str,
-                   correct_threshold: float, version: int, segmenter: Any = None) -> EvalOutcome:
+                   correct_threshold: float, version: int, segmenter: Any = None, episodes: Any = None) -> EvalOutcome:
     """Generate one greedy and `cfg.samples` sampled responses per prompt with the `rollout` engines
     (a `RolloutGroup`), score them with `rewards` (a `RewardPool`) and summarise. A response is
     correct when the `correctness` plugin scores it at least `correct_threshold`. Samples whose
     `EVAL_SET` column names an `eval.extra_data` set are summarised apart (see `EvalOutcome`);
-    `segmenter` (a `Segmenter`) adds the units per response."""
+    `segmenter` (a `Segmenter`) adds the units per response. With `episodes` (an `EpisodeRunner`,
+    agentic runs) every response is a whole episode, and the `agent/*` counts of the greedy
+    episodes are reported as `eval/agent/*`."""
     from ling_rl.rollout.engine import GenerationRequest
     from ling_rl.rollout.requests import to_rollouts
 
     metrics: dict[str, float] = {}
     generations: list[dict[str, Any]] = []
     for mode, n, temperature in (("greedy", 1, 0.0), ("sampled", cfg.samples, cfg.temperature)):
-        requests = [GenerationRequest(prompt_ids=x.prompt_ids, n=n, seed=cfg.seed + i * n, max_tokens=max_tokens)
-                    for i, x in enumerate(samples)]
-        rollouts = to_rollouts(samples, rollout.generate(requests, temperature, 1.0, -1), version=version)
+        if episodes is not None:
+            from ling_rl.rollout.episodes import episode_metrics
+
+            turns = episodes.cfg.max_turns
+            rollouts = episodes.run(rollout, samples, n, lambda g, j, t: cfg.seed + (g * turns + t) * n + j,
+                                    (temperature, 1.0, -1), max_tokens, version)
+            if mode == "greedy":
+                metrics.update({f"eval/{k}": v for k, v in episode_metrics(rollouts).items()})
+        else:
+            requests = [GenerationRequest(prompt_ids=x.prompt_ids, n=n, seed=cfg.seed + i * n, max_tokens=max_tokens)
+                        for i, x in enumerate(samples)]
+            rollouts = to_rollouts(samples, rollout.generate(requests, temperature, 1.0, -1), version=version)
         scored, _ = rewards.score(rollouts)
         verdicts = [x.breakdown.get(correctness) for x in scored]
         sets = [x.rollout.sample.columns.get(EVAL_SET) for x in scored]
@@ -133,19 +144,20 @@ def _record(mode: str, scored: Any, index: int, verdict: float | None, threshold
     }
 
 
-def eval_prompts(recipe: Any, tokenizer: Any) -> Any:
+def eval_prompts(recipe: Any, tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> Any:
     """The held-out prompts (`eval.data`, its first `eval.max_prompts` rows, in file order), read and
-    rendered like the training prompts (`data:` keys: template, chat template, columns)."""
+    rendered like the training prompts (`data:` keys: template, chat template, columns; `tools`: an
+    environment's tool schemas)."""
     from ling_rl.curriculum.data import PromptSource, load_rows
 
     cfg = recipe.data.model_copy(update={"train": recipe.eval.data, "shuffle": False, "max_rows": recipe.eval.max_prompts})
     if not recipe.eval.extra_data:
-        return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens)
+        return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens, tools=tools)
     splits = recipe.data.splits
     rows = load_rows(recipe.eval.data, recipe.eval.max_prompts, split=splits.get(recipe.eval.data))
     for name, path in recipe.eval.extra_data.items():
         rows += [{**row, EVAL_SET: name} for row in load_rows(path, recipe.eval.max_prompts, split=splits.get(path))]
-    return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens, rows=rows)
+    return PromptSource(cfg, tokenizer, recipe.rollout.max_prompt_tokens, rows=rows, tools=tools)
 
 
 def eval_max_tokens(recipe: Any) -> int:
@@ -160,7 +172,7 @@ def evaluate(s: Any, step: int) -> dict[str, float]:
     segmenter = s.segmenter or unit_counter(s.tokenizer, recipe)
     return run_evaluation(s.eval_data.samples, s.rollout, s.rewards, recipe.eval, eval_max_tokens(recipe),
                           recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=step,
-                          segmenter=segmenter).metrics
+                          segmenter=segmenter, episodes=s.episodes).metrics
 
 
 _UNIT_COUNTERS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()

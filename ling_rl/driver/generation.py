@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ling_rl.curriculum.dynamic_sampling import collect_groups
 from ling_rl.driver import session as sessions
-from ling_rl.rollout.requests import make_requests, to_rollouts
+from ling_rl.rollout.requests import make_requests, request_seed, to_rollouts
 from ling_rl.tracking import PhaseTimer
 from ling_rl.types import ScoredRollout, TrainBatch
 
@@ -95,9 +95,16 @@ def score(s: sessions.Session, timer: PhaseTimer, samples: list, step: int) -> l
     offset = 0 if not s.step_groups or s.step_groups[0] != step else s.step_groups[1]
     s.step_groups = (step, offset + len(samples))
     with timer.phase("generate"):
-        requests = make_requests(samples, cfg, step, max_tokens=s.curriculum.max_response_tokens(), offset=offset)
-        outputs = s.rollout.generate(requests, cfg.temperature, cfg.top_p, cfg.top_k)
-    rollouts = to_rollouts(samples, outputs, version=step, group_offset=offset)
+        if s.episodes is not None:  # multi-turn: each response is an episode with tool calls
+            turns = s.episodes.cfg.max_turns
+            rollouts = s.episodes.run(
+                s.rollout, samples, cfg.group_size,
+                lambda g, j, t: request_seed(cfg, step, g * turns + t) + j, (cfg.temperature, cfg.top_p, cfg.top_k),
+                s.curriculum.max_response_tokens(), version=step, group_offset=offset)
+        else:
+            requests = make_requests(samples, cfg, step, max_tokens=s.curriculum.max_response_tokens(), offset=offset)
+            outputs = s.rollout.generate(requests, cfg.temperature, cfg.top_p, cfg.top_k)
+            rollouts = to_rollouts(samples, outputs, version=step, group_offset=offset)
     with timer.phase("reward"):
         scored, metrics = s.rewards.score(rollouts)
     if offset == 0:  # the step's first round: the reward metrics of the policy as sampled

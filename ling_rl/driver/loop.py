@@ -31,6 +31,7 @@ from ling_rl.driver.generation import GenerationStrategy, SynchronousGeneration
 from ling_rl.driver.kstale import KStaleGeneration
 from ling_rl.driver.interrupt import StopRequest
 from ling_rl.reward.signal import NoRewardSignal, SignalMonitor
+from ling_rl.rollout.episodes import EnvironmentFailures, FailureMonitor, episode_metrics
 from ling_rl.tracking import PhaseTimer
 from ling_rl.types import ScoredRollout
 
@@ -40,7 +41,10 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
     s = sessions.start(recipe, run_dir)
     last = recipe.run.steps - 1
     stop = StopRequest.install()  # Ctrl-C / SIGTERM: finish the step, save it, exit 130 / 143
-    monitor = SignalMonitor(recipe.reward_signal.max_failed_steps, recipe.rewards)  # no reward signal: stop
+    monitor = SignalMonitor(recipe.reward_signal.max_failed_steps, sessions.reward_specs(recipe, s.environment))
+    # Agentic runs: most episodes' environments failing step after step stops the run, the same way.
+    env_monitor = (FailureMonitor(recipe.environment, s.environment.env_name or "tools")
+                   if recipe.environment is not None else None)
     try:
         strategy = generation_strategy(s)
         if recipe.dft.enabled and s.start_step == 0:
@@ -62,7 +66,9 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             eval_due = bool(recipe.eval.every) and ((step + 1) % recipe.eval.every == 0 or step == last)
             # A k-stale step may train only on groups scored in earlier steps: nothing new to judge.
             stalled = monitor.observe(step, got.reward_metrics, got.seen) if got.seen else None
-            save_due = s.checkpointer.due(step, last) or stalled is not None
+            seen = [x.rollout for x in got.seen]
+            failing = env_monitor.observe(step, seen) if env_monitor is not None and seen else None
+            save_due = s.checkpointer.due(step, last) or stalled is not None or failing is not None
             sync_metrics = strategy.after_train(step, bool(learner_metrics["skipped"]), timer,
                                                 drain=eval_due or save_due, sync=eval_due)
             eval_metrics, pending_eval = pending_eval, {}
@@ -72,13 +78,15 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
             # Logged before the checkpoint: a run killed during the save resumes after this step,
             # whose metrics must already be on disk.
             s.tracker.log(step, {**got.reward_metrics, **batch_metrics, **rollout_metrics(got.kept), **cur_metrics,
-                                 **got.dynamic_metrics, **eval_metrics, **train_metrics(learner_metrics),
+                                 **got.dynamic_metrics, **episode_metrics(seen), **eval_metrics, **train_metrics(learner_metrics),
                                  **sync_metrics, **strategy.step_metrics(step), **timer.as_metrics(),
                                  **s.startup_metrics()})
             if save_due:
                 save(s, strategy, step)
             if stalled:
                 raise NoRewardSignal(f"{stalled}; saved checkpoint {s.checkpointer.complete()[-1]}")
+            if failing:
+                raise EnvironmentFailures(f"{failing}; saved checkpoint {s.checkpointer.complete()[-1]}")
         return export_final(s, run_dir)
     finally:
         stop.restore()

@@ -63,6 +63,15 @@ class Session:
     startup: dict[str, float] = field(default_factory=dict)
     """Seconds from this process's start to each start-up phase (Ray up, each role ready, roles
     set up); logged once, with the first step this process runs (`startup_metrics`)."""
+    environment: Any = None
+    """The `environment:` section resolved (`ResolvedEnvironment`), or None (single-turn RL)."""
+    episodes: Any = None
+    """The `EpisodeRunner` of multi-turn runs (ling_rl/rollout/episodes.py), or None."""
+
+    @property
+    def tool_schemas(self) -> list[dict[str, Any]] | None:
+        """The JSON schemas every prompt shows (None without an environment)."""
+        return list(self.environment.schemas) if self.environment is not None else None
 
     @property
     def pad_id(self) -> int:
@@ -90,7 +99,8 @@ class Session:
     def source(self, name: str) -> PromptSource:
         if name not in self.sources:
             cfg = self.recipe.data.model_copy(update={"train": name, "max_rows": None})
-            self.sources[name] = PromptSource(cfg, self.tokenizer, self.recipe.rollout.max_prompt_tokens)
+            self.sources[name] = PromptSource(cfg, self.tokenizer, self.recipe.rollout.max_prompt_tokens,
+                                              tools=self.tool_schemas)
         return self.sources[name]
 
     def next_prompts(self, n: int, step: int) -> list[Any]:
@@ -114,6 +124,8 @@ class Session:
         for role in (self.rollout, self.learner, self.rewards):
             if role is not None:
                 role.shutdown()
+        if self.episodes is not None:
+            self.episodes.close()
         if self.tracker is not None:
             self.tracker.close()
         if self.weight_sync is not None:
@@ -187,23 +199,30 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     model_dir = prepare_model(recipe, run_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
-    data = PromptSource(recipe.data, tokenizer, recipe.rollout.max_prompt_tokens)
+    environment = resolve_environment(recipe)
+    tools = list(environment.schemas) if environment is not None else None
+    data = PromptSource(recipe.data, tokenizer, recipe.rollout.max_prompt_tokens, tools=tools)
     curriculum = Curriculum(recipe.curriculum, recipe.rollout.max_response_tokens, train_source=recipe.data.train)
-    eval_data = eval_prompts(recipe, tokenizer) if recipe.eval.every > 0 else None
+    eval_data = eval_prompts(recipe, tokenizer, tools) if recipe.eval.every > 0 else None
     segmenter = None
     if needs_segmentation(recipe.algorithm.loss):
         segmenter = Segmenter(token_bytes_from_tokenizer(tokenizer), recipe.algorithm.segmentation)
     session = Session(recipe=recipe, run_dir=run_dir, model_dir=model_dir, tokenizer=tokenizer, data=data,
                       sources={recipe.data.train: data}, curriculum=curriculum, eval_data=eval_data,
                       segmenter=segmenter, rollout=None, learner=None, rewards=None, tracker=None,
-                      checkpointer=checkpointer, start_step=0)
+                      checkpointer=checkpointer, start_step=0, environment=environment)
+    if environment is not None:
+        from ling_rl.rollout.episodes import EpisodeRunner
+
+        session.episodes = EpisodeRunner(environment, recipe.environment, tokenizer, recipe.rollout.max_prompt_tokens,
+                                         log_path=str(run_dir / "tools.log"))
     # Every data source is read (and its rows checked) here, before Ray and the roles start: a bad
     # row fails in seconds, and `ling-rl train` needs no second reading in its preflight.
     for stage in recipe.curriculum.stages:
         for name in stage.data_mix or {}:
             session.source(name)
     if recipe.dft.enabled and resume_from is None:
-        session.dft_data = _dft_data(recipe, tokenizer)
+        session.dft_data = _dft_data(recipe, tokenizer, tools)
     init_ray(recipe.cluster)
     session.startup["startup/ray_s"] = since_process_start()
     try:
@@ -220,7 +239,7 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
         session.rollout = RolloutGroup(str(model_dir), recipe.rollout, recipe.cluster, dtype, max_len,
                                        nccl_weight_transfer=nccl, wait=False)
         session.learner = LearnerGroup(learner_sections(recipe), str(model_dir), recipe.cluster, wait=False)
-        session.rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
+        session.rewards = RewardPool(reward_specs(recipe, environment), num_workers=recipe.cluster.reward_workers,
                                      worker_resources=recipe.cluster.reward, wait=False)
         # Waited for in this order (the learner's setup starts once its rank 0 answers): a role's
         # time below is when the driver saw it ready, at most later than it was.
@@ -254,7 +273,31 @@ def start(recipe: Recipe, run_dir: Path) -> Session:
     return session
 
 
-def _dft_data(recipe: Recipe, tokenizer: Any) -> Any:
+def resolve_environment(recipe: Recipe) -> Any:
+    """The `environment:` section resolved and checked (`ResolvedEnvironment`): a tool that does
+    not import or has no schema fails here, before anything starts; None without the section."""
+    if recipe.environment is None:
+        return None
+    from ling_rl.environments.loading import resolve_environment as resolve
+
+    return resolve(recipe.environment)
+
+
+def reward_specs(recipe: Recipe, environment: Any) -> list[Any]:
+    """The recipe's reward plugins, plus the environment's own `get_reward()` when it has one: one
+    more reward source named after the environment class (as TRL logs it), weight
+    `environment.reward_weight`."""
+    from ling_rl.reward.config import RewardSpec
+
+    specs = list(recipe.rewards)
+    if environment is not None and environment.has_reward:
+        assert recipe.environment is not None
+        specs.append(RewardSpec(name="environment_reward", alias=environment.env_name,
+                                weight=recipe.environment.reward_weight))
+    return specs
+
+
+def _dft_data(recipe: Recipe, tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> Any:
     from ling_rl.curriculum.data import load_rows
     from ling_rl.curriculum.dft import DFTData
 

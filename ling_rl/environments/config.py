@@ -61,5 +61,5 @@ class EnvironmentConfig(Section):
     @model_validator(mode="after")
     def _has_tools(self) -> EnvironmentConfig:
         if not self.tools and self.factory is None:
-            raise ValueError("environment: give `tools` (a list of tool functions) or `factory` (an environment class)")
+            raise ValueError("give `tools` (a list of tool functions) or `factory` (an environment class)")
         return self

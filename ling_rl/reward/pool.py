@@ -305,7 +305,8 @@ class RewardPool:
             rollout=rollout,
             reward=float(total),
             breakdown={p.key: s for p, s in zip(self.plugins, per_plugin)},
-            skipped=unscored or _skips(self.plugins, per_plugin),
+            # An episode whose environment failed is no judgement of the policy: never trained on.
+            skipped=unscored or rollout.failed or _skips(self.plugins, per_plugin),
         )
 
     def _metrics(
@@ -400,7 +401,10 @@ def _prompt(rollout: Rollout, conversational: bool) -> Any:
 
 def _completion(rollout: Rollout, conversational: bool) -> Any:
     """The response as the plugin takes it: one assistant message (as TRL passes a completion of
-    conversational data), or its text."""
+    conversational data), a multi-turn episode's messages (assistant turns with their `tool_calls`,
+    and the tool results), or its text (an episode's: the model's turns only)."""
+    if conversational and rollout.episode is not None:
+        return [dict(m) for m in rollout.episode.messages]
     if conversational and rollout.sample.messages is not None:
         return [{"role": "assistant", "content": rollout.response_text}]
     return rollout.response_text
