@@ -8,10 +8,8 @@ the generator missed (a new nesting, a list of sections) fails this test.
 from __future__ import annotations
 
 import html
-import os
+import json
 import re
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 from ling_rl.config import Recipe
 from ling_rl.schema import Section
+from tests.docs_site import built_site
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,13 +41,8 @@ def _schema_keys(model: type[Section], prefix: str = "") -> list[tuple[str, str 
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
-                           "-d", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
-    return out
+def site() -> Path:
+    return built_site()
 
 
 def test_site_builds_strict_with_every_page(site: Path) -> None:
@@ -83,3 +77,59 @@ def test_readme_is_short_and_links_existing_pages() -> None:
     assert links, "the README links no docs/ page"
     for link in links:
         assert (ROOT / link).is_file(), f"README links {link}, which does not exist"
+
+
+# The smallest valid recipe: every key it does not set shows the default the reference must print.
+MINIMAL_RECIPE = {"model": {"tiny": "tiny"}, "data": {"train": "data/arith/train.jsonl"},
+                  "rewards": [{"name": "exact_answer"}]}
+SET_BY_MINIMAL = {"model.tiny", "data.train", "rewards[].name"}
+
+
+def _value_at(tree: object, path: str) -> tuple[bool, object]:
+    """The value at a key path (`[]`: the first list item) of a dumped recipe; (False, None) if none."""
+    node = tree
+    for part in path.split("."):
+        name, is_item = part.removesuffix("[]"), part.endswith("[]")
+        if not isinstance(node, dict) or name not in node:
+            return False, None
+        node = node[name]
+        if is_item:
+            if not node:
+                return False, None
+            node = node[0]
+    return True, node
+
+
+def test_every_default_shown_is_the_recipes_default(site: Path) -> None:
+    text = html.unescape((site / "reference" / "recipe" / "index.html").read_text())
+    shown = {path: re.sub(r"^<code>(.*)</code>$", r"\1", default, flags=re.S) for path, default in re.findall(
+        r"<dt><code>([^<]+)</code></dt>\s*<dd>.*? · default: (.*?)(?:<br>|</dd>)", text, flags=re.S)}
+    assert len(shown) > 100, f"only {len(shown)} defaults found in the reference"
+    recipe = Recipe.model_validate(MINIMAL_RECIPE).model_dump(mode="json")
+    compared, wrong = 0, []
+    for path, default in shown.items():
+        if path in SET_BY_MINIMAL or default.startswith("(section") or default.startswith("(a list of"):
+            continue
+        found, value = _value_at(recipe, path)
+        if not found:
+            continue  # an item of a list that is empty by default, or under a null section
+        compared += 1
+        if default == "<em>required</em>" or json.loads(default) != value:
+            wrong.append(f"{path}: shown {default}, Recipe has {json.dumps(value)}")
+    assert not wrong, "defaults in the reference differ from the recipe's:\n" + "\n".join(wrong)
+    assert compared > 100, compared
+
+
+# What a user of the site cannot follow: the project's internal tracker, a design note that is not
+# part of the project, the tooling of the machines the project was developed on.
+INTERNAL = re.compile(r"\bissue \d+|ALGORITHMS\.md|device tool|\$OUT\b|\blent (H100|H200)", re.I)
+
+
+def test_built_site_cites_nothing_a_user_cannot_see(site: Path) -> None:
+    found = {}
+    for page in sorted(site.rglob("*.html")):
+        text = re.sub(r"<[^>]+>", " ", html.unescape(page.read_text()))
+        hits = sorted({m.group(0) for m in INTERNAL.finditer(text)})
+        if hits:
+            found[page.relative_to(site).as_posix()] = hits
+    assert not found, f"internal references in the built site: {found}"

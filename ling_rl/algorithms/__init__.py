@@ -1,5 +1,5 @@
 """RL algorithms as pure functions of tensors: advantages, linguistic-unit segmentation, policy
-losses (ppo_token / lpo / gspo), train-inference mismatch correction and KL (docs/ALGORITHMS.md 1-4).
+losses (ppo_token / lpo / gspo), train-inference mismatch correction and KL (docs: Algorithms).
 
 No Ray, vLLM or model imports here. Names are loaded on first use so that importing
 `ling_rl.algorithms.config` (the recipe schema) does not import torch.

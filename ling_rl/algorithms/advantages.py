@@ -1,4 +1,4 @@
-"""Critic-free advantages from the rewards of a prompt's group of responses (ALGORITHMS.md 1).
+"""Critic-free advantages from the rewards of a prompt's group of responses.
 
 Groups may have different sizes; each estimator sees flat rewards and the group index of every
 response, and works with segment sums (index_add), so the cost does not depend on the number of

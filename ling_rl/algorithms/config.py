@@ -1,6 +1,6 @@
 """Recipe sections of the algorithms package, mounted as `algorithm:` in a recipe.
 
-Defaults follow docs/ALGORITHMS.md sections 1-4. Every `type` / `estimator` is checked against its
+Defaults follow the Ling 2.0 and Ring-1T reports (docs: Algorithms). Every `type` / `estimator` is checked against its
 registry, so a user-registered entry is accepted and a typo lists the registered names.
 This module imports no torch; validating a `type` imports the built-in implementations.
 """
@@ -34,7 +34,7 @@ def _check_registered(registry: Registry[Any], name: str) -> str:
 
 
 class AdvantageConfig(Section):
-    """How a group's rewards become per-response advantages (ALGORITHMS.md section 1)."""
+    """How a group's rewards become per-response advantages."""
 
     type: str = "group_norm"
     """Estimator: `group_norm` (GRPO, (R - mean) / (std + eps)), `group_mean` (Dr.GRPO, R - mean),
@@ -60,7 +60,7 @@ class AdvantageConfig(Section):
 
 
 class LossConfig(Section):
-    """The clipped policy-gradient surrogate (ALGORITHMS.md sections 2-3).
+    """The clipped policy-gradient surrogate.
 
     `ppo_token`, `lpo` and `gspo` share one code path and differ only in the unit a ratio is
     taken over: a token, a linguistic unit (sentence-like span), or the whole response.
@@ -117,7 +117,7 @@ DEFAULT_DELIMITERS: tuple[str, ...] = (
 
 
 class SegmentationConfig(Section):
-    """How a response is cut into linguistic units for LPO (ALGORITHMS.md section 2)."""
+    """How a response is cut into linguistic units for LPO."""
 
     delimiters: list[str] = Field(default_factory=lambda: list(DEFAULT_DELIMITERS))
     """Pause punctuation: a unit ends after the token holding the last byte of one of these."""
@@ -146,7 +146,7 @@ class SegmentationConfig(Section):
 
 
 class MismatchConfig(Section):
-    """Correction of the train/inference probability mismatch (ALGORITHMS.md section 4).
+    """Correction of the train/inference probability mismatch (IcePop, TIS).
 
     With k = pi_old / pi_inf per token (no gradient), the token's loss term is multiplied by M(k).
     """
@@ -179,7 +179,7 @@ class MismatchConfig(Section):
 
 
 class KLConfig(Section):
-    """A KL(pi_theta || pi_ref) penalty added to the loss (ALGORITHMS.md section 2, Evo-CoT)."""
+    """A KL(pi_theta || pi_ref) penalty added to the loss."""
 
     estimator: str = "k3"
     """Per-token estimator of Schulman's note: `k1` (log ratio), `k2` (half squared log ratio),

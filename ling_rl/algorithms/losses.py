@@ -1,4 +1,4 @@
-"""Clipped policy-gradient losses over units of tokens (ALGORITHMS.md sections 2-4).
+"""Clipped policy-gradient losses over units of tokens (docs: Algorithms).
 
 One code path: a unit's ratio is the geometric mean of its tokens' ratios,
 

@@ -1,4 +1,4 @@
-"""Train/inference mismatch correction for MoE policies (ALGORITHMS.md section 4, Ring-1T 2.3.2).
+"""Train/inference mismatch correction for MoE policies (Ring-1T report, section 2.3.2).
 
 With k_t = pi_old(y_t) / pi_inf(y_t), computed without gradient, each token's loss term is
 multiplied by a weight M(k_t). A weight of exactly 0 masks the token: it drops out of its unit's

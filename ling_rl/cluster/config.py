@@ -24,7 +24,7 @@ class RoleResources(Section):
     is Ray's reservation; threads are what the actor computes with. In the synchronous loop the
     rollout engines and the learner take turns (generate, then train), so on a small CPU box each
     can use every core while the other waits: e.g. 1 engine and 1 learner rank with `threads: 2`
-    on 2 cores (bench/RESULTS.md, issue 12). Oversubscribing roles that run at the same time (2
+    on 2 cores (bench/RESULTS.md). Oversubscribing roles that run at the same time (2
     learner ranks x 2 threads on 2 cores) slows them down."""
 
     @property

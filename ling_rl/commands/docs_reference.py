@@ -1,7 +1,10 @@
 """The recipe reference (docs/reference/recipe.md of the site), generated from the pydantic schema.
 
 Every key of `ling_rl.config.Recipe` with its type, default, constraints and attribute docstring,
-one table per section, nested sections and list items (`rewards[].name`) included. The MkDocs hook
+one block per key under a heading per section, nested sections and list items (`rewards[].name`)
+included. A default is the value a recipe that leaves the key out gets: read from the section's
+default instance as its parent builds it (a parent's `default_factory` may differ from the nested
+class's own defaults, e.g. `cluster.reward.num_cpus`). The MkDocs hook
 `scripts/mkdocs_hooks.py` renders it at build time, so the reference cannot drift from the code:
 
     python -m ling_rl.commands.docs_reference > recipe.md
@@ -24,10 +27,16 @@ from ling_rl.schema import Section
 
 @dataclass(frozen=True)
 class SchemaField:
-    """One recipe key: its dotted path (`[]` marks a list item) and its pydantic field."""
+    """One recipe key: its dotted path (`[]` marks a list item), its pydantic field, and its default
+    as a recipe that leaves it out gets it (`REQUIRED` when it has none)."""
 
     path: str
     field: FieldInfo
+    default: Any
+
+
+REQUIRED = object()
+"""The default of a key a recipe must set."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,21 @@ class SchemaSection:
     fields: list[SchemaField]
 
 
-def sections(model: type[Section], path: str = "") -> Iterator[SchemaSection]:
-    """The sections of `model`, depth first, each with its own keys (sub-sections come after)."""
-    own = [SchemaField(_join(path, name), info) for name, info in model.model_fields.items()]
+def sections(model: type[Section], path: str = "", instance: Section | None = None) -> Iterator[SchemaSection]:
+    """The sections of `model`, depth first, each with its own keys (sub-sections come after).
+
+    `instance` is the section's default as its parent builds it; None where there is none (the
+    recipe root, a required section, a list item, a section whose default is null): each key then
+    shows its own field default.
+    """
+    defaults = {name: _field_default(name, info, instance) for name, info in model.model_fields.items()}
+    own = [SchemaField(_join(path, name), info, defaults[name]) for name, info in model.model_fields.items()]
     yield SchemaSection(path, model, own)
     for name, info in model.model_fields.items():
         for sub, suffix in _sub_sections(info.annotation):
-            yield from sections(sub, _join(path, name) + suffix)
+            value = defaults[name]
+            inner = value if not suffix and isinstance(value, sub) else None
+            yield from sections(sub, _join(path, name) + suffix, inner)
 
 
 def all_fields(model: type[Section]) -> list[str]:
@@ -82,11 +99,12 @@ def render(model: type[Section] | None = None) -> str:
             continue
         level = "##" if "." not in section.path else "###"
         lines += [f"{level} `{section.path}` {{#{_anchor(section.path)}}}", "", _doc(section.model), ""]
-        lines += ["| key | type | default | description |", "|---|---|---|---|"]
         for f in section.fields:
-            lines.append(f"| `{f.path}` | {_cell(_type(f))} | {_cell(_default(f.field))} | "
-                         f"{_cell(f.field.description or '')} |")
-        lines.append("")
+            # A definition list: the full key on its own line (never broken mid-word, see
+            # docs/stylesheets/extra.css), then type and default, then the description.
+            description = " ".join((f.field.description or "").split())
+            facts = f"{_type(f)} · default: {_default(f.default)}"
+            lines += [f"`{f.path}`", f":   {facts}" + (f"<br>{description}" if description else ""), ""]
     return "\n".join(lines)
 
 
@@ -156,12 +174,21 @@ def _type(f: SchemaField) -> str:
     return f"`{_type_name(info.annotation)}`" + (f" ({', '.join(bounds)})" if bounds else "")
 
 
-def _default(info: FieldInfo) -> str:
+def _field_default(name: str, info: FieldInfo, instance: Section | None) -> Any:
+    if instance is not None:
+        return getattr(instance, name)
     if info.is_required():
+        return REQUIRED
+    return info.get_default(call_default_factory=True)
+
+
+def _default(value: Any) -> str:
+    if value is REQUIRED:
         return "*required*"
-    value = info.default_factory() if info.default is PydanticUndefined else info.default  # type: ignore[call-arg,misc]
     if isinstance(value, Section):
-        return "(section)"
+        return "(section, below)"
+    if isinstance(value, list) and value and all(isinstance(v, Section) for v in value):
+        return f"(a list of {len(value)} sections)"
     try:
         text = json.dumps(value, ensure_ascii=False)
     except TypeError:

@@ -1,4 +1,4 @@
-"""Difficulty buckets of Evo-CoT's length reward (ALGORITHMS.md section 5): the one lookup shared by
+"""Difficulty buckets of Evo-CoT's length reward: the one lookup shared by
 the curriculum's stage alpha tables and the `length` reward's `alpha_buckets` rows.
 
 Reward workers import this module (through rewards/length.py): it must stay free of torch, ray and
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 DEFAULT_ALPHA: dict[str, float] = {"0.8": 1.0, "0.5": 0.5, "0.2": 0.2, "0.0": 0.1}
-"""ALGORITHMS.md section 5, lower pass-rate edge -> alpha: > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1."""
+"""The default table, lower pass-rate edge -> alpha: > 0.8 -> 1.0, > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1."""
 
 
 def bucket_index(rate: float, edges: Sequence[float]) -> int:

@@ -1,5 +1,5 @@
 """The `data:` and `curriculum:` sections: where prompts come from, how they are shown to the model,
-and the Evo-CoT stages that schedule them (ALGORITHMS.md section 5)."""
+and the Evo-CoT stages that schedule them (docs: Evo-CoT and DFT)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class DataConfig(Section):
 
 
 class StageConfig(Section):
-    """One Evo-CoT stage (ALGORITHMS.md section 5): alpha table, length budget, data mix, advance rule."""
+    """One Evo-CoT stage: alpha table, length budget, data mix, advance rule."""
 
     name: str = Field(min_length=1)
     """Stage name (metrics, logs, checkpoint check on resume)."""
@@ -129,7 +129,7 @@ class StageConfig(Section):
 
 
 class CurriculumConfig(Section):
-    """Evo-CoT curriculum: stages, per-prompt pass rates, dynamic sampling (ALGORITHMS.md section 5)."""
+    """Evo-CoT curriculum: stages, per-prompt pass rates, dynamic sampling."""
 
     stages: list[StageConfig] = Field(default_factory=list)
     """Stages in order; empty runs one implicit stage (default alpha table, rollout settings, data.train)."""
@@ -152,10 +152,10 @@ class CurriculumConfig(Section):
     """Steps in the rolling accuracy (pooled over their counted responses) that drives `advance_accuracy`."""
 
     dynamic_sampling: bool = False
-    """Drop flat groups (see `filter_on`) and refill with new prompts (ALGORITHMS.md section 5)."""
+    """Drop flat groups (see `filter_on`) and refill with new prompts."""
 
     filter_on: Literal["correctness", "reward", "correct_reward"] = "correctness"
-    """What makes a group flat for dynamic sampling. `correctness` (ALGORITHMS.md section 5): its
+    """What makes a group flat for dynamic sampling. `correctness` (the default): its
     trained responses are all correct or all wrong, judged as for pass rates (`correctness` score
     >= `correct_threshold`); a response whose correctness score is None is left out of the
     comparison, and a group with fewer than two verdicts is flat. `reward`: its trained responses'

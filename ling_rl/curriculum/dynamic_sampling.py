@@ -1,4 +1,4 @@
-"""Dynamic sampling (DAPO; ALGORITHMS.md section 5): drop flat groups and refill, within a bound.
+"""Dynamic sampling (DAPO; docs: Evo-CoT and DFT): drop flat groups and refill, within a bound.
 
 A group is flat when the value compared inside it is the same for all of its trained responses:
 by default the curriculum's correctness verdict (all correct or all wrong, the Evo-CoT rule), or

@@ -1,4 +1,4 @@
-"""Evo-CoT curriculum state (ALGORITHMS.md section 5): per-prompt pass rates, difficulty buckets,
+"""Evo-CoT curriculum state: per-prompt pass rates, difficulty buckets,
 the stage schedule, and the data mix. Pure Python; the driver calls it once per step:
 
     curriculum.annotate(samples)          copies with pass_rate / length_alpha / difficulty_bucket
