@@ -12,6 +12,11 @@ the call could not be parsed or its arguments do not fit; `timeout`: killed past
 `environment.tool_timeout_s`; `crashed`: the tool process died or broke the protocol."""
 
 
+class EnvironmentSetupError(ValueError):
+    """An `environment:` section, tool, environment class or chat template that cannot be used; one
+    line naming the recipe key (e.g. `environment.tools[1] 'tools.py:add': ...`) and what is wrong."""
+
+
 @dataclass(frozen=True)
 class ResolvedEnvironment:
     """The `environment:` section resolved and checked (`loading.resolve_environment`): what an

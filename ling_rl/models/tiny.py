@@ -23,9 +23,35 @@ from ling_rl.models.ling_moe import LingForCausalLM
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
 EOS, PAD = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    # With `tools`, the system turn (the given one, else a new one) lists them one line each and says
+    # how to call one: the tiny model's prompts are short. Without tools and tool calls, every message
+    # is `<|im_start|>role\ncontent<|im_end|>\n` (a `tool` message too, as its own turn).
+    "{% if tools %}<|im_start|>system\n"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n{% endif %}"
+    "Tools:\n"
+    "{% for t in tools %}{% set f = t['function'] if t['function'] is defined else t %}"
+    "{% set params = f['parameters']['properties'] if f['parameters'] is defined and f['parameters']['properties'] is defined else {} %}"
+    "{{ f['name'] }}("
+    "{% for arg, p in params.items() %}{{ ', ' if not loop.first }}{{ arg }}: "
+    "{% if p['type'] is string %}{{ p['type'] }}{% elif p['type'] is defined %}{{ p['type'] | join('|') }}{% else %}any{% endif %}"
+    "{% endfor %}): {{ f['description'] | default('') }}\n"
+    "{% endfor %}"
+    "To call a tool, write <tool_call>{\"name\": <tool name>, \"arguments\": {<argument>: <value>, ...}}</tool_call>"
+    "<|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if not (tools and loop.first and m['role'] == 'system') %}"
+    "<|im_start|>{{ m['role'] }}\n"
+    # An assistant turn's calls follow its text, one compact JSON object each (the hermes convention).
+    "{% if m['tool_calls'] is defined and m['tool_calls'] %}{{ m['content'] or '' }}"
+    "{% for c in m['tool_calls'] %}{% set f = c['function'] if c['function'] is defined else c %}"
+    "<tool_call>{\"name\": {{ f['name'] | tojson }}, \"arguments\": "
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}{% endif %}}</tool_call>"
+    "{% endfor %}"
+    "{% else %}{{ m['content'] }}{% endif %}"
+    "<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+"""The ChatML-style template of the tiny tokenizer, with tool support (TRL's `tools` / tool messages):
+no special tokens beyond SPECIAL_TOKENS, so tool calls are plain text the hermes parser reads."""
 
 _NAMES = ["Ann", "Bob", "Carla", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "June"]
 _ITEMS = ["apples", "books", "coins", "marbles", "pens", "stickers", "cards", "eggs", "shells", "stamps"]
