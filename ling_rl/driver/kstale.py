@@ -220,9 +220,15 @@ class KStaleGeneration:
         s, cfg = self.s, self.s.recipe.rollout
         free = self.buffer.free_slots()
         if free:
-            # The data mix's random choice is seeded per call (several calls may share a step).
-            self.buffer.admit(s.next_prompts(free, self.buffer.calls), self.engine_version,
-                              s.curriculum.max_response_tokens())
+            # Episodes in flight at the checkpoint resumed from start again first; then new prompts,
+            # the data mix's random choice seeded per call (several calls may share a step).
+            restart, self.buffer.restart = self.buffer.restart[:free], self.buffer.restart[free:]
+            fresh = s.next_prompts(free - len(restart), self.buffer.calls) if free > len(restart) else []
+            runner = s.episodes
+            groups = self.buffer.admit(restart + fresh, self.engine_version, s.curriculum.max_response_tokens(),
+                                       new_episode=runner.new_episode if runner is not None else None)
+            if runner is not None:  # each episode's process up and its environment reset
+                runner.begin_all([ep for g in groups for ep in g.responses])
         plan = self.buffer.plan_call(cfg.token_budget, lambda call, index: request_seed(cfg, call, index))
         if not plan.requests:
             return False
@@ -240,8 +246,13 @@ class KStaleGeneration:
             # rollout.stall_timeout_s, however long a progressing call runs.
             outputs = self.s.rollout.finish_generate(call.generate)
         call.finished_at = call.finished_at or time.monotonic()
-        self.buffer.absorb(call.plan, outputs, call.plan.version)
+        runner = self.s.episodes
+        self.buffer.absorb(call.plan, outputs, call.plan.version, runner.absorb if runner is not None else None)
         self.engine_busy_s += call.finished_at - call.generate.started
+        if runner is not None:  # the turns that ended call their tools now, between two engine calls
+            with timer.phase("tools"):
+                runner.act_all([ep for g in self.buffer.open.values() if g.episodic for ep in g.responses
+                                if ep.turn_ended])
 
     def sync(self, timer: PhaseTimer) -> dict[str, float]:
         """Bring the engines to the learner's version between calls; a learner that skipped its
@@ -265,7 +276,10 @@ class KStaleGeneration:
         sampling) become ready. The step's first scoring gives its reward metrics (as the
         synchronous strategy's first round: the policy as sampled)."""
         s = self.s
-        rollouts = self.buffer.pop_completed(lambda ids: generation_texts(s.tokenizer, ids))
+        runner = s.episodes
+        rollouts = self.buffer.pop_completed(
+            lambda ids: generation_texts(s.tokenizer, ids),
+            (lambda eps: runner.finish_all(eps, self.engine_version)) if runner is not None else None)
         if not rollouts:
             return
         with timer.phase("reward"):

@@ -67,11 +67,20 @@ class Episode:
     """Index in `token_ids` where the current model turn starts."""
     texts: list[str] = field(default_factory=list)
     """The text of each model turn (special tokens skipped)."""
-    finish_reason: str = "stop"
-    done: bool = False
+    finish_reason: str | None = None
+    """None while the episode runs; `stop` when it ended (an answer, a limit, a failure), `length`
+    when its token budget ran out inside a model turn."""
+    turn_ended: bool = False
+    """The tokens absorbed last ended a model turn (EOS): `act` comes next."""
+    interruptions: int = 0
+    """Asynchronous RL: times a generation call's token budget cut a turn (continued next call)."""
     info: EpisodeInfo = field(default_factory=EpisodeInfo)
     process: Any = None
     """The episode's `EnvironmentProcess` (None once closed)."""
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
 
     def request(self, seed: int) -> GenerationRequest:
         return GenerationRequest(prompt_ids=list(self.sample.prompt_ids) + self.token_ids, n=1, seed=seed,
@@ -95,10 +104,30 @@ class EpisodeRunner:
         self.parse = choose_parser(cfg.tool_parser, getattr(tokenizer, "chat_template", None))
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="episode")
         self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-engine")
+        self._live: dict[int, Episode] = {}
+        """Episodes whose process is open, by id (closed with the runner: asynchronous RL keeps
+        episodes open across steps)."""
 
     def close(self) -> None:
+        for ep in list(self._live.values()):
+            _close(ep)
+        self._live.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.engine_thread.shutdown(wait=True, cancel_futures=True)
+
+    # --- asynchronous RL: the k-stale driver's calls, over many episodes at once --------------------
+
+    def new_episode(self, sample: Sample, group: int, index: int, budget: int) -> Episode:
+        return Episode(sample=sample, group=group, index=index, budget=self.cfg.max_episode_tokens or budget)
+
+    def begin_all(self, episodes: Sequence[Episode]) -> None:
+        list(self.pool.map(self.begin, episodes))
+
+    def act_all(self, episodes: Sequence[Episode]) -> None:
+        list(self.pool.map(self.act, episodes))
+
+    def finish_all(self, episodes: Sequence[Episode], version: int) -> list[Rollout]:
+        return list(self.pool.map(self.finish, episodes, [version] * len(episodes)))
 
     # --- one call: every episode of the given prompts, to the end -----------------------------------
 
@@ -116,12 +145,13 @@ class EpisodeRunner:
             return list(self.pool.map(self.finish, episodes, [version] * len(episodes)))
         finally:
             for ep in episodes:
-                _close(ep)
+                self._release(ep)
 
     def _drive(self, rollout: Any, episodes: list[Episode], seed_of: Callable[[int, int, int], int],
                sampling: tuple[float, float, int], version: int) -> None:
         ready = [ep for ep in episodes if not ep.done]
         acting: dict[Future[None], Episode] = {}
+        act = self.act
         generating: tuple[Future[list[list[Generation]]], list[Episode]] | None = None
         while ready or acting or generating:
             if generating is None and ready and len(ready) >= len(acting):
@@ -136,8 +166,10 @@ class EpisodeRunner:
                 generating = None
                 for ep, gens in zip(batch, outputs, strict=True):
                     self.absorb(ep, gens[0], version)
-                    if not ep.done:
-                        acting[self.pool.submit(self.act, ep)] = ep
+                    if ep.turn_ended:
+                        acting[self.pool.submit(act, ep)] = ep
+                    elif not ep.done:  # a call's token budget cut the turn (not here: each call may finish it)
+                        ready.append(ep)
             for future in finished & set(acting):
                 ep = acting.pop(future)
                 future.result()
@@ -152,6 +184,7 @@ class EpisodeRunner:
         from ling_rl.environments.process import EnvironmentFailure, EnvironmentProcess
 
         ep.process = EnvironmentProcess(self.env, self.cfg.timeout_s, self.cfg.max_tool_output_chars, self.log_path)
+        self._live[id(ep)] = ep
         try:
             ep.process.start()
             observation = ep.process.reset({**ep.sample.columns, "prompt": ep.sample.messages})
@@ -172,22 +205,32 @@ class EpisodeRunner:
             ep.sample = dataclasses.replace(ep.sample, prompt=text, prompt_ids=ids, messages=messages)
 
     def absorb(self, ep: Episode, gen: Generation, version: int) -> None:
-        """Append one model turn's sampled tokens (and its routes, R3)."""
+        """Append the tokens one generation call sampled (and their routes, R3): the turn ended
+        (EOS: `turn_ended`, `act` next), the episode's token budget ran out (the episode ends), or,
+        asynchronous RL, the call's own token budget cut the turn (continued by the next call)."""
         ep.token_ids += gen.token_ids
         ep.logprobs += gen.logprobs
         ep.loss_mask += [True] * len(gen.token_ids)
         ep.versions += [version] * len(gen.token_ids)
         ep.routes = _spliced(ep.routes, gen.routed_experts)
+        if gen.finish_reason == "stop":
+            ep.turn_ended = True
+        elif len(ep.token_ids) >= ep.budget:
+            self._close_turn(ep)
+            self._end(ep, cut="max_episode_tokens", content=ep.texts[-1], reason="length")
+        else:
+            ep.interruptions += 1
+
+    def _close_turn(self, ep: Episode) -> str:
         ep.info.turns += 1
-        ep.texts.append(_turn_text(self.tokenizer, gen.token_ids))
-        if gen.finish_reason != "stop":  # the episode's token budget ran out mid-turn
-            ep.finish_reason = gen.finish_reason
-            self._end(ep, cut="max_episode_tokens", content=ep.texts[-1])
+        ep.turn_ended = False
+        ep.texts.append(_turn_text(self.tokenizer, ep.token_ids[ep.turn_start:]))
+        return ep.texts[-1]
 
     def act(self, ep: Episode) -> None:
         """Parse the turn just generated; run its tool calls and append their results, or end the
         episode (an answer without a call, `max_turns`, the token budget, a dead environment)."""
-        parsed = self.parse(ep.texts[-1])
+        parsed = self.parse(self._close_turn(ep))
         if not parsed.calls and not parsed.errors:
             self._end(ep, cut=None, content=parsed.content)
             return
@@ -236,26 +279,30 @@ class EpisodeRunner:
                 ep.info.env_reward = ep.process.get_reward()
             except EnvironmentFailure as e:
                 ep.info.failure = f"get_reward() failed: {e}"
-        _close(ep)
+        self._release(ep)
         sample = ep.sample
         if self.env.has_reward:
             sample = dataclasses.replace(sample, columns={**sample.columns, ENV_REWARD_COLUMN: ep.info.env_reward})
         return Rollout(sample=sample, group=ep.group, response_ids=list(ep.token_ids), response_text="\n".join(ep.texts),
-                       inf_logprobs=list(ep.logprobs), finish_reason=ep.finish_reason,
+                       inf_logprobs=list(ep.logprobs), finish_reason=ep.finish_reason or "stop",
                        policy_version=ep.versions[0] if ep.versions else version,
                        routed_experts=ep.routes, token_versions=list(ep.versions) if len(set(ep.versions)) > 1 else None,
                        loss_mask=list(ep.loss_mask), episode=ep.info)
 
-    def _end(self, ep: Episode, cut: str | None, content: str | None = None) -> None:
+    def _end(self, ep: Episode, cut: str | None, content: str | None = None, reason: str = "stop") -> None:
         if content is not None:
             ep.info.messages.append({"role": "assistant", "content": content})
         ep.info.cut = cut
-        ep.done = True
+        ep.finish_reason = reason
 
     def _fail(self, ep: Episode, message: str) -> None:
         ep.info.failure = message
-        ep.done = True
+        ep.finish_reason = "stop"
+        self._release(ep)
+
+    def _release(self, ep: Episode) -> None:
         _close(ep)
+        self._live.pop(id(ep), None)
 
 
 def _close(ep: Episode) -> None:

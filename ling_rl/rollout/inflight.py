@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ling_rl.rollout.engine import Generation, GenerationRequest
-from ling_rl.types import Rollout, Sample, ScoredRollout
+from ling_rl.rollout.episodes import Episode
+from ling_rl.types import EpisodeInfo, Rollout, Sample, ScoredRollout
 
 
 class InflightError(RuntimeError):
@@ -63,7 +64,14 @@ class Group:
     start_version: int
     """Version of the generation call that admitted it: its oldest token's version."""
     max_tokens: int
-    responses: list[Response]
+    responses: list[Any]
+    """`Response`s, or, in agentic runs, `Episode`s (ling_rl/rollout/episodes.py): the same fields
+    (token ids, log-probs, versions, interruptions, finish reason) plus the episode's own prompt,
+    loss mask and tool results; an episode between two turns waits for its tool calls (`turn_ended`)."""
+
+    @property
+    def episodic(self) -> bool:
+        return isinstance(self.responses[0], Episode)
 
     @property
     def finished(self) -> bool:
@@ -123,6 +131,8 @@ class InflightBuffer:
         self.ready: list[ReadyGroup] = []
         """Scored groups waiting for a batch, in completion order."""
         self.next_serial = 0
+        self.restart: list[Sample] = []
+        """Prompts of episodes in flight at the checkpoint resumed from: admitted first (k-stale driver)."""
         self.calls = 0
         """Generation calls planned so far (the seed stream of each call)."""
         self.counters = Counters()
@@ -137,14 +147,18 @@ class InflightBuffer:
     def free_slots(self) -> int:
         return max(self.capacity - len(self.open) - len(self.ready), 0)
 
-    def admit(self, samples: list[Sample], version: int, max_tokens: int) -> list[Group]:
-        """Open a group per sample, generated from `version` on; more than `free_slots()` is an error."""
+    def admit(self, samples: list[Sample], version: int, max_tokens: int,
+              new_episode: Callable[[Sample, int, int, int], Episode] | None = None) -> list[Group]:
+        """Open a group per sample, generated from `version` on; more than `free_slots()` is an error.
+        `new_episode(sample, serial, index, max_tokens)`: agentic runs, the group's G episodes."""
         if len(samples) > self.free_slots():
             raise InflightError(f"admitting {len(samples)} groups with {self.free_slots()} free slots "
                                 f"(capacity {self.capacity} = (rollout.max_staleness + 1) x rollout.prompts_per_step)")
         groups = []
         for sample in samples:
-            group = Group(self.next_serial, sample, version, max_tokens, [Response() for _ in range(self.group_size)])
+            responses = [Response() if new_episode is None else new_episode(sample, self.next_serial, j, max_tokens)
+                         for j in range(self.group_size)]
+            group = Group(self.next_serial, sample, version, max_tokens, responses)
             self.open[group.serial] = group
             self.next_serial += 1
             groups.append(group)
@@ -162,23 +176,29 @@ class InflightBuffer:
         call, self.calls = self.calls, self.calls + 1
         requests, targets = [], []
         for group in self.open.values():
-            if not group.started:
+            if not group.started and not group.episodic:
                 todo = [list(range(self.group_size))]
-            else:
-                todo = [[i] for i, r in enumerate(group.responses) if r.finish_reason is None]
+            else:  # an episode has its own prompt (its reset) and waits between turns for its tools
+                todo = [[i] for i, r in enumerate(group.responses)
+                        if r.finish_reason is None and not getattr(r, "turn_ended", False)]
             for indices in todo:
-                done = group.responses[indices[0]].token_ids
-                budget = group.max_tokens - len(done)
-                requests.append(GenerationRequest(prompt_ids=list(group.sample.prompt_ids) + list(done), n=len(indices),
+                r = group.responses[indices[0]]
+                done = r.token_ids
+                prompt, max_tokens = (r.sample.prompt_ids, r.budget) if group.episodic else (group.sample.prompt_ids,
+                                                                                            group.max_tokens)
+                budget = max_tokens - len(done)
+                requests.append(GenerationRequest(prompt_ids=list(prompt) + list(done), n=len(indices),
                                                   seed=seed_of(call, len(requests)),
                                                   max_tokens=budget if chunk is None else min(chunk, budget)))
                 targets.append((group.serial, indices))
         return CallPlan(requests, targets)
 
-    def absorb(self, plan: CallPlan, outputs: list[list[Generation]], version: int) -> None:
+    def absorb(self, plan: CallPlan, outputs: list[list[Generation]], version: int,
+               absorb_episode: Callable[[Episode, Generation, int], None] | None = None) -> None:
         """Append a call's tokens (sampled at `version`) to their responses. A response that hit
         the call's max tokens before its own is interrupted; past `max_interruptions` its group
-        is dropped. Output for a group dropped meanwhile is discarded."""
+        is dropped. Output for a group dropped meanwhile is discarded. Episodes take their tokens
+        through `absorb_episode` (`EpisodeRunner.absorb`: a turn's end, the budget, or a cut)."""
         if len(outputs) != len(plan.requests):
             raise InflightError(f"a generation call of {len(plan.requests)} requests returned {len(outputs)} results")
         for request, (serial, indices), gens in zip(plan.requests, plan.targets, outputs, strict=True):
@@ -189,6 +209,13 @@ class InflightBuffer:
                 continue
             for i, gen in zip(indices, gens, strict=True):
                 r = group.responses[i]
+                if isinstance(r, Episode):
+                    if absorb_episode is None:
+                        raise InflightError(f"group {serial} holds episodes but absorb was given no absorb_episode")
+                    before = r.interruptions
+                    absorb_episode(r, gen, version)
+                    self.counters.interruptions += r.interruptions - before
+                    continue
                 r.token_ids += gen.token_ids
                 r.logprobs += gen.logprobs
                 r.versions += [version] * len(gen.token_ids)
@@ -205,10 +232,21 @@ class InflightBuffer:
                 del self.open[serial]
                 self.counters.dropped_responses += self.group_size
 
-    def pop_completed(self, decode: Callable[[list[list[int]]], list[str]]) -> list[Rollout]:
+    def pop_completed(self, decode: Callable[[list[list[int]]], list[str]],
+                      finish_episodes: Callable[[list[Episode]], list[Rollout]] | None = None) -> list[Rollout]:
         """Rollouts of every group whose G responses finished (removed from the open groups);
-        `decode` turns whole responses into their texts."""
+        `decode` turns whole responses into their texts; `finish_episodes` (`EpisodeRunner.finish_all`)
+        closes finished episodes into rollouts."""
         done = [g for g in self.open.values() if g.finished]
+        episodic = [g for g in done if g.episodic]
+        done = [g for g in done if not g.episodic]
+        finished: list[Rollout] = []
+        if episodic:
+            if finish_episodes is None:
+                raise InflightError("groups of episodes finished but pop_completed was given no finish_episodes")
+            for group in episodic:
+                del self.open[group.serial]
+            finished = finish_episodes([ep for g in episodic for ep in g.responses])
         responses = [r for g in done for r in g.responses]
         texts = iter(decode([r.token_ids for r in responses]) if responses else [])
         rollouts = []
@@ -220,7 +258,7 @@ class InflightBuffer:
                     inf_logprobs=list(r.logprobs), finish_reason=str(r.finish_reason),
                     policy_version=r.versions[0] if r.versions else group.start_version,
                     token_versions=list(r.versions)))
-        return rollouts
+        return finished + rollouts
 
     # --- train batches ---------------------------------------------------------------------------
 
@@ -261,12 +299,16 @@ class InflightBuffer:
             "calls": self.calls,
             "open": [{**_sample_fields(g.sample), "serial": g.serial, "start_version": g.start_version,
                       "max_tokens": g.max_tokens, "responses": [dataclasses.asdict(r) for r in g.responses]}
-                     for g in self.open.values()],
+                     for g in self.open.values() if not g.episodic],
+            # An episode's environment lives in a process that no checkpoint can hold: its prompt is
+            # started again after a resume (`restart`), its partial turns discarded.
+            "restart": [dataclasses.asdict(g.sample) for g in self.open.values() if g.episodic],
             "ready": [{"serial": g.serial, "start_version": g.start_version,
                        "scored": [_scored_fields(s) for s in g.scored]} for g in self.ready],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restart = [_sample(fields) for fields in state.get("restart", [])]
         self.next_serial = int(state["next_serial"])
         self.calls = int(state["calls"])
         self.open = {}
@@ -291,11 +333,16 @@ def _scored_fields(s: ScoredRollout) -> dict[str, Any]:
     if r.routed_experts is not None:
         raise InflightError("rollouts with routed experts (routing replay r3) cannot be checkpointed in flight")
     rollout = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in ("sample", "routed_experts")}
+    if r.episode is not None:
+        rollout["episode"] = dataclasses.asdict(r.episode)
     return {"rollout": rollout, "sample": dataclasses.asdict(r.sample), "reward": s.reward,
             "breakdown": dict(s.breakdown), "skipped": s.skipped}
 
 
 def _scored(fields: dict[str, Any]) -> ScoredRollout:
-    rollout = Rollout(sample=_sample(fields["sample"]), **fields["rollout"])
+    values = dict(fields["rollout"])
+    if values.get("episode") is not None:
+        values["episode"] = EpisodeInfo(**values["episode"])
+    rollout = Rollout(sample=_sample(fields["sample"]), **values)
     return ScoredRollout(rollout=rollout, reward=float(fields["reward"]), breakdown=dict(fields["breakdown"]),
                          skipped=bool(fields["skipped"]))
