@@ -16,6 +16,17 @@ fp8 (routed experts too where `learner.fp8.routed_experts: auto` allows it, sm90
 `fp8_modules` count includes them), fp8-linears (experts stay bf16). The CUDA path ran on an H200
 in bf16 (bench/gpu_check.sh); fp8 did not finish a step there within the time limit.
 
+`--layouts padded packed` measures the learner's own step instead (`LearnerWorker.train_step`,
+`--ranks` gloo/NCCL ranks, the policy loss, the micro-batch plan): `padded` is the strided plan of
+right-padded micro-batches, `packed` the padding-free packed micro-batches balanced across ranks
+by tokens (`learner.packing` + `learner.balance_ranks`; `packed-strided` and `padded-balanced`
+separate the two). The batches have a reasoning-like length spread (`spread_lengths`: a quarter
+of the responses at the budget, the rest long-tailed and short); tokens/s counts real tokens
+(prompt + response), the same for every layout. Runs alternate between the layouts, `--repeats`
+times, and each prints the load average before and after it (`os.getloadavg`).
+
+    .venv/bin/python bench/learner.py --layouts padded packed --shapes small --ranks 2 --repeats 3
+
 On CPU, fp8 is *emulated* by torchao (real casts and scales, GEMMs in high precision): its numbers
 show the wiring and the overhead of the casts, never an fp8 speed-up; and bf16 is slower than
 fp32 on CPUs without AVX512-bf16. MFU is reported on CUDA only, against the dense bf16 peak of
@@ -82,6 +93,129 @@ def step_flops(cfg, tokens: int, seq: int) -> float:
 def log(message: str) -> None:
     """Progress on stderr, flushed: a child killed at its time limit still shows how far it got."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+LAYOUTS: dict[str, dict[str, bool]] = {
+    "padded": {"packing": False, "balance_ranks": False},
+    "packed": {"packing": True, "balance_ranks": True},
+    "packed-strided": {"packing": True, "balance_ranks": False},
+    "padded-balanced": {"packing": False, "balance_ranks": True},
+}
+"""`--layouts`: learner settings of each micro-batch layout (`padded` is the learner's default)."""
+
+
+def spread_lengths(rows: int, prompt: int, response: int, seed: int) -> list[tuple[int, int]]:
+    """(prompt, response) lengths with a reasoning-like spread: prompts uniform in
+    [prompt/4, prompt]; a quarter of the responses hit the budget `response` (truncated), the
+    rest log-normal with a median of a fifth of it, at least 4 tokens."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rows):
+        p = rng.randint(max(1, prompt // 4), prompt)
+        r = response if rng.random() < 0.25 else int(min(response, max(4, rng.lognormvariate(0, 0.8) * response / 5)))
+        out.append((p, r))
+    return out
+
+
+def spread_batch(lengths: list[tuple[int, int]], vocab: int, seed: int):
+    """A right-padded TrainBatch with these (prompt, response) lengths, random tokens and advantages."""
+    import torch
+
+    from ling_rl.types import TrainBatch
+
+    g = torch.Generator().manual_seed(seed)
+    t = max(p + r for p, r in lengths)
+    position = torch.arange(t)[None, :]
+    prompts = torch.tensor([p for p, _ in lengths])[:, None]
+    ends = torch.tensor([p + r for p, r in lengths])[:, None]
+    mask = (position >= prompts) & (position < ends)
+    ids = torch.randint(10, vocab, (len(lengths), t), generator=g) * (position < ends)
+    return TrainBatch(input_ids=ids, response_mask=mask, advantages=torch.randn(len(lengths), 1, generator=g) * mask,
+                      unit_ids=(torch.cumsum(mask.int(), 1) - 1).clamp(min=0) // 16 * mask,
+                      inf_logprobs=-3.0 * mask)
+
+
+def _layout_rank(rank: int, world: int, init: str, model_dir: str, out: str, spec: dict) -> None:
+    """One learner rank of `run_layout`: setup, 2 warm-up steps, `steps` timed ones (rank 0 writes them)."""
+    import torch
+    import torch.distributed as dist
+
+    from ling_rl.config import parse_recipe
+    from ling_rl.driver.session import learner_sections
+    from ling_rl.learner.worker import LearnerWorker
+
+    sections = learner_sections(parse_recipe({
+        "model": {"tiny": "tiny"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+        "algorithm": {"mismatch": {"type": "none"}},
+        "learner": {"precision": spec["precision"], "lr": 1e-6, "micro_batch_tokens": spec["micro_batch_tokens"],
+                    "num_ranks": world, "device": spec["device"], **LAYOUTS[spec["layout"]]},
+    }))
+    worker = LearnerWorker(rank, world, sections, model_dir, threads=spec["threads"])
+    worker.setup(init)
+    times = []
+    for i in range(spec["steps"] + 2):
+        batch = spread_batch(spread_lengths(spec["rows"], spec["prompt"], spec["response"], seed=i), spec["vocab"], i)
+        if spec["device"] == "cuda":
+            torch.cuda.synchronize()
+        dist.barrier()
+        t0 = time.perf_counter()
+        worker.train_step(batch)
+        if spec["device"] == "cuda":
+            torch.cuda.synchronize()
+        dist.barrier()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+        if rank == 0:
+            log(f"{spec['layout']}: step {i} {time.perf_counter() - t0:.3f} s{' (warm-up)' if i < 2 else ''}")
+    if rank == 0:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if spec["device"] == "cuda" else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        Path(out).write_text(json.dumps({"times": times, "peak_gib": peak}))
+    worker.shutdown()
+
+
+def run_layout(layout: str, shapes: str, layers: int, ranks: int, rows: int, prompt: int, response: int, steps: int,
+               device: str, precision: str, micro_batch_tokens: int) -> dict:
+    """Learner steps of one micro-batch layout on `ranks` ranks (spawned processes, one GPU each on CUDA)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from ling_rl.learner.microbatch import micro_batch_cost, plan_micro_batches
+    from ling_rl.models.hf_io import save_model
+    from ling_rl.models.ling_moe import LingForCausalLM
+
+    cfg = model_config(shapes, layers)
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = LingForCausalLM(cfg)
+        model.init_weights()
+        save_model(model, Path(tmp) / "model")
+        del model
+        spec = dict(layout=layout, precision=precision, micro_batch_tokens=micro_batch_tokens, device=device,
+                    steps=steps, rows=rows, prompt=prompt, response=response, vocab=cfg.vocab_size,
+                    threads=max(1, int(os.environ.get("OMP_NUM_THREADS", "2")) // ranks))
+        out = Path(tmp) / "out.json"
+        mp.spawn(_layout_rank, args=(ranks, f"file://{tmp}/pg", str(Path(tmp) / "model"), str(out), spec), nprocs=ranks)
+        result = json.loads(out.read_text())
+    step = statistics.median(result["times"])
+    batches = [spread_lengths(rows, prompt, response, seed=i) for i in range(2, steps + 2)]
+    tokens = statistics.mean(sum(p + r for p, r in b) for b in batches)
+    settings = LAYOUTS[layout]
+    computed = statistics.mean(  # positions the forwards compute, padding included, over all ranks
+        sum(micro_batch_cost([p + r for p, r in (b[i] for i in mb.tolist())], settings["packing"])
+            for per_rank in plan_micro_batches(torch.tensor([p + r for p, r in b]), ranks, micro_batch_tokens,
+                                               packed=settings["packing"], balanced=settings["balance_ranks"])
+            for mb in per_rank) for b in batches)
+    res = {"layout": layout, "shapes": shapes, "precision": precision, "ranks": ranks, "layers": cfg.num_hidden_layers,
+           "rows": rows, "tokens": tokens, "computed_positions": computed, "step_s": step,
+           "tokens_per_s": tokens / step, "times": result["times"], "load_before": load, "load_after": os.getloadavg(),
+           "peak_gib": result["peak_gib"]}
+    if device == "cuda":
+        res["tflops"] = step_flops(cfg, int(tokens), int(tokens / rows)) / step / 1e12
+    return res
 
 
 def run_one(shapes: str, precision: str, layers: int, batch: int, seq: int, steps: int, device: str,
@@ -165,8 +299,22 @@ def main() -> None:
                         help="seconds per (shapes, precision) run; one over it is reported and not repeated")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--json", default=None, help="write the runs and the summary here")
+    parser.add_argument("--layouts", nargs="*", default=None, choices=list(LAYOUTS),
+                        help="compare micro-batch layouts on the learner's own step instead of precisions")
+    parser.add_argument("--ranks", type=int, default=2, help="learner ranks (--layouts)")
+    parser.add_argument("--rows", type=int, default=32, help="rows per batch (--layouts)")
+    parser.add_argument("--prompt", type=int, default=64, help="longest prompt (--layouts)")
+    parser.add_argument("--response", type=int, default=256, help="response budget (--layouts)")
+    parser.add_argument("--micro-batch-tokens", type=int, default=2048, help="learner.micro_batch_tokens (--layouts)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-layout", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_layout:
+        print(json.dumps(run_layout(**json.loads(args.child_layout))))
+        return
+    if args.layouts:
+        compare_layouts(args)
+        return
     if args.child:
         if args.child_timeout:  # a run that hangs shows where: every thread's stack, before the kill
             import faulthandler
@@ -214,6 +362,55 @@ def main() -> None:
         write_json(args.json, args.device, batch, seq, runs, failures, gpu, args.peak_tflops)
     if failures:
         raise SystemExit(f"failed runs: {failures}")
+
+
+def compare_layouts(args: argparse.Namespace) -> None:
+    """`--layouts`: each layout in a fresh subprocess, alternating, `--repeats` times; the median
+    step per layout, tokens/s, and the speed-up against the first layout."""
+    gpu = args.device == "cuda"
+    shapes = (args.shapes or (["ling-mini"] if gpu else ["small"]))[0]
+    precision = (args.precisions or ["bf16" if gpu else "fp32"])[0]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    print(f"layouts {args.layouts}: {shapes} ({precision}), {args.ranks} ranks, {args.rows} rows, prompts <= "
+          f"{args.prompt}, responses <= {args.response}, micro_batch_tokens {args.micro_batch_tokens}, "
+          f"{args.steps} steps, {args.repeats} repeats; load average before: {os.getloadavg()}", flush=True)
+    runs = []
+    for r in range(args.repeats):
+        for layout in args.layouts:
+            child = dict(layout=layout, shapes=shapes, layers=args.layers, ranks=args.ranks, rows=args.rows,
+                         prompt=args.prompt, response=args.response, steps=args.steps, device=args.device,
+                         precision=precision, micro_batch_tokens=args.micro_batch_tokens)
+            proc = subprocess.run([sys.executable, __file__, "--child-layout", json.dumps(child)], env=env,
+                                  capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                                  timeout=args.child_timeout)
+            if proc.returncode:
+                raise SystemExit(f"{layout} repeat {r} failed:\n{proc.stderr[-3000:]}")
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            run = runs[-1]
+            print(f"  {layout:16s} repeat {r}: {run['step_s']:.3f} s/step, {run['tokens_per_s']:.0f} tok/s, "
+                  f"computed {run['computed_positions']:.0f} positions for {run['tokens']:.0f} tokens; load "
+                  f"{run['load_before'][0]:.2f} -> {run['load_after'][0]:.2f}", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"runs": runs}, indent=1))
+    rows = []
+    for layout in args.layouts:
+        group = [r for r in runs if r["layout"] == layout]
+        step = statistics.median(r["step_s"] for r in group)
+        rows.append({"layout": layout, "step_s": step, "min": min(r["step_s"] for r in group),
+                     "max": max(r["step_s"] for r in group), "tokens_per_s": group[0]["tokens"] / step,
+                     "computed": group[0]["computed_positions"], "tokens": group[0]["tokens"],
+                     **({"mfu": statistics.median(r["tflops"] for r in group) / args.peak_tflops} if gpu else {})})
+    loads = [x for r in runs for x in (r["load_before"][0], r["load_after"][0])]
+    print(f"{'layout':16s} {'s/step':>8s} {'min-max':>13s} {'tok/s':>8s} {'computed/real':>13s}"
+          + ("   MFU" if gpu else "") + "  speed-up")
+    for row in rows:
+        print(f"{row['layout']:16s} {row['step_s']:8.3f} {row['min']:6.3f}-{row['max']:6.3f} {row['tokens_per_s']:8.0f} "
+              f"{row['computed'] / row['tokens']:13.2f}" + (f" {row['mfu']:5.1%}" if gpu else "")
+              + f"  {rows[0]['step_s'] / row['step_s']:.2f}x vs {rows[0]['layout']}")
+    print(f"1-minute load average during the runs: {min(loads):.2f} - {max(loads):.2f}"
+          + (" (>= 1.0: a loaded box, ratios not for RESULTS)" if max(loads) >= 1.0 else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "summary": rows, "load": [min(loads), max(loads)]}, indent=1))
 
 
 def write_json(path: str, device: str, batch: int, seq: int, runs: list[dict], failures: list[str], gpu: bool,

@@ -65,7 +65,20 @@ class LearnerConfig(Section):
     that are long by design (big batches, many `updates_per_batch`)."""
 
     micro_batch_tokens: int = Field(default=8192, ge=1)
-    """Token budget of one forward/backward micro-batch."""
+    """Token budget of one forward/backward micro-batch: rows x longest row when padded, the sum of
+    the rows' lengths when `packing`."""
+
+    packing: bool = False
+    """Lay a micro-batch's rows end to end in one sequence (positions restarting per row, attention
+    within each row) instead of right-padding them to the longest: no compute on padding. The
+    losses, metrics and gradients are those of the padded path (tests/learner/test_packing.py).
+    Off by default until a quiet-box benchmark shows it faster (bench/learner.py --compare)."""
+
+    balance_ranks: bool = False
+    """Plan micro-batches by token count: rows longest first, each to the least-loaded of
+    num_ranks x M micro-batches (M as small as the budget allows), so every rank runs M
+    micro-batches of nearly equal tokens. Off: each rank takes a strided share of the rows, in
+    order. The update is the same either way (losses are normalised by the whole batch)."""
 
     logprob_chunk_tokens: int = Field(default=1024, ge=1)
     """Log-probs (and entropy) are computed from the final hidden states this many tokens at a time,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -35,6 +36,7 @@ from ling_rl.learner.fp8 import apply_fp8
 from ling_rl.learner.loading import build_sharded
 from ling_rl.learner.logprobs import TokenLogprobs, chunked_token_logprobs
 from ling_rl.learner.microbatch import plan_micro_batches
+from ling_rl.learner.packing import Pack
 from ling_rl.learner.schedule import build_optimizer
 from ling_rl.learner.sections import LearnerSections
 from ling_rl.models.hf_io import save_model
@@ -45,6 +47,20 @@ from ling_rl.types import TrainBatch
 # Metrics reduced across micro-batches and ranks by sum (already normalised by the whole batch),
 # by max / min, or otherwise as a token-weighted mean.
 _SUMMED = {"loss", "pg_loss", "kl", "mtp_loss"}
+
+
+@dataclass
+class TokenOutputs:
+    """A micro-batch's forward, per token in its padded [B, T] layout (packed or not)."""
+
+    logprobs: torch.Tensor
+    """[B, T] log-prob of each token given the ones before in its row (0 at position 0)."""
+    entropy: torch.Tensor | None
+    """[B, T-1] behaviour entropy at positions 1.. (when asked)."""
+    mtp_logprobs: list[torch.Tensor]
+    """Per MTP depth d, [B, T-1-d]: position t's log-prob of token t+1+d (when asked)."""
+    routed_experts: list[torch.Tensor] | None
+    """Per MoE layer, [B*T, top_k] expert ids used (when recorded; -1 past a packed row's end)."""
 
 
 class LearnerWorker:
@@ -112,8 +128,32 @@ class LearnerWorker:
 
     # --- forward ---------------------------------------------------------------------------------
 
+    def _forward(self, model: LingForCausalLM, mb: TrainBatch, replay: bool = True, record: bool = False,
+                 with_mtp: bool = False, behaviour: bool = True, entropy: bool = False) -> TokenOutputs:
+        """`_token_logprobs` of micro-batch `mb` (its routes replayed when `replay`), packed when
+        `learner.packing` (`ling_rl.learner.packing`: the model computes the real tokens only, the
+        outputs come back in `mb`'s padded layout), else on the padded rows."""
+        routes = mb.routed_experts if replay else None
+        if not self.cfg.learner.packing:
+            logp, out = self._token_logprobs(model, mb.input_ids, routes, record, with_mtp, behaviour, entropy)
+            return TokenOutputs(logp, out.head.entropy, [h.logprobs for h in out.mtp_head or []], out.routed_experts)
+        b, t = mb.input_ids.shape
+        pack = Pack.of(_lengths(mb), t, self.token_multiple)
+        if routes is not None:  # a token of the padding sequence has no route: the router chooses (-1)
+            routes = [pack.pack(r.view(b, t, -1), fill=-1)[0] for r in routes]
+        logp, out = self._token_logprobs(model, pack.pack(mb.input_ids), routes, record, with_mtp, behaviour, entropy,
+                                         positions=pack.positions, seq_lens=pack.seq_lens)
+        # A row's first token follows the previous row's last one in the pack: no log-prob (0, as padded).
+        logp = pack.unpack(logp.masked_fill(pack.starts, 0.0))
+        ent = None if out.head.entropy is None else pack.unpack(F.pad(out.head.entropy, (1, 0)))[:, 1:]
+        mtp = [pack.unpack(h.logprobs)[:, : t - 1 - d] for d, h in enumerate(out.mtp_head or [], start=1)]
+        used = None if out.routed_experts is None else \
+            [pack.unpack(r[None], fill=-1).reshape(b * t, -1) for r in out.routed_experts]
+        return TokenOutputs(logp, ent, mtp, used)
+
     def _token_logprobs(self, model: LingForCausalLM, input_ids: torch.Tensor, replay: list[torch.Tensor] | None = None,
-                        record: bool = False, with_mtp: bool = False, behaviour: bool = True, entropy: bool = False):
+                        record: bool = False, with_mtp: bool = False, behaviour: bool = True, entropy: bool = False,
+                        positions: torch.Tensor | None = None, seq_lens: list[int] | None = None):
         """Per position, the log-prob of its token given the ones before (0 at position 0).
 
         `behaviour`: under the distribution the engines sample from (the rollout's temperature,
@@ -135,9 +175,16 @@ class LearnerWorker:
                 *((sampling.temperature, sampling.top_p, sampling.top_k) if policy else ()),
                 chunk_tokens=chunk, with_entropy=entropy and depth == 0)
 
-        out = model(input_ids, routed_experts=replay, return_routed_experts=record, with_mtp=with_mtp, head=head,
-                    checkpoint_layers=self.cfg.learner.activation_checkpointing)
+        out = model(input_ids, positions=positions, routed_experts=replay, return_routed_experts=record,
+                    with_mtp=with_mtp, head=head, checkpoint_layers=self.cfg.learner.activation_checkpointing,
+                    seq_lens=seq_lens)
         return F.pad(out.head.logprobs, (1, 0)), out
+
+    def _plan(self, batch: TrainBatch) -> list[torch.Tensor]:
+        """This rank's micro-batches of `batch` (row indices; the same count on every rank)."""
+        cfg = self.cfg.learner
+        return plan_micro_batches(_lengths(batch), self.world_size, cfg.micro_batch_tokens, packed=cfg.packing,
+                                  balanced=cfg.balance_ranks)[self.rank]
 
     @staticmethod
     def _trim(mb: TrainBatch, multiple: int = 1) -> TrainBatch:
@@ -158,14 +205,15 @@ class LearnerWorker:
         n_moe = sum(1 for layer in self.model.trunk_layers if layer.is_moe)
         k = self.config.num_experts_per_tok
         routing = torch.zeros(n_moe, b, t, k, dtype=torch.long, device=self.device) if record_routing else None
-        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
+        plan = self._plan(batch)
         for rows in plan:
             mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])), self.token_multiple)
-            logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, record=record_routing)
+            fwd = self._forward(self.model, mb, record=record_routing)
+            logp = fwd.logprobs
             if len(rows):
                 logp_all[rows, : logp.shape[1]] = logp
                 if routing is not None:
-                    for i, r in enumerate(out.routed_experts):
+                    for i, r in enumerate(fwd.routed_experts):
                         routing[i, rows, : logp.shape[1]] = r.view(len(rows), -1, k)
         dist.all_reduce(logp_all)
         replay = None
@@ -223,14 +271,15 @@ class LearnerWorker:
         check_routes(batch.routed_experts, b, t, len(moe), self.config.num_experts_per_tok, self.config.num_experts)
         counts = torch.zeros(len(moe), 2, dtype=torch.long, device=self.device)
         gap = torch.zeros(2, dtype=torch.float64, device=self.device)
-        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
+        plan = self._plan(batch)
         for rows in plan:
             mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])), self.token_multiple)
-            logp, out = self._token_logprobs(self.model, mb.input_ids, record=True)
+            fwd = self._forward(self.model, mb, replay=False, record=True)
+            logp = fwd.logprobs
             if len(rows):
                 n, length = mb.input_ids.shape
                 real = torch.arange(length, device=self.device)[None, :] < _lengths(mb)[:, None]
-                counts += mismatch_counts(out.routed_experts, mb.routed_experts, real.reshape(-1))
+                counts += mismatch_counts(fwd.routed_experts, mb.routed_experts, real.reshape(-1))
                 response = mb.response_mask.bool()
                 gap += torch.stack([(logp - mb.inf_logprobs).abs()[response].sum().double(), response.sum().double()])
         dist.all_reduce(counts)
@@ -241,7 +290,7 @@ class LearnerWorker:
         algo = self.cfg.algorithm
         mask = batch.response_mask.bool()
         denominator = max(float(aggregation_count(mask, algo.loss)), 1.0)
-        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
+        plan = self._plan(batch)
         sums: dict[str, float] = {}
         # Tokens routed to each expert of each MoE layer in this update (for the expert-bias update).
         loads = torch.zeros(len(self.gates), self.config.num_experts, dtype=torch.long, device=self.device) \
@@ -250,24 +299,24 @@ class LearnerWorker:
             empty = len(rows) == 0
             # An empty micro-batch still runs (FSDP2 ranks must issue the same collectives) with zero loss.
             mb = self._trim(batch.select(rows if not empty else torch.tensor([0])), self.token_multiple)
-            logp, out = self._token_logprobs(self.model, mb.input_ids, replay=mb.routed_experts, with_mtp=self.train_mtp,
-                                             record=loads is not None, entropy=True)
+            fwd = self._forward(self.model, mb, with_mtp=self.train_mtp, record=loads is not None, entropy=True)
+            logp = fwd.logprobs
             if loads is not None and not empty:
-                _count_routed(loads, mb, out.routed_experts)
+                _count_routed(loads, mb, fwd.routed_experts)
             old = mb.old_logprobs if mb.old_logprobs is not None else logp.detach()
             ref = None
             if self.ref_model is not None:
                 with torch.no_grad():
-                    ref, _ = self._token_logprobs(self.ref_model, mb.input_ids)
+                    ref = self._forward(self.ref_model, mb, replay=False).logprobs
             loss, metrics = policy_loss(logp, old, mb.advantages, mb.unit_ids, mb.response_mask, algo,
                                         inf_logp=mb.inf_logprobs, ref_logp=ref, denominator=denominator)
             values = metrics.as_dict()
             response = mb.response_mask[:, 1:].bool()  # entropy is over positions 1..
-            values["entropy"] = float(out.head.entropy[response].mean()) if response.any() else 0.0
+            values["entropy"] = float(fwd.entropy[response].mean()) if response.any() else 0.0
             if self.train_mtp:
-                mtp = self._mtp_loss(mb, [h.logprobs for h in out.mtp_head]) * (float(mb.response_mask.sum()) / denominator)
+                mtp = self._mtp_loss(mb, fwd.mtp_logprobs) * (float(mb.response_mask.sum()) / denominator)
                 loss = loss + self.cfg.model.mtp.loss_weight * mtp
-                values["mtp_loss"] = float(mtp)
+                values["mtp_loss"] = float(mtp.detach())
             scale = 0.0 if empty else 1.0
             # FSDP2 averages gradients over ranks; each rank's loss is its share of the batch mean.
             (loss * scale * self.world_size).backward()
@@ -308,12 +357,12 @@ class LearnerWorker:
             self.sft_optimizer = torch.optim.AdamW(self.params, lr=lr, betas=self.cfg.learner.betas, foreach=False)
         batch = batch_to(batch, self.device, self.token_multiple)
         denominator = max(float(batch.response_mask.sum()), 1.0)
-        plan = plan_micro_batches(_lengths(batch), self.world_size, self.cfg.learner.micro_batch_tokens)[self.rank]
+        plan = self._plan(batch)
         sums: dict[str, float] = {}
         for rows in plan:
             empty = len(rows) == 0
             mb = self._trim(batch.select(rows if not empty else torch.tensor([0])), self.token_multiple)
-            logp, _ = self._token_logprobs(self.model, mb.input_ids, behaviour=False)
+            logp = self._forward(self.model, mb, replay=False, behaviour=False).logprobs
             mask = mb.response_mask.bool()
             nll = -(logp * mask).sum() / denominator
             (nll * (0.0 if empty else 1.0) * self.world_size).backward()
@@ -353,9 +402,9 @@ class LearnerWorker:
         for key, value in values.items():
             if key in _SUMMED or key == "grad_norm":
                 sums[key] = sums.get(key, 0.0) + value
-            elif key.endswith("_max"):
+            elif _is_max(key):
                 sums[key] = max(sums.get(key, float("-inf")), value) if weight else sums.get(key, float("-inf"))
-            elif key.endswith("_min"):
+            elif _is_min(key):
                 sums[key] = min(sums.get(key, float("inf")), value) if weight else sums.get(key, float("inf"))
             else:
                 sums[key] = sums.get(key, 0.0) + value * weight
@@ -455,6 +504,16 @@ def carries_signal(batch: TrainBatch, algo: AlgorithmConfig) -> bool:
     return algo.kl.coef > 0 or bool((batch.advantages[mask] != 0).any())
 
 
+def _is_max(key: str) -> bool:
+    """A metric reduced by maximum over micro-batches, ranks and updates (`x_max`, `group/max_x`):
+    a mean of per-micro-batch maxima would depend on how rows were split."""
+    return key.endswith("_max") or key.rsplit("/", 1)[-1].startswith("max_")
+
+
+def _is_min(key: str) -> bool:
+    return key.endswith("_min") or key.rsplit("/", 1)[-1].startswith("min_")
+
+
 def _count_routed(loads: torch.Tensor, mb: TrainBatch, routed: list[torch.Tensor]) -> None:
     """Add to `loads` [layers, experts] the experts each real (non-padding) token of `mb` was routed to."""
     b, t = mb.input_ids.shape
@@ -476,9 +535,9 @@ def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float
     keys = sorted(sums)
     _check_same_keys(keys, device)
     groups = {
-        dist.ReduceOp.MAX: [k for k in keys if k.endswith("_max")],
-        dist.ReduceOp.MIN: [k for k in keys if k.endswith("_min")],
-        dist.ReduceOp.SUM: [k for k in keys if not k.endswith(("_max", "_min"))],
+        dist.ReduceOp.MAX: [k for k in keys if _is_max(k)],
+        dist.ReduceOp.MIN: [k for k in keys if _is_min(k)],
+        dist.ReduceOp.SUM: [k for k in keys if not (_is_max(k) or _is_min(k))],
     }
     out: dict[str, float] = {}
     for op, names in groups.items():
@@ -513,6 +572,6 @@ def _finalize(sums: dict[str, float], updates: int) -> dict[str, float]:
     """Per-update metrics of one rollout batch: extremes over the updates, the rest averaged (the
     gap is measured on the first update only)."""
     kept = ("sync/gap_mean", "sync/gap_max")
-    return {k: (v if k in kept or k.startswith("sync/gap_mean_lag") or k.endswith(("_max", "_min")) else v / updates)
+    return {k: (v if k in kept or k.startswith("sync/gap_mean_lag") or _is_max(k) or _is_min(k) else v / updates)
             for k, v in sums.items()
             if not k.startswith("__w/")}

@@ -12,7 +12,9 @@ Routed experts are stored stacked ([E, I, H]) so expert compute is one grouped G
 `ling_rl.models.hf_io` maps to and from the per-expert Hugging Face weight names.
 
 Inputs are right-padded [B, T] batches: with causal attention, padding after a sequence never
-influences its valid positions.
+influences its valid positions. Or packed: several sequences laid end to end in one row [1, N],
+`seq_lens` their lengths and `positions` restarting at 0 in each; attention is then causal within
+each sequence and never crosses into another (`Attention.forward`).
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ class Attention(nn.Module):
             self.key_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, seq_lens: list[int] | None = None) -> torch.Tensor:
+        """`seq_lens`: the input is packed (see the module docstring). Each sequence gets its own
+        causal SDPA call on its slice: the same kernel as on a padded row of that length, and no
+        compute on the (seq x other seqs) blocks a block-causal mask over the whole pack would
+        spend and then discard."""
         b, t, _ = x.shape
         q, k, v = self.query_key_value(x).split(
             [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
@@ -86,7 +92,13 @@ class Attention(nn.Module):
         q = self.rotary(q.transpose(1, 2), positions)
         k = self.rotary(k.transpose(1, 2), positions)
         v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        gqa = self.n_kv != self.n_heads
+        if seq_lens is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            out = torch.cat([F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
+                             for qs, ks, vs in zip(q.split(seq_lens, 2), k.split(seq_lens, 2), v.split(seq_lens, 2),
+                                                   strict=True)], dim=2)
         return self.dense(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -285,9 +297,10 @@ class DecoderLayer(nn.Module):
         self.mlp: nn.Module = MoE(cfg) if self.is_moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.use_bias)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, expert_ids: torch.Tensor | None = None
+        self, x: torch.Tensor, positions: torch.Tensor, expert_ids: torch.Tensor | None = None,
+        seq_lens: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = x + self.attention(self.input_layernorm(x), positions)
+        x = x + self.attention(self.input_layernorm(x), positions, seq_lens)
         h = self.post_attention_layernorm(x)
         if self.is_moe:
             out, expert_ids = self.mlp(h, expert_ids)
@@ -307,12 +320,13 @@ class MTPLayer(DecoderLayer):
         self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(  # type: ignore[override]
-        self, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor
+        self, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor,
+        seq_lens: list[int] | None = None,
     ) -> torch.Tensor:
         """The MTP step, as the module's own forward: called as `mtp(...)`, FSDP2's hooks gather
         this layer's parameters (a separately named method would bypass them)."""
         x = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(hidden)], dim=-1))
-        x, _ = super().forward(x, positions)
+        x, _ = super().forward(x, positions, seq_lens=seq_lens)
         return self.final_layernorm(x)
 
 
@@ -377,8 +391,10 @@ class LingForCausalLM(nn.Module):
         with_mtp: bool = False,
         head: Head | None = None,
         checkpoint_layers: bool = False,
+        seq_lens: list[int] | None = None,
     ) -> LingOutput:
-        """Run the model on right-padded `input_ids` [B, T].
+        """Run the model on right-padded `input_ids` [B, T], or on packed ones ([1, N], with
+        `seq_lens` and `positions`: see the module docstring).
 
         `routed_experts` (one [B*T, top_k] tensor per MoE layer) replays a recorded routing instead
         of selecting experts (a token whose ids are negative is routed by the router: see
@@ -405,7 +421,8 @@ class LingForCausalLM(nn.Module):
         recompute = checkpoint_layers and torch.is_grad_enabled()
         for layer in self.trunk_layers:
             ids = next(replay) if (routed_experts is not None and layer.is_moe) else None
-            x, ids = _checkpointed_layer(layer, x, positions, ids) if recompute else layer(x, positions, ids)
+            x, ids = (_checkpointed_layer(layer, x, positions, ids, seq_lens) if recompute
+                      else layer(x, positions, ids, seq_lens))
             if ids is not None:
                 chosen.append(ids)
         hidden = self.model.norm(x)
@@ -423,8 +440,10 @@ class LingForCausalLM(nn.Module):
                 # embeddings, positions counted on): causal attention keeps them from the real ones,
                 # and they are cut before the head. So the MTP layers' GEMMs see the trunk's token
                 # count, which float8 training needs to be a multiple of 16 (`LearnerWorker.token_multiple`).
+                # Packed, the same holds per sequence: its last d positions see the next sequence's
+                # embeddings and positions, and attention keeps those from its real ones.
                 ahead = torch.cat([positions[:, d:], positions[:, -1:] + torch.arange(1, d + 1, device=positions.device)], 1)
-                h = mtp(h, F.pad(embeds[:, d:], (0, 0, 0, d)), ahead)
+                h = mtp(h, F.pad(embeds[:, d:], (0, 0, 0, d)), ahead, seq_lens)
                 real = h[:, : t - d]
                 mtp_out.append(self.lm_head(real) if head is None else head(real, self.lm_head.weight, d))
             if head is None:
@@ -450,7 +469,8 @@ class LingForCausalLM(nn.Module):
 
 
 def _checkpointed_layer(layer: DecoderLayer, x: torch.Tensor, positions: torch.Tensor,
-                        expert_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        expert_ids: torch.Tensor | None,
+                        seq_lens: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`layer(x, positions, expert_ids)` keeping only its input for backward, where it runs again
     (non-reentrant `torch.utils.checkpoint`). The recomputation replays the expert choice of the
     first run, so a MoE layer sends every token to the same experts even if its router's scores
@@ -460,7 +480,7 @@ def _checkpointed_layer(layer: DecoderLayer, x: torch.Tensor, positions: torch.T
     routing = [expert_ids]
 
     def run(h: torch.Tensor) -> torch.Tensor:
-        out, used = layer(h, positions, routing[0])
+        out, used = layer(h, positions, routing[0], seq_lens)
         routing[0] = used
         return out
 
