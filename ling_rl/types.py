@@ -80,6 +80,8 @@ class EpisodeInfo:
     tool messages (`{"role": "tool", "name", "content"}`), in order."""
     turns: int = 0
     """Model turns generated."""
+    turns_cut: int = 0
+    """Turns that reached `environment.max_turn_tokens` without ending (parsed as ended)."""
     tool_calls: int = 0
     """Tool calls run (parsed calls, whatever their outcome)."""
     outcomes: dict[str, int] = field(default_factory=dict)

@@ -36,6 +36,11 @@ class EnvironmentConfig(Section):
     step's response budget (`rollout.max_response_tokens`, or the curriculum stage's). A tool
     result that would pass it ends the episode before it is appended (counted as cut)."""
 
+    max_turn_tokens: int | None = Field(default=None, ge=1)
+    """Most tokens of one model turn; a turn that reaches it without ending is parsed as if it had
+    ended (its tool calls run) and counted (`agent/turns_cut`). Unset: a turn may use what is left
+    of the episode's budget."""
+
     tool_timeout_s: float = Field(default=30.0, gt=0)
     """One tool call's wall-clock limit: past it the episode's tool process is killed, the model
     gets an error result, and it is counted (`agent/tool_timeouts`). An environment's state dies

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ling_rl.environments.spec import EnvironmentSetupError
+from ling_rl.plugins import PluginLoadError, is_path_name, load_object
 from ling_rl.registry import Registry
 
 
@@ -121,8 +122,19 @@ TOOL_PARSERS.add("hermes", HermesParser())
 
 
 def choose_parser(name: str, chat_template: str | None) -> ToolParser:
-    """The parser `environment.tool_parser` names; `auto`: the registered parser whose marker the
-    chat template contains."""
+    """The parser `environment.tool_parser` names: a registered one, or the user's own by
+    `path/to/file.py:name` / `pkg.module:name` (a callable: turn text -> `ParsedTurn`); `auto`: the
+    registered parser whose marker the chat template contains."""
+    if name != "auto" and is_path_name(name) and name not in TOOL_PARSERS:
+        # The user's own parser, by file or dotted path (as reward plugins and tools are named).
+        try:
+            parser, _ = load_object(name, f"environment.tool_parser {name!r}")
+        except PluginLoadError as e:
+            raise EnvironmentSetupError(str(e)) from None
+        if not callable(parser):
+            raise EnvironmentSetupError(f"environment.tool_parser {name!r}: a {type(parser).__name__}, not callable "
+                                        "(a parser takes the text of one model turn and returns a ParsedTurn)")
+        return parser
     if name != "auto":
         if name not in TOOL_PARSERS:
             raise EnvironmentSetupError(f"environment.tool_parser: unknown tool-call parser {name!r}; "

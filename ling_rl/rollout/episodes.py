@@ -58,6 +58,8 @@ class Episode:
     """Position among the G episodes of its group."""
     budget: int
     """Most tokens after the prompt (sampled and tool results)."""
+    turn_budget: int | None = None
+    """Most tokens of one model turn (`environment.max_turn_tokens`), or None."""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     loss_mask: list[bool] = field(default_factory=list)
@@ -84,7 +86,14 @@ class Episode:
 
     def request(self, seed: int) -> GenerationRequest:
         return GenerationRequest(prompt_ids=list(self.sample.prompt_ids) + self.token_ids, n=1, seed=seed,
-                                 max_tokens=self.budget - len(self.token_ids))
+                                 max_tokens=self.max_new_tokens())
+
+    def max_new_tokens(self) -> int:
+        """What the next call may generate: the rest of the episode's budget, and of the turn's."""
+        left = self.budget - len(self.token_ids)
+        if self.turn_budget is not None:
+            left = min(left, self.turn_budget - (len(self.token_ids) - self.turn_start))
+        return left
 
 
 class EpisodeRunner:
@@ -118,7 +127,8 @@ class EpisodeRunner:
     # --- asynchronous RL: the k-stale driver's calls, over many episodes at once --------------------
 
     def new_episode(self, sample: Sample, group: int, index: int, budget: int) -> Episode:
-        return Episode(sample=sample, group=group, index=index, budget=self.cfg.max_episode_tokens or budget)
+        return Episode(sample=sample, group=group, index=index, budget=self.cfg.max_episode_tokens or budget,
+                       turn_budget=self.cfg.max_turn_tokens)
 
     def begin_all(self, episodes: Sequence[Episode]) -> None:
         list(self.pool.map(self.begin, episodes))
@@ -137,8 +147,7 @@ class EpisodeRunner:
         (temperature, top_p, top_k); `seed_of(group, episode, turn)` seeds each turn's request.
         Returns the rollouts grouped by sample, in order."""
         budget = self.cfg.max_episode_tokens or max_tokens
-        episodes = [Episode(sample=s, group=group_offset + i, index=j, budget=budget)
-                    for i, s in enumerate(samples) for j in range(n)]
+        episodes = [self.new_episode(s, group_offset + i, j, budget) for i, s in enumerate(samples) for j in range(n)]
         try:
             list(self.pool.map(self.begin, episodes))
             self._drive(rollout, episodes, seed_of, sampling, version)
@@ -218,6 +227,9 @@ class EpisodeRunner:
         elif len(ep.token_ids) >= ep.budget:
             self._close_turn(ep)
             self._end(ep, cut="max_episode_tokens", content=ep.texts[-1], reason="length")
+        elif ep.turn_budget is not None and len(ep.token_ids) - ep.turn_start >= ep.turn_budget:
+            ep.info.turns_cut += 1
+            ep.turn_ended = True
         else:
             ep.interruptions += 1
 
@@ -360,6 +372,7 @@ def episode_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
     n = len(infos)
     out = {"agent/episodes": float(n), "agent/turns_mean": sum(i.turns for i in infos) / n,
            "agent/tool_calls_mean": sum(i.tool_calls for i in infos) / n,
+           "agent/turns_cut": float(sum(i.turns_cut for i in infos)),
            "agent/valid_tool_calls_mean": sum(i.outcomes.get("ok", 0) for i in infos) / n,
            "agent/parse_errors": float(sum(i.parse_errors for i in infos)),
            "agent/infra_errors": float(sum(i.infra_errors for i in infos)),

@@ -184,9 +184,10 @@ class InflightBuffer:
             for indices in todo:
                 r = group.responses[indices[0]]
                 done = r.token_ids
-                prompt, max_tokens = (r.sample.prompt_ids, r.budget) if group.episodic else (group.sample.prompt_ids,
-                                                                                            group.max_tokens)
-                budget = max_tokens - len(done)
+                if group.episodic:  # the rest of the episode's budget and of its turn's
+                    prompt, budget = r.sample.prompt_ids, r.max_new_tokens()
+                else:
+                    prompt, budget = group.sample.prompt_ids, group.max_tokens - len(done)
                 requests.append(GenerationRequest(prompt_ids=list(prompt) + list(done), n=len(indices),
                                                   seed=seed_of(call, len(requests)),
                                                   max_tokens=budget if chunk is None else min(chunk, budget)))
