@@ -17,6 +17,11 @@ class PluginLoadError(ValueError):
     """A name that does not lead to an object; the message names what was asked for (`what`)."""
 
 
+class NoSuchModule(PluginLoadError):
+    """The dotted path's module does not exist (as opposed to existing and failing to import):
+    the asker may add what else the name could have been."""
+
+
 def is_path_name(name: str) -> bool:
     """Whether `name` has the form of a file or dotted path (not a registered short name)."""
     path, sep, _ = name.rpartition(":")
@@ -40,7 +45,7 @@ def import_module(module_name: str, what: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise PluginLoadError(f"{what}: no module {module_name!r}") from None
+            raise NoSuchModule(f"{what}: no module {module_name!r}") from None
         raise PluginLoadError(f"{what}: importing {module_name} failed: {e}") from e
     except Exception as e:
         raise PluginLoadError(f"{what}: importing {module_name} failed: {e!r}") from e

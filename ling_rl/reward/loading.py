@@ -8,22 +8,20 @@ tried, in order, as:
 2. a `ling_rl.rewards` entry point of an installed distribution,
 3. a file path with an attribute, `path/to/file.py:func` (relative to the working directory),
 4. a dotted path, `pkg.module:func` or `pkg.module.func`.
+
+Files and dotted paths are loaded by ling_rl/plugins.py, as tools and environments are.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import importlib.metadata
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from ling_rl.plugins import NoSuchModule, PluginLoadError, getattr_path, load_file, load_object
 from ling_rl.reward.config import RewardSpec
 from ling_rl.reward.contract import (INPUT_KEYWORDS, accepted_keywords, is_async_callable, plugin_info,
                                      takes_conversations)
@@ -111,12 +109,22 @@ def find_plugin(name: str) -> tuple[Any, str]:
             raise RewardResolutionError(
                 f"reward plugin {name!r}: loading entry point {entry_points[name].value!r} failed: {e!r}"
             ) from e
+    what = f"reward plugin {name!r}"
     path, sep, attr = name.rpartition(":")
-    if sep and path.endswith(".py"):
-        return _getattr_path(_load_file(name, Path(path)), attr, name), "file"
-    if sep or "." in name:
-        module_name, attr = (path, attr) if sep else name.rsplit(".", 1)
-        return _getattr_path(_import(name, module_name), attr, name), "dotted path"
+    try:
+        if sep and path.endswith(".py"):
+            module = load_file(Path(path), what)
+            # Workers cannot import this synthetic module by name: ship its functions by value instead.
+            from ray import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+            return getattr_path(module, attr, what), "file"
+        if sep or "." in name:
+            return load_object(name, what)
+    except NoSuchModule as e:
+        raise RewardResolutionError(f"{e}. " + _unknown_message(name, sorted(entry_points.names))) from None
+    except PluginLoadError as e:
+        raise RewardResolutionError(str(e)) from e.__cause__
     raise RewardResolutionError(_unknown_message(name, sorted(entry_points.names)))
 
 
@@ -126,57 +134,6 @@ def _unknown_message(name: str, entry_point_names: list[str]) -> str:
         f"entry points ({ENTRY_POINT_GROUP}): {', '.join(entry_point_names) or '(none)'}; "
         "or give a dotted path `pkg.module:func` or a file `path/to/file.py:func`"
     )
-
-
-def _import(name: str, module_name: str) -> ModuleType:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP).names)
-            raise RewardResolutionError(
-                f"reward plugin {name!r}: no module {module_name!r}. " + _unknown_message(name, entry_points)
-            ) from None
-        raise RewardResolutionError(f"reward plugin {name!r}: importing {module_name} failed: {e}") from e
-    except Exception as e:
-        raise RewardResolutionError(f"reward plugin {name!r}: importing {module_name} failed: {e!r}") from e
-
-
-def _load_file(name: str, path: Path) -> ModuleType:
-    path = path.resolve()
-    if not path.is_file():
-        raise RewardResolutionError(f"reward plugin {name!r}: file {str(path)!r} not found")
-    # A stable, collision-free module name per file, so resolving twice reuses the module.
-    module_name = f"_ling_rl_reward_file_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None  # always set for a .py file
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[module_name]
-        raise RewardResolutionError(f"reward plugin {name!r}: executing {path} failed: {e!r}") from e
-    # Workers cannot import this synthetic module by name: ship its functions by value instead.
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(module)
-    return module
-
-
-def _getattr_path(module: ModuleType, attr: str, name: str) -> Any:
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-            raise RewardResolutionError(
-                f"reward plugin {name!r}: {module.__name__} has no attribute {attr!r}; callables there: "
-                f"{', '.join(public) or '(none)'}"
-            )
-        obj = getattr(obj, part)
-    return obj
 
 
 def _check_args(spec: RewardSpec, target: Callable[..., Any], is_class: bool) -> None:
