@@ -149,3 +149,13 @@ def test_search_finds_a_recipe_key(page: Any, base_url: str) -> None:
     result = page.wait_for_selector("li.md-search-result__item a[href*='reference/recipe']")
     assert result is not None
     assert not problems, problems
+
+
+def test_a_page_links_the_previous_and_next_pages(page: Any, base_url: str) -> None:
+    problems = _open(page, base_url + "getting-started/")
+    assert not problems, problems
+    footer = page.evaluate("""() => ({
+        prev: document.querySelector('a.md-footer__link--prev')?.getAttribute('href'),
+        next: document.querySelector('a.md-footer__link--next')?.getAttribute('href'),
+    })""")
+    assert footer == {"prev": "../installation/", "next": "../concepts/"}, footer
