@@ -29,8 +29,10 @@ def render(typer_app: typer.Typer = app) -> str:
     lines = [
         "# Command-line reference",
         "",
+        f"`{PROG}`: {_text(group.help)}",
+        "",
         f"Every `{PROG}` command, generated from the command-line program itself when the site is",
-        f"built, so it matches `{PROG} COMMAND --help`. {_text(group.help)}",
+        f"built, so it matches `{PROG} COMMAND --help`.",
         "",
     ]
     for name in group.list_commands(root):
