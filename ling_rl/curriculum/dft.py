@@ -4,17 +4,22 @@ One model learns two modes selected by the prompt: "detailed think off" -> the p
 "detailed think on" -> `<think>solution</think><answer>answer</answer>`. The loss is the
 cross-entropy of the response tokens only. Evo-CoT RL then runs in the think-off (instant) mode,
 so the RL prompt template should be `think_off_template`.
+
+A row may instead hold a multi-turn trace with tool calls (`messages_key`, TRL's conversational
+form): it trains on the assistant turns only, as token ids built the way the episode loop builds an
+episode (ling_rl/environments/rendering.py), so the warm start imitates exactly what RL samples.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from ling_rl.curriculum.data import DatasetError, chat_messages, render_chat_reply
+from ling_rl.curriculum.data import DatasetError, chat_messages, render_chat_reply, reply_token_ids
 from ling_rl.schema import Section
 from ling_rl.types import TrainBatch
 
@@ -55,6 +60,14 @@ class DFTConfig(Section):
     the solution column as plain sentences without tags (Ling's instant mode still writes its
     reasoning, briefly; the solution should then state its final answer, e.g. "The answer is 7.")."""
 
+    messages_key: str = "messages"
+    """Column with a multi-turn trace in TRL's conversational form: system/user messages, then
+    assistant turns (text and `tool_calls`) each followed by its `tool` results, ending with an
+    assistant turn. A row where it is set trains on the assistant turns only (no think modes):
+    prompt ids from the chat template with the tool schemas, each assistant turn's ids through EOS
+    (trained), each run of tool results' ids (not trained), as the episode loop builds an episode.
+    Needs `data.chat_template`. Rows without it are prompt/answer/solution rows as above."""
+
     seed: int = 0
     """Order of examples and choice of modes."""
 
@@ -73,6 +86,74 @@ def response_text(row: dict[str, Any], think: bool, cfg: DFTConfig, answer_key: 
     return f" {row[cfg.solution_key]}" if cfg.think_off_response == "solution" else f" {answer}"
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_trace(messages: Any, where: str) -> int:
+    """The index of the first assistant turn of a valid trace; DatasetError naming `where` and the
+    message otherwise. Valid: system/user messages (at least one user), then assistant turns, each
+    followed by one or more tool results except the last, which ends the trace (as an episode ends)."""
+    if not isinstance(messages, list) or not messages:
+        raise DatasetError(f"{where}: not a non-empty list of messages")
+    first = None
+    for k, m in enumerate(messages):
+        at = f"{where}[{k}]"
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ROLES:
+            raise DatasetError(f"{at}: unknown role {role!r} (roles: {', '.join(ROLES)})" if isinstance(m, dict)
+                               else f"{at}: a {type(m).__name__}, not a message (a dict with role and content)")
+        calls = m.get("tool_calls")
+        if not isinstance(m.get("content"), str) and not (role == "assistant" and calls and m.get("content") is None):
+            raise DatasetError(f"{at}: {role} message without text content")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+                and isinstance(c["function"].get("arguments", {}), dict | str) for c in calls)):
+            raise DatasetError(f"{at}: tool_calls must be an assistant's list of "
+                               '{"type": "function", "function": {"name": ..., "arguments": {...}}}')
+        before = messages[k - 1]["role"] if k else None
+        if role in ("system", "user") and first is not None:
+            raise DatasetError(f"{at}: a {role} message after the first assistant turn (a trace is one prompt, "
+                               "then the assistant's turns and tool results)")
+        if role == "tool" and before not in ("assistant", "tool"):
+            raise DatasetError(f"{at}: a tool message before any assistant call")
+        if role == "assistant":
+            if before == "assistant":
+                raise DatasetError(f"{at}: an assistant turn right after another; a turn that does not end the "
+                                   "trace is followed by the results of its tool calls")
+            if first is None:
+                if not any(p["role"] == "user" for p in messages[:k]):
+                    raise DatasetError(f"{at}: no user message before the first assistant turn")
+                first = k
+    if first is None:
+        raise DatasetError(f"{where}: no assistant turn")
+    if messages[-1]["role"] != "assistant":
+        raise DatasetError(f"{where}: ends with a {messages[-1]['role']} message, not the assistant's last turn")
+    return first
+
+
+def trace_example(messages: list[dict[str, Any]], first: int, renderer: Any) -> tuple[list[int], list[int], list[bool]]:
+    """(prompt ids, response ids, response mask) of a checked trace: the renderer's prompt of the
+    messages before `first`, then each assistant turn's ids (mask True) and each run of tool results'
+    ids (mask False), as the episode loop appends them."""
+    _, prompt = renderer.prompt(messages[:first])
+    response: list[int] = []
+    mask: list[bool] = []
+    k = first
+    while k < len(messages):
+        if messages[k]["role"] == "assistant":
+            ids, trained = renderer.assistant_turn_ids(messages[k]), True
+            k += 1
+        else:
+            end = k
+            while end < len(messages) and messages[end]["role"] == "tool":
+                end += 1
+            ids, trained = renderer.tool_result_ids(messages[k:end]), False
+            k = end
+        response += ids
+        mask += [trained] * len(ids)
+    return prompt, response, mask
+
+
 class DFTData:
     """Tokenized DFT examples, served in seeded random batches.
 
@@ -80,15 +161,40 @@ class DFTData:
     message (after `system_prompt`, if any) rendered as RL prompts are, and the response is the
     chat template's rendering of the assistant's turn, up to and including the EOS token (appended
     when the template's turn does not contain it), so the model learns to stop where generation stops.
+
+    A row with a trace (`cfg.messages_key`) is tokenized by `ling_rl.environments.rendering.ChatRenderer`
+    with `tool_schemas` (the environment's, `ResolvedEnvironment.schemas`), `system_prompt` put first
+    when the trace has no system message (as RL prompts get it); only its assistant turns are trained.
     """
 
     def __init__(self, rows: list[dict[str, Any]], cfg: DFTConfig, tokenizer: Any, prompt_key: str, answer_key: str,
-                 source: str, *, chat_template: bool = False, system_prompt: str | None = None) -> None:
+                 source: str, *, chat_template: bool = False, system_prompt: str | None = None,
+                 tool_schemas: Sequence[dict[str, Any]] = ()) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
-        eos = tokenizer.eos_token_id
         self.examples: list[tuple[list[int], list[int]]] = []
+        """(prompt ids, response ids) of each example."""
+        self.response_masks: list[list[bool]] = []
+        """Per example, which response tokens are trained: all of a prompt/answer row's; a trace's
+        assistant turns, not its tool results."""
+        renderer = None
         for i, row in enumerate(rows):
+            if row.get(cfg.messages_key) is not None:
+                where = f"{source}: row {i}: {cfg.messages_key}"
+                if not chat_template:
+                    raise DatasetError(f"{where}: a multi-turn trace needs data.chat_template: true")
+                messages = row[cfg.messages_key]
+                first = check_trace(messages, where)
+                if system_prompt is not None and not any(m["role"] == "system" for m in messages[:first]):
+                    messages, first = [{"role": "system", "content": system_prompt}, *messages], first + 1
+                if renderer is None:
+                    from ling_rl.environments.rendering import ChatRenderer
+
+                    renderer = ChatRenderer(tokenizer, tool_schemas)
+                prompt, response, mask = trace_example(messages, first, renderer)
+                self.examples.append((prompt, response))
+                self.response_masks.append(mask)
+                continue
             for key in (prompt_key, answer_key, cfg.solution_key):
                 if row.get(key) is None:
                     raise DatasetError(f"{source}: row {i}: DFT needs column {key!r}; columns: {sorted(row)}")
@@ -98,19 +204,19 @@ class DFTData:
             if chat_template:
                 # The reply's leading space follows "Answer:" in a plain prompt; a chat message has none.
                 prompt_text, reply = render_chat_reply(tokenizer, chat_messages(prompt_text, system_prompt), reply.lstrip())
-            prompt = tokenizer.encode(prompt_text, add_special_tokens=False)
-            response = tokenizer.encode(reply, add_special_tokens=False)
-            response = response[: response.index(eos) + 1] if eos in response else [*response, eos]
-            self.examples.append((prompt, response))
+            response = reply_token_ids(tokenizer, reply)
+            self.examples.append((tokenizer.encode(prompt_text, add_special_tokens=False), response))
+            self.response_masks.append([True] * len(response))
 
     def batch(self, pad_id: int) -> TrainBatch:
-        chosen = [self.examples[self.rng.randrange(len(self.examples))] for _ in range(self.cfg.batch_size)]
-        t = max(len(p) + len(r) for p, r in chosen)
+        chosen = [self.rng.randrange(len(self.examples)) for _ in range(self.cfg.batch_size)]
+        t = max(sum(map(len, self.examples[j])) for j in chosen)
         ids = torch.full((len(chosen), t), pad_id, dtype=torch.long)
         mask = torch.zeros(len(chosen), t, dtype=torch.bool)
-        for i, (p, r) in enumerate(chosen):
+        for i, j in enumerate(chosen):
+            p, r = self.examples[j]
             ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-            mask[i, len(p) : len(p) + len(r)] = True
+            mask[i, len(p) : len(p) + len(r)] = torch.tensor(self.response_masks[j])
         zeros = torch.zeros(len(chosen), t)
         return TrainBatch(input_ids=ids, response_mask=mask, advantages=zeros, unit_ids=torch.zeros_like(ids),
                           inf_logprobs=zeros)

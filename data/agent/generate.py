@@ -1,0 +1,378 @@
+"""Generate the agentic task (issue 24): multi-step word problems whose numbers are too large for
+the tiny model to compute in its head, solved with the built-in `calculator` tool.
+
+    python data/agent/generate.py            # writes the four files next to this script
+
+A problem is a short story over 4-digit amounts whose answer takes 2 or 3 arithmetic steps:
+
+    prompt: A depot holds 4821 crates of 37 bottles each. 9052 bottles are shipped. How many bottles are left?
+    steps:  4821*37 = 178377, 178377-9052 = 169325
+    answer: 169325         (a response states it as "The answer is 169325.", which `exact_answer` reads)
+
+- `train.jsonl`  RL prompts, in distribution (ID): 2 steps (3 stories) or 3 steps (2 stories),
+                 operations * + -.
+- `eval.jsonl`   held-out ID prompts, same distribution.
+- `ood.jsonl`    held-out out-of-distribution prompts: stories the ID splits never show, with another
+                 operation mix: a product of three numbers, an exact division, or 4 steps.
+- `dft.jsonl`    tool-use traces for the DFT warm start, in TRL's conversational form (`messages`),
+                 imperfect on purpose (below).
+
+Every row: id, prompt, answer (the true result), steps, story, split. `dft.jsonl` rows carry the
+trace to imitate: `messages` (user, then assistant turns with `tool_calls` and `tool` results, then
+the final assistant answer), `style` (below), `answer` the answer the trace reaches (wrong when the
+trace is) and `correct_answer` the true one.
+
+A trace's style is drawn with the shares of `--mix` (default DEFAULT_MIX):
+
+- `guess`    skips the tool and states a number at once: the true answer's first digits and random
+             others (the right one in GUESS_RIGHT_SHARE of them). The most common style, so a policy
+             that imitates the data at greedy decoding mostly guesses, and mostly wrongly.
+- `tool`     one calculator call per step (>= 2 per problem), each on the previous results, then
+             "The answer is N." with N the last result.
+- `bad_call` one step's call goes wrong, in one of three ways drawn evenly (the steps before it are
+             called correctly):
+             `bad_json`   the call's JSON is cut short (its text, as the template writes a call, minus
+                          the closing brace): the episode loop answers with the parser's error
+                          (`bad_json_result`) and the trace then guesses;
+             `wrong_tool` the call names a tool that does not exist (WRONG_TOOL_NAME): the loop
+                          answers "unknown tool" (UNKNOWN_TOOL_RESULT) and the trace then guesses;
+             `wrong_expression` a mistyped operand (two digits swapped or one dropped): the calculator
+                          computes what it was given, and the rest of the trace follows from that
+                          wrong value to a wrong answer.
+
+With the default seed, sizes and mix, dft.jsonl holds 1500 traces (928 of 2 steps, 572 of 3):
+768 guess (69 of them right), 523 tool, 209 bad_call (67 bad_json, 69 wrong_tool, 73
+wrong_expression; 15 of their guesses right); 607 of the 1500 reach the right answer.
+
+Tool results are what the episode loop would feed back: `ling_rl.environments.builtin.calculator`'s
+result for these expressions (integers, printed exactly: `str(int)`), and the loop's error texts
+for the bad calls; tests/curriculum/test_dft_agent.py checks both against the real code.
+All prompts are distinct across the four files. Deterministic from `--seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+TOOL = "calculator"
+WRONG_TOOL_NAME = "calc"
+UNKNOWN_TOOL_RESULT = str({"error": f"unknown tool {WRONG_TOOL_NAME!r}; tools: {TOOL}"})
+"""What an episode's tool process answers a call of WRONG_TOOL_NAME (ling_rl/environments/process.py:
+TRL's `str({"error": message})`)."""
+
+DEFAULT_MIX = {"guess": 0.5, "tool": 0.35, "bad_call": 0.15}
+BAD_CALL_KINDS = ("bad_json", "wrong_tool", "wrong_expression")
+GUESS_RIGHT_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An operand that is the result of an earlier step."""
+
+    step: int
+
+
+Operand = int | Ref
+
+
+@dataclass(frozen=True)
+class Step:
+    left: Operand
+    op: str
+    """One of OPS."""
+    right: Operand
+
+
+OPS: dict[str, Callable[[int, int], int]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a // b,  # only exact divisions are generated
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    story: str
+    prompt: str
+    steps: tuple[Step, ...]
+
+    def values(self, typo: tuple[int, str, int] | None = None) -> list[int]:
+        """The result of each step. `typo`: (step, side, wrong value) replaces that step's literal
+        operand on `side` ("left"/"right"); later steps follow from the changed results."""
+        out: list[int] = []
+        for i, step in enumerate(self.steps):
+            left, right = (value(step.left, out), value(step.right, out))
+            if typo is not None and typo[0] == i:
+                left, right = (typo[2], right) if typo[1] == "left" else (left, typo[2])
+            out.append(OPS[step.op](left, right))
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+
+def value(operand: Operand, results: list[int]) -> int:
+    return results[operand.step] if isinstance(operand, Ref) else operand
+
+
+# One function per story: the prompt and its steps, drawn from `rng`. Amounts have 3-4 digits,
+# per-unit counts 2, so products reach about a million.
+
+def depot(rng: random.Random) -> Problem:
+    a, b = rng.randint(120, 9999), rng.randint(12, 99)
+    c = rng.randint(100, min(9999, a * b - 1))
+    return Problem("depot", f"A depot holds {a} crates of {b} bottles each. {c} bottles are shipped. "
+                   "How many bottles are left?", (Step(a, "*", b), Step(Ref(0), "-", c)))
+
+
+def orchard(rng: random.Random) -> Problem:
+    a, b, c = rng.randint(120, 9999), rng.randint(12, 99), rng.randint(100, 9999)
+    return Problem("orchard", f"An orchard has {a} rows of {b} trees. {c} more trees are planted. "
+                   "How many trees are there now?", (Step(a, "*", b), Step(Ref(0), "+", c)))
+
+
+def factory(rng: random.Random) -> Problem:
+    a, b = rng.randint(120, 9999), rng.randint(12, 99)
+    c = rng.randint(100, min(9999, a * b - 1))
+    return Problem("factory", f"A factory makes {a} toys a day for {b} days and sells {c} of them. "
+                   "How many toys are left?", (Step(a, "*", b), Step(Ref(0), "-", c)))
+
+
+def shop(rng: random.Random) -> Problem:
+    a, b, c, d = rng.randint(120, 9999), rng.randint(12, 99), rng.randint(120, 9999), rng.randint(12, 99)
+    return Problem("shop", f"A shop gets {a} boxes of {b} pens and {c} boxes of {d} pens. "
+                   "How many pens does it get?", (Step(a, "*", b), Step(c, "*", d), Step(Ref(0), "+", Ref(1))))
+
+
+def library(rng: random.Random) -> Problem:
+    a, b, c = rng.randint(120, 9999), rng.randint(12, 99), rng.randint(100, 9999)
+    d = rng.randint(100, min(9999, a * b + c - 1))
+    return Problem("library", f"A library has {a} shelves of {b} books. It buys {c} books and gives away {d}. "
+                   "How many books does it have now?", (Step(a, "*", b), Step(Ref(0), "+", c), Step(Ref(1), "-", d)))
+
+
+def workers(rng: random.Random) -> Problem:
+    a, b, c = rng.randint(12, 99), rng.randint(12, 99), rng.randint(12, 99)
+    d = rng.randint(100, 9999)
+    return Problem("workers", f"Each of {a} workers packs {b} boxes a day for {c} days. {d} boxes are damaged. "
+                   "How many good boxes are there?", (Step(a, "*", b), Step(Ref(0), "*", c), Step(Ref(1), "-", d)))
+
+
+def stores(rng: random.Random) -> Problem:
+    k = rng.randint(3, 12)
+    a, b = rng.randint(120, 9999), rng.randint(12, 99)
+    # The shipped amount leaves a multiple of k, so the share is a whole number.
+    c = rng.randint(100, min(9999, a * b - k))
+    c += (a * b - c) % k
+    return Problem("stores", f"A depot holds {a} crates of {b} bottles each. {c} bottles are shipped and the rest "
+                   f"is shared equally among {k} stores. How many bottles does each store get?",
+                   (Step(a, "*", b), Step(Ref(0), "-", c), Step(Ref(1), "/", k)))
+
+
+def market(rng: random.Random) -> Problem:
+    a, b, c, d = rng.randint(120, 9999), rng.randint(12, 99), rng.randint(120, 9999), rng.randint(12, 99)
+    e = rng.randint(100, min(9999, a * b + c * d - 1))
+    return Problem("market", f"A market gets {a} boxes of {b} eggs and {c} boxes of {d} eggs and sells {e} eggs. "
+                   "How many eggs are left?",
+                   (Step(a, "*", b), Step(c, "*", d), Step(Ref(0), "+", Ref(1)), Step(Ref(2), "-", e)))
+
+
+ID_STORIES = (depot, orchard, factory, shop, library)
+"""2 steps (depot, orchard, factory) or 3 (shop, library): 60% / 40%."""
+OOD_STORIES = (workers, stores, market)
+"""A product of three numbers, an exact division, or 4 steps."""
+SPLITS: dict[str, tuple[Callable[[random.Random], Problem], ...]] = {
+    "train": ID_STORIES, "eval": ID_STORIES, "dft": ID_STORIES, "ood": OOD_STORIES}
+
+
+def expression(step: Step, results: list[int]) -> str:
+    """The calculator expression of `step`, written as a model would: compact, on earlier results."""
+    return f"{value(step.left, results)}{step.op}{value(step.right, results)}"
+
+
+def call_message(expr: str, name: str = TOOL) -> dict[str, object]:
+    """An assistant turn that calls `name` on `expr` (TRL's conversational form)."""
+    call = {"type": "function", "function": {"name": name, "arguments": {"expression": expr}}}
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
+def bad_json_message(expr: str) -> dict[str, object]:
+    """An assistant turn whose call is written out as the template writes one (hermes,
+    `<tool_call>{json}</tool_call>`) but with the JSON cut short: it has no parsed `tool_calls`."""
+    text = json.dumps({"name": TOOL, "arguments": {"expression": expr}})
+    return {"role": "assistant", "content": f"<tool_call>{text[:-1]}</tool_call>"}
+
+
+def bad_json_result(message: dict[str, object]) -> str:
+    """What the episode loop answers a call whose JSON does not parse: the hermes parser's error
+    (ling_rl/environments/parsers.py) as TRL's `str({"error": message})`."""
+    body = str(message["content"]).removeprefix("<tool_call>").removesuffix("</tool_call>")
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as e:
+        return str({"error": f"malformed tool call: the block is not valid JSON ({e.msg} at character {e.pos})"})
+    raise AssertionError(f"not malformed: {body}")
+
+
+def tool_message(content: str, name: str = TOOL) -> dict[str, object]:
+    return {"role": "tool", "name": name, "content": content}
+
+
+def final_message(answer: int) -> dict[str, object]:
+    return {"role": "assistant", "content": f"The answer is {answer}."}
+
+
+def guess(answer: int, rng: random.Random) -> int:
+    """A plausible number for someone who does not compute: the answer's first 1-2 digits, the rest
+    random (the same number of digits), right in GUESS_RIGHT_SHARE of the guesses."""
+    if rng.random() < GUESS_RIGHT_SHARE:
+        return answer
+    digits = str(answer)
+    keep = min(len(digits) - 1, rng.randint(1, 2))
+    while True:
+        made = int(digits[:keep] + "".join(rng.choice("0123456789") for _ in range(len(digits) - keep)))
+        if made != answer:
+            return made
+
+
+def mistype(number: int, rng: random.Random) -> int:
+    """`number` with two adjacent digits swapped or one digit dropped (never the same number)."""
+    digits = str(number)
+    while True:
+        if rng.random() < 0.5:
+            i = rng.randrange(len(digits) - 1)
+            typed = digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:]
+        else:
+            i = rng.randrange(len(digits))  # dropping the last digit always makes another number
+            typed = digits[:i] + digits[i + 1:]
+        if int(typed) != number and not typed.startswith("0"):
+            return int(typed)
+
+
+def trace(problem: Problem, style: str, rng: random.Random) -> tuple[list[dict[str, object]], int]:
+    """The assistant and tool messages of one trace in `style` (a DEFAULT_MIX key or a
+    BAD_CALL_KINDS entry), and the answer it reaches."""
+    results = problem.values()
+    if style == "guess":
+        reached = guess(problem.answer, rng)
+        return [final_message(reached)], reached
+    # `tool` calls every step; a bad call replaces the call of step `bad`.
+    bad = len(results) if style == "tool" else rng.randrange(len(results))
+    messages: list[dict[str, object]] = []
+    for i in range(bad):
+        messages += [call_message(expression(problem.steps[i], results)), tool_message(str(results[i]))]
+    if style == "tool":
+        return [*messages, final_message(results[-1])], results[-1]
+    expr = expression(problem.steps[bad], results)
+    if style == "bad_json":
+        reached = guess(problem.answer, rng)
+        call = bad_json_message(expr)
+        # A call that does not parse has no name: the loop's tool message names none.
+        return [*messages, call, tool_message(bad_json_result(call), ""), final_message(reached)], reached
+    if style == "wrong_tool":
+        reached = guess(problem.answer, rng)
+        return [*messages, call_message(expr, WRONG_TOOL_NAME), tool_message(UNKNOWN_TOOL_RESULT, WRONG_TOOL_NAME),
+                final_message(reached)], reached
+    assert style == "wrong_expression", style
+    step = problem.steps[bad]
+    sides = [side for side in ("left", "right") if isinstance(getattr(step, side), int) and getattr(step, side) >= 10]
+    if not sides:  # both operands are earlier results: mistype the one written first
+        sides = ["left"]
+    side = rng.choice(sides)
+    typo = (bad, side, mistype(value(getattr(step, side), results), rng))
+    wrong = problem.values(typo)
+    for i in range(bad, len(wrong)):
+        left, right = value(problem.steps[i].left, wrong), value(problem.steps[i].right, wrong)
+        if i == bad:
+            left, right = (typo[2], right) if side == "left" else (left, typo[2])
+        messages += [call_message(f"{left}{problem.steps[i].op}{right}"), tool_message(str(wrong[i]))]
+    return [*messages, final_message(wrong[-1])], wrong[-1]
+
+
+def draw_style(rng: random.Random, mix: dict[str, float]) -> str:
+    style = rng.choices(list(mix), weights=list(mix.values()))[0]
+    return rng.choice(BAD_CALL_KINDS) if style == "bad_call" else style
+
+
+def reference_row(problem: Problem, split: str) -> dict[str, object]:
+    return {"prompt": problem.prompt, "answer": str(problem.answer), "steps": len(problem.steps),
+            "story": problem.story, "split": split}
+
+
+def dft_row(problem: Problem, rng: random.Random, mix: dict[str, float]) -> dict[str, object]:
+    style = draw_style(rng, mix)
+    messages, reached = trace(problem, style, rng)
+    return {"prompt": problem.prompt, "answer": str(reached), "correct_answer": str(problem.answer),
+            "messages": [{"role": "user", "content": problem.prompt}, *messages], "style": style,
+            "steps": len(problem.steps), "story": problem.story, "split": "dft"}
+
+
+def generate(sizes: dict[str, int], seed: int, mix: dict[str, float] = DEFAULT_MIX) -> dict[str, list[dict[str, object]]]:
+    """Rows of each split; prompts are unique across all splits. Each split has its own random
+    stream, and held-out splits are drawn first, so their rows do not depend on the other splits'
+    sizes or on the mix."""
+    seen: set[str] = set()
+    out: dict[str, list[dict[str, object]]] = {}
+    for split in ("eval", "ood", "train", "dft"):
+        rng = random.Random(f"{seed}-{split}")
+        rows: list[dict[str, object]] = []
+        while len(rows) < sizes[split]:
+            problem = rng.choice(SPLITS[split])(rng)
+            if problem.prompt in seen:
+                continue
+            seen.add(problem.prompt)
+            rows.append(dft_row(problem, rng, mix) if split == "dft" else reference_row(problem, split))
+        for i, row in enumerate(rows):
+            row["id"] = f"{split}-{i}"
+        out[split] = rows
+    return out
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`guess=0.5,tool=0.35,bad_call=0.15` -> shares (normalized to sum 1)."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, share = part.partition("=")
+        if not sep or name.strip() not in DEFAULT_MIX:
+            raise argparse.ArgumentTypeError(f"--mix: {part!r} is not NAME=SHARE with NAME one of {', '.join(DEFAULT_MIX)}")
+        mix[name.strip()] = float(share)
+    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError("--mix: shares must be >= 0 and not all 0")
+    total = sum(mix.values())
+    return {name: share / total for name, share in mix.items()}
+
+
+DEFAULT_SIZES = {"train": 2000, "dft": 1500, "eval": 200, "ood": 100}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for split, n in DEFAULT_SIZES.items():
+        parser.add_argument(f"--{split}", type=int, default=n, help=f"rows of {split}.jsonl (default {n})")
+    parser.add_argument("--mix", type=parse_mix, default=DEFAULT_MIX,
+                        help="shares of the DFT trace styles (default guess=0.5,tool=0.35,bad_call=0.15)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    args = parser.parse_args()
+    splits = generate({split: getattr(args, split) for split in DEFAULT_SIZES}, args.seed, args.mix)
+    for split, rows in splits.items():
+        path = args.out / f"{split}.jsonl"
+        with open(path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        print(f"wrote {len(rows)} rows to {path}")
+    dft = splits["dft"]
+    styles = {style: sum(r["style"] == style for r in dft) for style in ("guess", "tool", *BAD_CALL_KINDS)}
+    right = sum(r["answer"] == r["correct_answer"] for r in dft)
+    print(f"dft styles: {styles}; reaching the right answer: {right} of {len(dft)}")
+
+
+if __name__ == "__main__":
+    main()
