@@ -22,6 +22,12 @@
 #   bench   bench/learner.py --device cuda --shapes ling-mini --layers 3: bf16, fp8-linears and fp8
 #           (experts too) alternating, 2 repeats (median, min-max), step time, tokens/s, MFU vs 989
 #           TFLOP/s, peak memory, fp8/bf16
+#   layouts bench/learner.py --layouts padded packed: the learner's own step (LearnerWorker, 1 rank,
+#           bf16) on ling-mini shapes with 2 layers, 16 rows of a reasoning-like length spread
+#           (prompts <= 256, responses <= 2048): padded micro-batches vs packed + balanced, alternating,
+#           2 repeats; tokens/s and MFU (issue 25; not run on a GPU yet)
+# With every step at its limit the check takes ~11 minutes: give the device tool timeout_s 600 and
+# read $OUT for the steps that finished.
 # Output: $OUT/gpu_check.log (everything), $OUT/gpu_check.json (summary), $OUT/bench_learner.json,
 # $OUT/pytest_gpu.xml.
 set -uo pipefail
@@ -102,6 +108,14 @@ else
     step bench 230 "$PY" bench/learner.py --device cuda --shapes ling-mini --layers 3 --repeats 2 --steps 4 \
       --precisions bf16 fp8-linears fp8 --child-timeout 75 --json "$OUT/bench_learner.json"
   fi
+  if [ "$CPU_MODE" = 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    step layouts 240 "$PY" bench/learner.py --device cpu --layouts padded packed --shapes tiny --ranks 1 --rows 8 \
+      --prompt 16 --response 64 --micro-batch-tokens 256 --steps 1 --repeats 1 --json "$OUT/bench_layouts.json"
+  else
+    step layouts 150 "$PY" bench/learner.py --device cuda --layouts padded packed --shapes ling-mini --layers 2 \
+      --ranks 1 --rows 16 --prompt 256 --response 2048 --micro-batch-tokens 16384 --steps 2 --repeats 2 \
+      --child-timeout 70 --json "$OUT/bench_layouts.json"
+  fi
 fi
 
 STATUS_JSON=$(for k in "${!STATUS[@]}"; do printf '"%s": %s, ' "$k" "${STATUS[$k]}"; done)
@@ -120,8 +134,13 @@ if junit.exists():
 bench = out / "bench_learner.json"
 if bench.exists():
     summary["bench"] = json.loads(bench.read_text())
+layouts = out / "bench_layouts.json"
+if layouts.exists():
+    summary["layouts"] = json.loads(layouts.read_text()).get("summary")
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
-print(json.dumps({k: v for k, v in summary.items() if k != "bench"}, indent=1))
+print(json.dumps({k: v for k, v in summary.items() if k not in ("bench", "layouts")}, indent=1))
+for row in summary.get("layouts") or []:
+    print(row)
 for row in summary.get("bench", {}).get("summary", []):
     print(row)
 EOF

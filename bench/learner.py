@@ -176,29 +176,35 @@ def _layout_rank(rank: int, world: int, init: str, model_dir: str, out: str, spe
     worker.shutdown()
 
 
+def save_bench_model(shapes: str, layers: int, folder: Path) -> Path:
+    """A randomly initialised model of `shapes` written as a Hugging Face folder (once per comparison)."""
+    import torch
+
+    from ling_rl.models.hf_io import save_model
+    from ling_rl.models.ling_moe import LingForCausalLM
+
+    torch.manual_seed(0)
+    model = LingForCausalLM(model_config(shapes, layers))
+    model.init_weights()
+    return save_model(model, folder)
+
+
 def run_layout(layout: str, shapes: str, layers: int, ranks: int, rows: int, prompt: int, response: int, steps: int,
-               device: str, precision: str, micro_batch_tokens: int) -> dict:
+               device: str, precision: str, micro_batch_tokens: int, model_dir: str) -> dict:
     """Learner steps of one micro-batch layout on `ranks` ranks (spawned processes, one GPU each on CUDA)."""
     import torch
     import torch.multiprocessing as mp
 
     from ling_rl.learner.microbatch import micro_batch_cost, plan_micro_batches
-    from ling_rl.models.hf_io import save_model
-    from ling_rl.models.ling_moe import LingForCausalLM
 
     cfg = model_config(shapes, layers)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        model = LingForCausalLM(cfg)
-        model.init_weights()
-        save_model(model, Path(tmp) / "model")
-        del model
         spec = dict(layout=layout, precision=precision, micro_batch_tokens=micro_batch_tokens, device=device,
                     steps=steps, rows=rows, prompt=prompt, response=response, vocab=cfg.vocab_size,
                     threads=max(1, int(os.environ.get("OMP_NUM_THREADS", "2")) // ranks))
         out = Path(tmp) / "out.json"
-        mp.spawn(_layout_rank, args=(ranks, f"file://{tmp}/pg", str(Path(tmp) / "model"), str(out), spec), nprocs=ranks)
+        mp.spawn(_layout_rank, args=(ranks, f"file://{tmp}/pg", model_dir, str(out), spec), nprocs=ranks)
         result = json.loads(out.read_text())
     step = statistics.median(result["times"])
     batches = [spread_lengths(rows, prompt, response, seed=i) for i in range(2, steps + 2)]
@@ -375,14 +381,21 @@ def compare_layouts(args: argparse.Namespace) -> None:
           f"{args.prompt}, responses <= {args.response}, micro_batch_tokens {args.micro_batch_tokens}, "
           f"{args.steps} steps, {args.repeats} repeats; load average before: {os.getloadavg()}", flush=True)
     runs = []
+    tmp = tempfile.TemporaryDirectory()
+    model_dir = str(save_bench_model(shapes, args.layers, Path(tmp.name) / "model"))
     for r in range(args.repeats):
         for layout in args.layouts:
             child = dict(layout=layout, shapes=shapes, layers=args.layers, ranks=args.ranks, rows=args.rows,
                          prompt=args.prompt, response=args.response, steps=args.steps, device=args.device,
-                         precision=precision, micro_batch_tokens=args.micro_batch_tokens)
-            proc = subprocess.run([sys.executable, __file__, "--child-layout", json.dumps(child)], env=env,
-                                  capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                                  timeout=args.child_timeout)
+                         precision=precision, micro_batch_tokens=args.micro_batch_tokens, model_dir=model_dir)
+            try:
+                proc = subprocess.run([sys.executable, __file__, "--child-layout", json.dumps(child)], env=env,
+                                      capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                                      timeout=args.child_timeout)
+            except subprocess.TimeoutExpired as e:
+                err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+                raise SystemExit(f"{layout} repeat {r}: over --child-timeout {args.child_timeout:g} s; its "
+                                 f"progress:\n{err[-3000:]}") from None
             if proc.returncode:
                 raise SystemExit(f"{layout} repeat {r} failed:\n{proc.stderr[-3000:]}")
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -411,6 +424,7 @@ def compare_layouts(args: argparse.Namespace) -> None:
           + (" (>= 1.0: a loaded box, ratios not for RESULTS)" if max(loads) >= 1.0 else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "summary": rows, "load": [min(loads), max(loads)]}, indent=1))
+    tmp.cleanup()
 
 
 def write_json(path: str, device: str, batch: int, seq: int, runs: list[dict], failures: list[str], gpu: bool,

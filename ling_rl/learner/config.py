@@ -72,7 +72,7 @@ class LearnerConfig(Section):
     """Lay a micro-batch's rows end to end in one sequence (positions restarting per row, attention
     within each row) instead of right-padding them to the longest: no compute on padding. The
     losses, metrics and gradients are those of the padded path (tests/learner/test_packing.py).
-    Off by default until a quiet-box benchmark shows it faster (bench/learner.py --compare)."""
+    Off by default until a quiet-box benchmark shows it faster (bench/learner.py --layouts)."""
 
     balance_ranks: bool = False
     """Plan micro-batches by token count: rows longest first, each to the least-loaded of
