@@ -74,6 +74,10 @@ class _Broken(Exception):
     """The other side closed the connection or sent something outside the protocol."""
 
 
+class _Closed(_Broken):
+    """The other side closed the connection (the process exited, most likely)."""
+
+
 class _Late(Exception):
     """No complete message before the deadline."""
 
@@ -240,11 +244,11 @@ class EnvironmentProcess:
             self._sock.sendall(_HEADER.pack(len(request)) + request)
         except TimeoutError:  # the process does not read (its buffers are full)
             raise _Late() from None
-        except OSError as e:
+        except OSError as e:  # the process closed its end
             raise _Broken(self._exit_description(e)) from None
         try:
             reply = _receive(self._sock, self._reply_limit(), deadline)
-        except _Broken as e:
+        except _Closed as e:
             raise _Broken(self._exit_description(e)) from None
         if not isinstance(reply, dict) or reply.get("id") != self._request_id:
             raise _Broken("its reply does not answer the request (malformed or out of order)")
@@ -494,7 +498,7 @@ def _receive_exactly(sock: socket.socket, size: int, deadline: float | None) -> 
         except OSError as e:
             raise _Broken(f"the connection failed: {e}") from None
         if not chunk:
-            raise _Broken("the connection closed")
+            raise _Closed("the connection closed")
         data += chunk
     return bytes(data)
 

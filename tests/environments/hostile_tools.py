@@ -130,6 +130,14 @@ def garbage_to_every_fd() -> str:
     return "scribbled"
 
 
+def stop_supervisor_and_sleep() -> str:
+    """Stop (SIGSTOP) the process that supervises this one, start a grandchild, then sleep for an hour."""
+    os.kill(os.getppid(), signal.SIGSTOP)
+    subprocess.Popen(["sleep", str(FOREVER_S)], start_new_session=True)
+    time.sleep(FOREVER_S)
+    return "woke up"
+
+
 def spawn_sleeper() -> str:
     """Start a `sleep` process that outlives this call and return its pid."""
     return str(subprocess.Popen(["sleep", str(FOREVER_S)]).pid)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ling_rl.environments.spec import ResolvedEnvironment
 
 HOSTILE = Path(hostile_tools.__file__).resolve()
 TOOL_TIMEOUT_S = 1.0
+HANG_S = 0.5  # the limit given to calls that hang: each such call costs this much
 BOUND_S = 5.0  # a killed tool's call returns well within this (its timeout is 1 s)
 
 
@@ -99,9 +101,9 @@ def test_timeouts_kill_the_process_and_tools_restart(tools: EnvironmentProcess) 
     for hanging in ("sleep_forever", "ignore_sigterm_and_sleep"):
         before = episode_pids(tools)
         started = time.monotonic()
-        result = tools.call(hanging, {}, TOOL_TIMEOUT_S)
+        result = tools.call(hanging, {}, HANG_S)
         assert time.monotonic() - started < BOUND_S
-        assert result.status == "timeout" and "within 1 s" in result.content, result
+        assert result.status == "timeout" and "within 0.5 s" in result.content, result
         assert_gone(before)
         assert tools.alive  # tools only: no state was lost
         assert episode_pids(tools) != before  # a new process answers
@@ -154,6 +156,36 @@ def test_nothing_outlives_close(tmp_path: Path) -> None:
     assert process.call("spawn_sleeper", {}, TOOL_TIMEOUT_S).status == "crashed"
 
 
+def test_a_stopped_supervisor_is_killed_from_outside() -> None:
+    process = episode(resolved("stop_supervisor_and_sleep", "process_ids"))
+    process.start()
+    pids = episode_pids(process)
+    started = time.monotonic()
+    assert process.call("stop_supervisor_and_sleep", {}, HANG_S).status == "timeout"
+    assert time.monotonic() - started < BOUND_S
+    assert_gone(pids)
+    process.close()
+
+
+def test_episodes_in_threads() -> None:
+    """The episode loop runs one episode per worker thread."""
+    env = resolved("add", "process_ids")
+
+    def one(i: int) -> tuple[str, list[int]]:
+        process = episode(env)
+        process.start()
+        try:
+            return process.call("add", {"a": i, "b": 1}, 10.0).content, episode_pids(process)
+        finally:
+            process.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(8)))
+    assert [content for content, _ in results] == [str(i + 1) for i in range(8)]
+    assert len({pid for _, pids in results for pid in pids}) == 16
+    assert_gone([pid for _, pids in results for pid in pids])
+
+
 def test_a_daemon_left_by_a_crashing_tool_is_killed(tmp_path: Path) -> None:
     process = episode(resolved("escape_and_exit"))
     process.start()
@@ -176,10 +208,10 @@ def test_factory_environment_keeps_state_and_loses_it_on_timeout() -> None:
         assert process.call("read", {}, TOOL_TIMEOUT_S).content == "3"  # async method
         assert process.call("add", {"a": 1, "b": 2}, TOOL_TIMEOUT_S).content == "3"  # a plain tool beside it
         assert process.get_reward() == 1.0
-        assert process.call("sleep_forever", {}, TOOL_TIMEOUT_S).status == "timeout"
+        assert process.call("sleep_forever", {}, HANG_S).status == "timeout"
         assert not process.alive  # the counter died with the process
         after = process.call("increment", {"by": 1}, TOOL_TIMEOUT_S)
-        assert after.status == "crashed" and "ran past its 1 s limit" in after.content, after
+        assert after.status == "crashed" and "ran past its 0.5 s limit" in after.content, after
         with pytest.raises(EnvironmentFailure, match="get_reward impossible"):
             process.get_reward()
     finally:
