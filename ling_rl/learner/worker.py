@@ -2,9 +2,10 @@
 
 The learner is algorithm-agnostic: it gets a `TrainBatch` (per-token advantages, unit ids,
 inference log-probs) and the algorithm config, and calls `ling_rl.algorithms.policy_loss`.
-Every rank receives the whole batch and trains on its strided share of the rows; losses are
-normalised by the whole batch's token (or response) count, so N ranks compute the same update as
-one rank.
+Every rank receives the whole batch and trains on its share of the rows (strided, or balanced by
+tokens: `ling_rl.learner.microbatch`), in micro-batches that are right-padded or packed
+(`ling_rl.learner.packing`); losses are normalised by the whole batch's token (or response) count,
+so N ranks compute the same update as one rank, whatever the plan.
 """
 
 from __future__ import annotations
