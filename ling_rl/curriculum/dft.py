@@ -163,13 +163,13 @@ class DFTData:
     when the template's turn does not contain it), so the model learns to stop where generation stops.
 
     A row with a trace (`cfg.messages_key`) is tokenized by `ling_rl.environments.rendering.ChatRenderer`
-    with `tool_schemas` (the environment's, `ResolvedEnvironment.schemas`), `system_prompt` put first
+    with `tool_schemas` (the environment's, `ResolvedEnvironment.schemas`; None: no tools), `system_prompt` put first
     when the trace has no system message (as RL prompts get it); only its assistant turns are trained.
     """
 
     def __init__(self, rows: list[dict[str, Any]], cfg: DFTConfig, tokenizer: Any, prompt_key: str, answer_key: str,
                  source: str, *, chat_template: bool = False, system_prompt: str | None = None,
-                 tool_schemas: Sequence[dict[str, Any]] = ()) -> None:
+                 tool_schemas: Sequence[dict[str, Any]] | None = None) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         self.examples: list[tuple[list[int], list[int]]] = []
@@ -190,7 +190,7 @@ class DFTData:
                 if renderer is None:
                     from ling_rl.environments.rendering import ChatRenderer
 
-                    renderer = ChatRenderer(tokenizer, tool_schemas)
+                    renderer = ChatRenderer(tokenizer, tool_schemas or ())
                 prompt, response, mask = trace_example(messages, first, renderer)
                 self.examples.append((prompt, response))
                 self.response_masks.append(mask)

@@ -304,7 +304,8 @@ def _dft_data(recipe: Recipe, tokenizer: Any, tools: list[dict[str, Any]] | None
     source = recipe.dft.data or recipe.data.train
     rows = load_rows(source, split=recipe.data.splits.get(source))
     return DFTData(rows, recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source,
-                   chat_template=recipe.data.chat_template, system_prompt=recipe.data.system_prompt)
+                   chat_template=recipe.data.chat_template, system_prompt=recipe.data.system_prompt,
+                   tool_schemas=tools)
 
 
 def cpu_demand(recipe: Recipe) -> float:
