@@ -43,11 +43,9 @@ from typing import Any
 
 import psutil
 
+from ling_rl.environments.loading import build_tools
 from ling_rl.environments.spec import ResolvedEnvironment, ToolResult, ToolStatus
 from ling_rl.reward.contract import InfrastructureError
-
-BuildTools = Callable[[ResolvedEnvironment], tuple[object | None, dict[str, Callable[..., Any]]]]
-"""What loads an episode's tools inside its process: (environment instance or None, name -> tool)."""
 
 _HEADER = struct.Struct("!I")
 _REQUEST_LIMIT_BYTES = 64 << 20  # the parent's requests (tool arguments, a dataset row)
@@ -89,16 +87,13 @@ class EnvironmentProcess:
     `EnvironmentFailure` when the process cannot do what was asked."""
 
     def __init__(self, env: ResolvedEnvironment, timeout_s: float, max_output_chars: int,
-                 log_path: str | None = None, *, build_tools: BuildTools | None = None) -> None:
+                 log_path: str | None = None) -> None:
         """`timeout_s` bounds start, `reset` and `get_reward`; `max_output_chars` cuts tool results;
-        the process's stdout and stderr go to `log_path` (appended) or /dev/null. `build_tools`
-        loads the tools in the process (default: `ling_rl.environments.loading.build_tools`); it
-        must be importable by name there (a module-level function)."""
+        the process's stdout and stderr go to `log_path` (appended) or /dev/null."""
         self._env = env
         self._timeout_s = timeout_s
         self._max_output_chars = max_output_chars
         self._log_path = log_path
-        self._build_tools = build_tools
         self._process: BaseProcess | None = None
         self._sock: socket.socket | None = None
         self._tools: tuple[str, ...] = ()
@@ -193,7 +188,7 @@ class EnvironmentProcess:
         parent_sock, child_sock = socket.socketpair()
         process = context.Process(
             target=_supervise, name=f"ling-rl-episode-{self._env.env_name or 'tools'}", daemon=True,
-            args=(child_sock, self._env, self._max_output_chars, self._log_path, self._build_tools))
+            args=(child_sock, self._env, self._max_output_chars, self._log_path))
         try:
             process.start()
         except Exception as e:
@@ -301,8 +296,7 @@ class EnvironmentProcess:
 # -- the episode's side ---------------------------------------------------------------------------
 
 
-def _supervise(sock: socket.socket, env: ResolvedEnvironment, max_output_chars: int, log_path: str | None,
-               build_tools: BuildTools | None) -> None:
+def _supervise(sock: socket.socket, env: ResolvedEnvironment, max_output_chars: int, log_path: str | None) -> None:
     """Process P: a session of its own, a subreaper, dying with the forkserver (which dies with the
     driver); forks R to run the tools, and when R ends, kills whatever R started, then exits with
     R's exit code."""
@@ -318,7 +312,7 @@ def _supervise(sock: socket.socket, env: ResolvedEnvironment, max_output_chars: 
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            _serve(sock, env, max_output_chars, build_tools)
+            _serve(sock, env, max_output_chars)
             code = 0
         finally:
             sys.stdout.flush()
@@ -347,12 +341,10 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop()
 
 
-def _serve(sock: socket.socket, env: ResolvedEnvironment, max_output_chars: int, build_tools: BuildTools | None) -> None:
+def _serve(sock: socket.socket, env: ResolvedEnvironment, max_output_chars: int) -> None:
     """Process R: load the tools, then answer requests until the parent closes the connection."""
     os.chdir(env.workdir)
     try:
-        if build_tools is None:
-            from ling_rl.environments.loading import build_tools
         instance, tools = build_tools(env)
     except BaseException as e:  # noqa: BLE001 (a factory or import failing in any way is reported)
         _send(sock, {"error": f"loading the tools failed: {_describe(e)}"})
@@ -565,10 +557,10 @@ def _signal(process: psutil.Process, signum: int) -> None:
         pass
 
 
-# Imported once into the forkserver, so an episode's process starts with them (a missing one is
-# skipped). Each child also re-runs the driver's main script, as multiprocessing does for a main
+# Imported once into the forkserver (with this module, the tool loader and the built-in tools), so
+# an episode's process starts with them. Each child also re-runs the driver's main script, as multiprocessing does for a main
 # run from a file: `ling-rl`'s script imports ling_rl.commands.cli, cheap once it is preloaded.
-_PRELOAD = [__name__, "ling_rl.environments.loading", "ling_rl.commands.cli"]
+_PRELOAD = [__name__, "ling_rl.commands.cli"]
 
 
 def _forkserver() -> multiprocessing.context.BaseContext:

@@ -5,16 +5,13 @@ episode's own process."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from ling_rl.environments.spec import ResolvedEnvironment
 from ling_rl.reward.contract import InfrastructureError
 
 FOREVER_S = 3600
@@ -295,22 +292,3 @@ class ResetRaises(_RewardEnv):
 class ResetReturnsNumber(_RewardEnv):
     def reset(self, **row: Any) -> None:
         return 42  # type: ignore[return-value]
-
-
-def build_tools(env: ResolvedEnvironment) -> tuple[object | None, dict[str, Callable[..., Any]]]:
-    """A minimal loader with TRL's rules (the functions by name, then the instance's public methods
-    but `reset` and `get_reward`), run in the episode's process."""
-    from ling_rl.plugins import load_object
-
-    tools = {}
-    for ref in env.tool_refs:
-        function, _ = load_object(ref, f"tool {ref!r}")
-        tools[function.__name__] = function
-    instance = None
-    if env.factory_ref is not None:
-        factory, _ = load_object(env.factory_ref, f"factory {env.factory_ref!r}")
-        instance = factory()
-        for name, _ in inspect.getmembers(type(instance), inspect.isfunction):
-            if name not in ("reset", "get_reward") and not name.startswith("_"):
-                tools[name] = getattr(instance, name)
-    return instance, tools

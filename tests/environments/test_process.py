@@ -15,6 +15,8 @@ import hostile_tools
 import psutil
 import pytest
 
+from ling_rl.environments.config import EnvironmentConfig
+from ling_rl.environments.loading import resolve_environment
 from ling_rl.environments.process import EnvironmentFailure, EnvironmentProcess
 from ling_rl.environments.spec import ResolvedEnvironment
 
@@ -25,6 +27,7 @@ BOUND_S = 5.0  # a killed tool's call returns well within this (its timeout is 1
 
 
 def resolved(*tools: str, factory: str | None = None) -> ResolvedEnvironment:
+    """By hand, not `resolve_environment`: that one refuses some of these environments up front."""
     names = list(tools)
     has_reward = False
     if factory is not None:
@@ -39,8 +42,7 @@ def resolved(*tools: str, factory: str | None = None) -> ResolvedEnvironment:
 
 def episode(env: ResolvedEnvironment, max_output_chars: int = 2000, log_path: str | None = None,
             timeout_s: float = 30.0) -> EnvironmentProcess:
-    return EnvironmentProcess(env, timeout_s=timeout_s, max_output_chars=max_output_chars, log_path=log_path,
-                              build_tools=hostile_tools.build_tools)
+    return EnvironmentProcess(env, timeout_s=timeout_s, max_output_chars=max_output_chars, log_path=log_path)
 
 
 @pytest.fixture
@@ -95,6 +97,19 @@ def test_results_follow_trl(tools: EnvironmentProcess) -> None:
     first, second = (tools.call("loop_identity", {}, TOOL_TIMEOUT_S).content.split() for _ in range(2))
     assert first[0] == second[0] and (first[1], second[1]) == ("0", "1")
     assert tools.alive
+
+
+def test_a_resolved_recipe_section() -> None:
+    """What the driver resolves from the recipe is what the process loads: a built-in and a file tool."""
+    env = resolve_environment(EnvironmentConfig(tools=["calculator", f"{HOSTILE}:add"]))
+    process = EnvironmentProcess(env, timeout_s=30.0, max_output_chars=2000)
+    process.start()
+    try:
+        assert process.call("calculator", {"expression": "123456789 * 987654321"}, 10.0).content == "121932631112635269"
+        assert process.call("add", {"a": 1, "b": 2}, 10.0).content == "3"
+        assert process.reset({"prompt": "p"}) is None and process.get_reward() is None  # tools only
+    finally:
+        process.close()
 
 
 def test_timeouts_kill_the_process_and_tools_restart(tools: EnvironmentProcess) -> None:
