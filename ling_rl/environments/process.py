@@ -328,6 +328,7 @@ def _supervise(sock: socket.socket, env: ResolvedEnvironment, max_output_chars: 
                 break
     except _Stop:
         pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second "stop" must not cut the cleanup short
     _kill_descendants(os.getpid())
     _reap_children(_SUPERVISOR_REAP_S)
     sys.exit(code if code >= 0 else 128 - code)  # killed by signal n: 128 + n, as a shell says
