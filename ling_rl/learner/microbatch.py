@@ -8,14 +8,16 @@ micro-batch a row lands in):
 - strided (default): rank r takes rows r, r + N, ..., in order, cut into micro-batches while
   they fit the budget; ranks that need fewer micro-batches get empty ones;
 - balanced (`learner.balance_ranks`): rows longest first, each to the least-loaded of
-  N x M micro-batches that it fits (M, per rank, as small as the budget allows; one more when a
-  row fits none), rank r taking micro-batches r*M .. r*M + M-1: equal counts, near-equal tokens.
+  N x M micro-batches that it fits (M, per rank, the smallest for which every row fits, found by
+  bisection), rank r taking micro-batches r*M .. r*M + M-1: equal counts, near-equal tokens.
 
 A micro-batch's cost is what its forward computes: rows x longest row when padded, the sum of
 the rows' lengths when packed (`learner.packing`).
 """
 
 from __future__ import annotations
+
+import heapq
 
 import torch
 
@@ -59,34 +61,46 @@ def _strided(sizes: list[int], world_size: int, budget: int, packed: bool) -> li
 
 def _balanced(sizes: list[int], world_size: int, budget: int, packed: bool) -> list[list[list[int]]]:
     order = sorted(range(len(sizes)), key=lambda r: (-sizes[r], r))  # longest first; ties by index
-    # The fewest micro-batches per rank that the total could fit in; grown until every row fits.
-    per_rank = max(1, -(-sum(sizes) // (budget * world_size)))
-    while True:
-        bins = _fill(order, sizes, world_size * per_rank, budget, packed)
-        if bins is not None:
-            # Rows in batch order within a micro-batch (deterministic, like the strided plan).
-            return [[sorted(b) for b in bins[rank * per_rank : (rank + 1) * per_rank]] for rank in range(world_size)]
-        per_rank += 1
+    # M, micro-batches per rank: bisected between what the total could fit in and one row per
+    # micro-batch (always feasible: every row gets an empty micro-batch of its own).
+    lo = max(1, -(-sum(sizes) // (budget * world_size)))
+    hi = max(lo, -(-len(sizes) // world_size))
+    bins = _fill(order, sizes, world_size * hi, budget, packed)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        tried = _fill(order, sizes, world_size * mid, budget, packed)
+        if tried is None:
+            lo = mid + 1
+        else:
+            hi, bins = mid, tried
+    assert bins is not None
+    # Rows in batch order within a micro-batch (deterministic, like the strided plan).
+    return [[sorted(b) for b in bins[rank * hi : (rank + 1) * hi]] for rank in range(world_size)]
 
 
 def _fill(order: list[int], sizes: list[int], n_bins: int, budget: int, packed: bool) -> list[list[int]] | None:
-    """Rows of `order` each into the least-loaded bin it fits (an empty bin takes any row); None
-    when a row fits no bin. Ties go to the lowest bin index, so the plan is the same on every rank."""
+    """Rows of `order` (longest first) each into the least-loaded bin it fits (an empty bin takes
+    any row); None when a row fits no bin. Ties go to the lowest bin index, so the plan is the same
+    on every rank. A heap of (cost, bin): packed, the least-loaded bin is the one to try (if it
+    cannot take the row, none can); padded, a bin's cost with one more row is (rows + 1) x its
+    longest, whatever the (shorter) row: a bin that cannot take one row can never take another,
+    and leaves the heap."""
     bins: list[list[int]] = [[] for _ in range(n_bins)]
     total, longest = [0] * n_bins, [0] * n_bins
-
-    def cost(i: int, extra: int = 0) -> int:  # micro_batch_cost of bin i with a row of `extra` tokens added
-        if packed:
-            return total[i] + extra
-        return (len(bins[i]) + (extra > 0)) * max(longest[i], extra)
-
+    heap = [(0, i) for i in range(n_bins)]
     for r in order:
         n = sizes[r]
-        fits = [i for i in range(n_bins) if not bins[i] or cost(i, n) <= budget]
-        if not fits:
-            return None
-        best = min(fits, key=lambda i: (cost(i), i))
-        bins[best].append(r)
-        total[best] += n
-        longest[best] = max(longest[best], n)
+        while True:
+            if not heap:
+                return None
+            _, i = heapq.heappop(heap)
+            grown = total[i] + n if packed else (len(bins[i]) + 1) * max(longest[i], n)
+            if not bins[i] or grown <= budget:
+                break
+            if packed:
+                return None
+        bins[i].append(r)
+        total[i] += n
+        longest[i] = max(longest[i], n)
+        heapq.heappush(heap, (total[i] if packed else len(bins[i]) * longest[i], i))  # micro_batch_cost
     return bins
