@@ -283,3 +283,41 @@ def test_a_users_files_in_hf_final_are_found_before_training(tmp_path: Path) -> 
     (run / "hf_final" / "notes.txt").unlink()
     (run / "hf_final" / "config.json").write_text("{}")  # what an export of ours writes
     preflight(parse_recipe(_recipe()), run)
+
+
+# --- the environment: section (agentic RL) ------------------------------------------------------------
+
+
+def _agent_recipe(**environment: object) -> dict:
+    return _recipe(data__chat_template=True, environment=environment)
+
+
+def test_environment_with_a_built_in_tool_and_a_trl_environment_passes() -> None:
+    assert preflight(parse_recipe(_agent_recipe(tools=["calculator"]))).notes == []
+    counter = str(ROOT / "tests" / "environments" / "trl_counter.py") + ":CounterEnv"
+    assert preflight(parse_recipe(_agent_recipe(factory=counter))).notes == []
+
+
+def test_environment_problems_are_one_line_each_naming_the_key(tmp_path: Path) -> None:
+    tools = tmp_path / "tools.py"
+    tools.write_text("def add(a, b):\n    return a + b\n\n\nclass NoReset:\n    def look(self) -> str:\n"
+                     "        '''Look.'''\n        return 'x'\n")
+    # A tool without type hints, a tool whose module does not exist, and an unknown parser: all found at once.
+    message = _problems(_agent_recipe(tools=["calculator", f"{tools}:add", "no_such_pkg.tools:mul"],
+                                      tool_parser="no_such_parser"))
+    lines = message.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"environment.tools[1] '{tools}:add': no JSON schema ("), lines[0]
+    assert lines[1] == "environment.tool_parser: unknown tool-call parser 'no_such_parser'; available: auto, hermes"
+    message = _problems(_agent_recipe(tools=["no_such_pkg.tools:mul"]))
+    assert message == "environment.tools[0] 'no_such_pkg.tools:mul': no module 'no_such_pkg.tools'"
+    message = _problems(_agent_recipe(factory=f"{tools}:NoReset"))
+    assert message.startswith(f"environment.factory '{tools}:NoReset': its instance (NoReset) has no `reset` method")
+
+
+def test_environment_prompts_are_measured_with_the_tool_schemas() -> None:
+    """The tool list is part of every prompt: a limit the bare prompts fit is too low with it."""
+    preflight(parse_recipe(_recipe(data__chat_template=True, rollout__max_prompt_tokens=64)))
+    message = _problems(_recipe(data__chat_template=True, rollout__max_prompt_tokens=64,
+                                environment={"tools": ["calculator"]}))
+    assert "prompt has" in message and "above rollout.max_prompt_tokens=64" in message, message

@@ -7,10 +7,13 @@
 `ling-rl check` and `ling-rl train` both call it; train only starts its roles when it passes.
 Checked: an engine actor holds its tensor-parallel GPUs; reward plugins resolve; W&B credentials when tracking online; the model folder (a local
 folder, a cached hub model, or a tiny model, whose tokenizer is built here as `init-tiny` would);
-every data source's rows with the same code and messages as training (`data.train`, the
-curriculum stages' `data_mix`, `eval.data`, `dft.data`), prompt lengths against
-`rollout.max_prompt_tokens` when a tokenizer is available; with a run folder: the checkpoint to
-resume from, and whether the run is already complete. Nothing is downloaded; no Ray.
+the `environment:` section (every tool and the factory load and have a JSON schema, the factory's
+instance has `reset`; the chat template shows tools and renders tool calls; `tool_parser` is
+known or, `auto`, found in the template), every data source's rows with the same code and messages
+as training (`data.train`, the curriculum stages' `data_mix`, `eval.data`, `dft.data`), prompt
+lengths (with the tool schemas) against `rollout.max_prompt_tokens` when a tokenizer is available;
+with a run folder: the checkpoint to resume from, and whether the run is already complete. Nothing
+is downloaded; no Ray.
 """
 
 from __future__ import annotations
@@ -71,7 +74,14 @@ def preflight(recipe: Recipe, run_dir: Path | None = None, data: bool = True, re
     tokenizer = _collect(problems, _tokenizer, recipe, run_dir, result.notes)
     if tokenizer is None and not problems:
         result.notes.append(f"prompt lengths not checked against rollout.max_prompt_tokens: no tokenizer ({_model_name(recipe)} is not available locally)")
-    for check in _data_checks(recipe, tokenizer):
+    tools = None
+    if recipe.environment is not None:
+        environment = _collect(problems, _environment, recipe.environment)
+        tools = list(environment.schemas) if environment is not None else None
+        _collect(problems, _tool_parser, recipe.environment, tokenizer, result.notes)
+        if environment is not None and tokenizer is not None:
+            _collect(problems, _chat_template_tools, environment, tokenizer)
+    for check in _data_checks(recipe, tokenizer, tools):
         _collect(problems, check, result.notes)
     if problems:
         raise PreflightError("\n".join(problems))
@@ -96,8 +106,10 @@ def _checked_errors() -> tuple[type[Exception], ...]:
     from ling_rl.registry import RegistryError
     from ling_rl.reward.loading import RewardResolutionError
     from ling_rl.driver.checkpoint import CheckpointError
+    from ling_rl.environments.spec import EnvironmentSetupError
 
-    return (_Problem, RecipeError, DatasetError, ModelFolderError, RegistryError, RewardResolutionError, CheckpointError)
+    return (_Problem, RecipeError, DatasetError, ModelFolderError, RegistryError, RewardResolutionError, CheckpointError,
+            EnvironmentSetupError)
 
 
 class _Problem(ValueError):
@@ -368,23 +380,58 @@ def _tiny_tokenizer(recipe: Recipe) -> Any:
                                                 chat_template=CHAT_TEMPLATE)
 
 
+# --- environment (agentic RL) ------------------------------------------------------------------------
+# `train` runs the same code in `session.start`, before Ray: here for `ling-rl check`.
+
+
+def _environment(cfg: Any) -> Any:
+    """The `environment:` section resolved (`ResolvedEnvironment`): each tool and the factory
+    imported, their JSON schemas made, the factory called once (as a run does); an
+    EnvironmentSetupError names the key (`environment.tools[1] 'tools.py:add': ...`)."""
+    from ling_rl.environments.loading import resolve_environment
+
+    return resolve_environment(cfg)
+
+
+def _tool_parser(cfg: Any, tokenizer: Any | None, notes: list[str]) -> None:
+    """`environment.tool_parser` names a parser (registered, or the user's by path) or, `auto`,
+    the chat template has a known tool-call convention."""
+    from ling_rl.environments.parsers import choose_parser
+
+    if tokenizer is None and cfg.tool_parser == "auto":
+        notes.append("environment.tool_parser: auto not checked: no tokenizer, so no chat template to read the "
+                     "tool-call convention from")
+        return
+    choose_parser(cfg.tool_parser, getattr(tokenizer, "chat_template", None))
+
+
+def _chat_template_tools(environment: Any, tokenizer: Any) -> None:
+    """The chat template shows the tools in the prompt and renders a tool call and a tool result
+    (the episode loop's renderer checks it so at start)."""
+    from ling_rl.environments.rendering import ChatRenderer
+
+    ChatRenderer(tokenizer, environment.schemas)
+
+
 # --- data --------------------------------------------------------------------------------------------
 
 
-def _data_checks(recipe: Recipe, tokenizer: Any | None) -> list[Callable[[list[str]], None]]:
-    """One check per data source training reads, each with the DataConfig training gives it."""
+def _data_checks(recipe: Recipe, tokenizer: Any | None,
+                 tools: list[dict[str, Any]] | None = None) -> list[Callable[[list[str]], None]]:
+    """One check per data source training reads, each with the DataConfig training gives it;
+    `tools`: the environment's tool schemas, in every prompt as training renders them."""
     data, max_tokens = recipe.data, recipe.rollout.max_prompt_tokens
     configs = {data.train: data}
     for stage in recipe.curriculum.stages:
         for name in stage.data_mix or {}:
             configs.setdefault(name, data.model_copy(update={"train": name, "max_rows": None}))
     checks: list[Callable[[list[str]], None]] = [
-        lambda notes, cfg=cfg: _prompts(cfg, tokenizer, max_tokens, notes) for cfg in configs.values()]
+        lambda notes, cfg=cfg: _prompts(cfg, tokenizer, max_tokens, notes, tools) for cfg in configs.values()]
     if recipe.eval.every > 0 and recipe.eval.data:
         cfg = data.model_copy(update={"train": recipe.eval.data, "shuffle": False, "max_rows": recipe.eval.max_prompts})
-        checks.append(lambda notes: _prompts(cfg, tokenizer, max_tokens, notes))
+        checks.append(lambda notes: _prompts(cfg, tokenizer, max_tokens, notes, tools))
     if recipe.dft.enabled:
-        checks.append(lambda notes: _dft(recipe, tokenizer, notes))
+        checks.append(lambda notes: _dft(recipe, tokenizer, notes, tools))
     return checks
 
 
@@ -398,15 +445,16 @@ def _rows(source: str, max_rows: int | None, notes: list[str], split: str | None
         return None
 
 
-def _prompts(cfg: Any, tokenizer: Any | None, max_prompt_tokens: int, notes: list[str]) -> None:
+def _prompts(cfg: Any, tokenizer: Any | None, max_prompt_tokens: int, notes: list[str],
+             tools: list[dict[str, Any]] | None) -> None:
     from ling_rl.curriculum.data import PromptSource
 
     rows = _rows(cfg.train, cfg.max_rows, notes, cfg.splits.get(cfg.train))
     if rows is not None:
-        PromptSource(cfg, tokenizer, max_prompt_tokens, rows=rows)  # DatasetError: the same message as train
+        PromptSource(cfg, tokenizer, max_prompt_tokens, rows=rows, tools=tools)  # DatasetError: the same message as train
 
 
-def _dft(recipe: Recipe, tokenizer: Any | None, notes: list[str]) -> None:
+def _dft(recipe: Recipe, tokenizer: Any | None, notes: list[str], tools: list[dict[str, Any]] | None) -> None:
     from ling_rl.curriculum.dft import DFTData
 
     source = recipe.dft.data or recipe.data.train
@@ -417,4 +465,4 @@ def _dft(recipe: Recipe, tokenizer: Any | None, notes: list[str]) -> None:
         notes.append(f"dft.data: {source} not checked: no tokenizer")
         return
     DFTData(rows, recipe.dft, tokenizer, recipe.data.prompt_key, recipe.data.answer_key, source,  # DatasetError
-            chat_template=recipe.data.chat_template, system_prompt=recipe.data.system_prompt)
+            chat_template=recipe.data.chat_template, system_prompt=recipe.data.system_prompt, tool_schemas=tools)
