@@ -4,6 +4,7 @@ as one clear message (no traceback)."""
 from __future__ import annotations
 
 from ling_rl.driver.checkpoint import CheckpointError
+from ling_rl.environments.spec import EnvironmentSetupError
 from ling_rl.config import RecipeError
 from ling_rl.curriculum.data import DatasetError
 from ling_rl.learner.group import LearnerError
@@ -18,4 +19,5 @@ from ling_rl.rollout.group import RolloutError
 USER_ERRORS: tuple[type[BaseException], ...] = (
     RecipeError, DatasetError, ModelFolderError, LearnerError, RolloutError, RewardResolutionError,
     RewardWorkerError, RegistryError, CheckpointError, NoRewardSignal, EnvironmentFailures,
+    EnvironmentSetupError,
 )

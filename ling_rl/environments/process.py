@@ -37,6 +37,7 @@ import socket
 import struct
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -562,6 +563,12 @@ def _signal(process: psutil.Process, signum: int) -> None:
 # an episode's process starts with them. Each child also re-runs the driver's main script, as multiprocessing does for a main
 # run from a file: `ling-rl`'s script imports ling_rl.commands.cli, cheap once it is preloaded.
 _PRELOAD = [__name__, "ling_rl.commands.cli"]
+
+# Run as `python -m ling_rl.commands.cli`, that re-run finds the preloaded module in sys.modules and
+# runpy warns on every episode start (48 lines on the console in a 3-step run); the re-run is
+# harmless (the module's `__main__` block does not run under `__mp_main__`). The filter, set when
+# this module is imported, is inherited by the forkserver's children.
+warnings.filterwarnings("ignore", message=r"'ling_rl\.commands\.cli' found in sys\.modules", category=RuntimeWarning)
 
 
 def _forkserver() -> multiprocessing.context.BaseContext:

@@ -26,3 +26,22 @@ class CounterEnv:
 
     def get_reward(self) -> float:
         return float(self._counter)
+
+
+def tool_messages(completions, **kwargs):
+    """A TRL reward function over conversational completions: the number of tool results the
+    model read (TRL passes an agentic completion as its list of messages)."""
+    return [float(sum(message["role"] == "tool" for message in completion)) for completion in completions]
+
+
+class BrokenEnv:
+    """An environment whose every reset fails (e.g. a service it needs is down)."""
+
+    def reset(self, **kwargs) -> None:
+        raise ConnectionError("the environment's backend is down")
+
+    def look(self) -> str:
+        """
+        Look around.
+        """
+        return "nothing"
