@@ -6,7 +6,9 @@
     run_dir/wandb_run_id + recipe.yaml (online) ──> upload_report(): the PNGs to that W&B run
 
 Every plot draws the keys the run has and is skipped when it has none of them; report.md lists
-what was absent. Figures are drawn on matplotlib's Agg canvas without pyplot, so building a report
+what was absent. Runs with an `environment:` section (multi-turn episodes) get an agent panel
+(agent.png, `agent/*` and `eval/agent/*`) and an "Agentic episodes" table; other runs get neither,
+and are not told they lack them. Figures are drawn on matplotlib's Agg canvas without pyplot, so building a report
 changes no global matplotlib state.
 """
 
@@ -43,6 +45,9 @@ _PLUGIN_REWARD = re.compile(r"^reward/([^/]+)/mean$")
 _EXTRA_EVAL_ACCURACY = re.compile(r"^eval/([^/]+)/accuracy_(greedy|sampled)$")
 UNITS_KEYS = ("eval/units_greedy", "eval/units_sampled")
 _FIRST_LAST = 5
+AGENT_PREFIXES = ("agent/", "eval/agent/")
+"""Multi-turn episodes (`environment:`): the training episodes' counts per step (`agent/*`,
+ling_rl/rollout/episodes.py `episode_metrics`) and the greedy evaluation episodes' (`eval/agent/*`)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,11 @@ class Plot:
     title: str
     needs: str
     draw: Callable[[RunData, Figure], bool]
+    size: tuple[float, float] = (8, 4.5)
+    """Figure size in inches."""
+    optional: bool = False
+    """Only some runs can have it (e.g. the agent panel, runs with an environment): not listed
+    under "Not in this run" when absent."""
 
 
 def _draw_reward(run: RunData, fig: Figure) -> bool:
@@ -290,6 +300,43 @@ def _draw_frontier(run: RunData, fig: Figure) -> bool:
     return True
 
 
+def agent_keys(run: RunData, prefix: str = "agent/") -> list[str]:
+    """The run's episode metrics under `prefix` (`agent/` or `eval/agent/`) that hold a number."""
+    return [k for k in run.keys() if k.startswith(prefix) and run.has(k)]
+
+
+def _agent_kind(key: str) -> str:
+    """`mean` (per episode: turns, tool calls, valid calls), `seconds` (tool time) or `count`
+    (totals per step: outcomes, parse errors, cuts, failed episodes)."""
+    name = key.rsplit("/", 1)[1]
+    return "mean" if name.endswith("_mean") else "seconds" if name.endswith("_seconds") else "count"
+
+
+def _draw_agent(run: RunData, fig: Figure) -> bool:
+    train, evals = agent_keys(run), agent_keys(run, "eval/agent/")
+    if not train and not evals:
+        return False
+    (per_episode, outcomes), (limits, seconds) = fig.subplots(2, 2)
+    means = [k for k in train if _agent_kind(k) == "mean"]
+    _lines(per_episode, run, means)
+    _lines(per_episode, run, [k for k in evals if _agent_kind(k) == "mean"], marker="o", linestyle="--")
+    per_episode.set(xlabel="step", ylabel="per episode", title="Turns and tool calls (mean per episode)")
+    # Counts that never left 0 are left out: a flat line per outcome would hide the ones that matter.
+    counts = [k for k in train if _agent_kind(k) == "count" and k != "agent/episodes" and run.series(k)[1].any()]
+    problems = [k for k in counts if "cut" not in k and "failed" not in k and not k.endswith("/tool_ok")]
+    if not _lines(outcomes, run, problems):
+        outcomes.text(0.5, 0.5, "no tool errors, bad calls, timeouts or crashes", ha="center", va="center",
+                      transform=outcomes.transAxes)
+    outcomes.set(xlabel="step", ylabel="per step", title="Tool-call problems (count per step)")
+    if not _lines(limits, run, [k for k in counts if "cut" in k or "failed" in k]):
+        limits.text(0.5, 0.5, "no episode cut by a limit or failed", ha="center", va="center", transform=limits.transAxes)
+    limits.set(xlabel="step", ylabel="per step", title="Episodes cut by a limit, failed (count per step)")
+    if not _lines(seconds, run, [k for k in train if _agent_kind(k) == "seconds"]):
+        seconds.set_visible(False)
+    seconds.set(xlabel="step", ylabel="seconds", title="Time in tools (sum per step)")
+    return True
+
+
 PLOTS: tuple[Plot, ...] = (
     Plot("reward.png", "reward", "reward/mean or reward/<plugin>/mean", _draw_reward),
     Plot("eval_accuracy.png", "eval accuracy", "eval/accuracy_greedy or eval/accuracy_sampled", _draw_eval_accuracy),
@@ -304,6 +351,8 @@ PLOTS: tuple[Plot, ...] = (
     Plot("frontier.png", "accuracy-vs-length frontier",
          "curriculum/accuracy with rollout/response_len_mean, or eval accuracy with eval/response_len_mean",
          _draw_frontier),
+    Plot("agent.png", "agentic episodes", "agent/* or eval/agent/* (runs with an environment: section)", _draw_agent,
+         size=(13, 7.5), optional=True),
 )
 
 
@@ -327,13 +376,13 @@ def build_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     skipped: list[Plot] = []
     for plot in PLOTS:
         wide = plot.file == "frontier.png" and len(frontier_points(run)) > 1
-        fig = Figure(figsize=(12, 4.5) if wide else (8, 4.5), dpi=110, layout="constrained")
+        fig = Figure(figsize=(12, 4.5) if wide else plot.size, dpi=110, layout="constrained")
         FigureCanvasAgg(fig)
         if plot.draw(run, fig):
             path = folder / plot.file
             fig.savefig(path)
             images.append((plot, path))
-        else:
+        elif not plot.optional:
             skipped.append(plot)
     report = folder / REPORT_FILE
     report.write_text(_markdown(run, run_dir, images, skipped), encoding="utf-8")
@@ -400,6 +449,7 @@ def _markdown(run: RunData, run_dir: Path, images: list[tuple[Plot, Path]], skip
                 for p in pareto_frontier([q for q in points if q.stage == stage]):
                     label = "all" if stage is None else str(stage)
                     lines.append(f"| {source} | {label} | {p.step} | {fmt(p.length)} | {fmt(p.accuracy)} |")
+    lines += _agent_section(run)
     lines += ["", "## Plots", ""]
     for plot, path in images:
         lines += [f"### {plot.title}", "", f"![{plot.title}]({path.name})", ""]
@@ -444,6 +494,33 @@ def _summary_rows(run: RunData) -> list[tuple[str, str]]:
         started = ", ".join(f"{s.stage} at step {s.start}" for s in run.stages)
         rows.append(("curriculum stages", started))
     return rows
+
+
+def _agent_section(run: RunData) -> list[str]:
+    """The episode metrics of a run with an environment (none: no section): per training metric
+    the mean of the first and last steps and, for counts and seconds, the total over the run; per
+    evaluation metric the first and the final evaluation."""
+    train, evals = agent_keys(run), agent_keys(run, "eval/agent/")
+    if not train and not evals:
+        return []
+    lines = ["", "## Agentic episodes", ""]
+    if train:
+        lines += ["Training episodes, per step (`agent/*`): means per episode, and counts summed over the step's "
+                  "episodes.", "", f"| metric | first {_FIRST_LAST} steps | last {_FIRST_LAST} steps | whole run |",
+                  "|---|---|---|---|"]
+        for key in sorted(train, key=lambda k: (["mean", "count", "seconds"].index(_agent_kind(k)), k)):
+            _, values = run.series(key)
+            total = "-" if _agent_kind(key) == "mean" else f"{fmt(values.sum())} in all"
+            lines.append(f"| {key} | {fmt(values[:_FIRST_LAST].mean())} | {fmt(values[-_FIRST_LAST:].mean())} "
+                         f"| {total} |")
+    if evals:
+        lines += ["", "Greedy evaluation episodes (`eval/agent/*`).", "", "| metric | first eval | final eval |",
+                  "|---|---|---|"]
+        for key in sorted(evals, key=lambda k: (["mean", "count", "seconds"].index(_agent_kind(k)), k)):
+            steps_k, values = run.series(key)
+            lines.append(f"| {key} | {fmt(values[0])} (step {int(steps_k[0])}) | {fmt(values[-1])} "
+                         f"(step {int(steps_k[-1])}) |")
+    return lines
 
 
 def _time_rows(run: RunData) -> list[tuple[str, str]]:

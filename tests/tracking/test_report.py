@@ -54,6 +54,24 @@ def _eval_step(step: int) -> bool:
     return step % 4 == 3
 
 
+def _agent_metrics(step: int, prefix: str = "") -> dict[str, float]:
+    """A step's `agent/*` as the episode loop computes them (`episode_metrics`), from four episodes:
+    two valid calls; a call that raised on odd steps; a malformed call from step 10; a run to
+    max_turns with an unknown tool, whose environment crashed at step 7."""
+    from ling_rl.rollout.episodes import episode_metrics
+    from ling_rl.types import EpisodeInfo, Rollout, Sample
+
+    infos = [EpisodeInfo(turns=3, tool_calls=2, outcomes={"ok": 2}, tool_seconds=0.01 * step),
+             EpisodeInfo(turns=2, tool_calls=1, outcomes={"error" if step % 2 else "ok": 1}),
+             EpisodeInfo(turns=1, parse_errors=int(step >= 10), outcomes={"bad_call": int(step >= 10)}),
+             EpisodeInfo(turns=4, tool_calls=4, outcomes={"ok": 3, "unknown_tool": 1}, cut="max_turns",
+                         failure="tool process crashed" if step == 7 else None)]
+    rollouts = [Rollout(sample=Sample(id=str(i), prompt="", prompt_ids=[]), group=0, response_ids=[], response_text="",
+                        inf_logprobs=[], finish_reason="stop", policy_version=step, episode=info)
+                for i, info in enumerate(infos)]
+    return {prefix + k: v for k, v in episode_metrics(rollouts).items()}
+
+
 def _full_record(step: int) -> dict[str, Any]:
     record: dict[str, Any] = {
         "step": step,
@@ -75,12 +93,14 @@ def _full_record(step: int) -> dict[str, Any]:
         "time/step": 2.0,
         "curriculum/stage": float(_stage(step)),  # the curriculum logs floats
         "curriculum/accuracy": _accuracy(step),
+        **_agent_metrics(step),
     }
     if _eval_step(step):
         record.update({
             "eval/accuracy_greedy": 0.3 + 0.01 * step,
             "eval/accuracy_sampled": 0.25 + 0.01 * step,
             "eval/response_len_mean": 90.0 + 40.0 * _stage(step) + step % 5,
+            **_agent_metrics(step, prefix="eval/"),
         })
     if step == 5:
         record["train/loss"] = None  # a NaN loss, written as null
@@ -201,6 +221,44 @@ def test_minimal_run_still_reports_and_lists_what_is_missing(tmp_path: Path) -> 
     for title in ("eval accuracy", "clip fraction", "train/inference gap", "loss", "DFT warm-start loss",
                   "curriculum stages", "accuracy-vs-length frontier"):
         assert f"- {title} plot skipped: no " in missing, title
+    # A single-turn run lacks nothing by having no episodes: no agent panel, not listed as missing.
+    assert "gentic" not in text
+
+
+def test_agent_table_summarises_the_episode_metrics(full_report: Path, full_run: Path) -> None:
+    text = full_report.read_text()
+    section = text.split("## Agentic episodes")[1].split("## Plots")[0]
+    records = [_full_record(s) for s in range(STEPS)]
+
+    def row(key: str) -> str:
+        values = [r[key] for r in records]
+        return f"| {key} | {fmt(sum(values[:5]) / 5)} | {fmt(sum(values[-5:]) / 5)} |"
+
+    assert row("agent/tool_calls_mean") + " - |" in section  # 7 calls in 4 episodes, every step
+    assert row("agent/valid_tool_calls_mean") + " - |" in section
+    errors = sum(r["agent/tool_error"] for r in records)
+    assert errors == STEPS // 2 and row("agent/tool_error") + f" {fmt(errors)} in all |" in section
+    assert row("agent/parse_errors") + " 10 in all |" in section  # steps 10-19
+    assert row("agent/failed_episodes") + " 1 in all |" in section  # the crash at step 7
+    assert row("agent/cut_max_turns") + f" {STEPS} in all |" in section
+    seconds = sum(r["agent/tool_seconds"] for r in records)
+    assert row("agent/tool_seconds") + f" {fmt(seconds)} in all |" in section
+    evals = [s for s in range(STEPS) if _eval_step(s)]
+    first, last = (_agent_metrics(s)["agent/tool_calls_mean"] for s in (evals[0], evals[-1]))
+    assert f"| eval/agent/tool_calls_mean | {fmt(first)} (step {evals[0]}) | {fmt(last)} (step {evals[-1]}) |" in section
+    assert "![agentic episodes](agent.png)" in text
+
+
+def test_agent_panel_draws_what_happened_and_leaves_out_what_never_did(full_run: Path) -> None:
+    fig = _drawn(full_run, "agent.png")
+    per_episode, problems, limits, seconds = fig.axes
+    assert {line.get_label() for line in per_episode.get_lines()} == {
+        f"{p}agent/{k}_mean" for p in ("", "eval/") for k in ("turns", "tool_calls", "valid_tool_calls")}
+    # Outcomes and cuts that stayed 0 (timeouts, crashes, other limits) draw no line.
+    assert [line.get_label() for line in problems.get_lines()] == [
+        "agent/parse_errors", "agent/tool_bad_call", "agent/tool_error", "agent/tool_unknown_tool"]
+    assert [line.get_label() for line in limits.get_lines()] == ["agent/cut_max_turns", "agent/failed_episodes"]
+    assert [line.get_label() for line in seconds.get_lines()] == ["agent/tool_seconds"]
 
 
 def test_dft_lines_in_metrics_jsonl_are_kept_apart_from_rl_steps(tmp_path: Path) -> None:
