@@ -103,6 +103,8 @@ class KStaleGeneration:
                    "dynamic/refill_rounds": float(self.refills), "dynamic/fallback": 0.0}
         self.step_seen, self.step_reward_metrics, self.step_groups, self.step_flat, self.refills = [], {}, 0, 0, 0
         self.batch = self.buffer.take_batch(step, self.s.recipe.rollout.prompts_per_step)
+        if self.s.episodes is not None:  # the episodes of groups the buffer dropped: their processes end
+            self.s.episodes.release_others([ep for g in self.buffer.open.values() if g.episodic for ep in g.responses])
         kept = [x for g in self.batch for x in g.scored]
         if not kept:
             if not seen:

@@ -139,6 +139,15 @@ class EpisodeRunner:
     def finish_all(self, episodes: Sequence[Episode], version: int) -> list[Rollout]:
         return list(self.pool.map(self.finish, episodes, [version] * len(episodes)))
 
+    def release_others(self, keep: Sequence[Episode]) -> int:
+        """Close every open episode not in `keep` (the k-stale buffer dropped its group: stale, or
+        cut too often); returns how many were closed."""
+        kept = {id(ep) for ep in keep}
+        dropped = [ep for key, ep in list(self._live.items()) if key not in kept]
+        for ep in dropped:
+            self._release(ep)
+        return len(dropped)
+
     # --- one call: every episode of the given prompts, to the end -----------------------------------
 
     def run(self, rollout: Any, samples: Sequence[Sample], n: int, seed_of: Callable[[int, int, int], int],
