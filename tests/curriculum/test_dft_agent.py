@@ -224,3 +224,11 @@ def test_a_malformed_call_is_a_real_call_cut_short(tokenizer, schemas, dft_rows)
     renderer = ChatRenderer(tokenizer, schemas)
     assert tokenizer.decode(renderer.assistant_turn_ids(good)).replace("}}</tool_call>", "}</tool_call>") == \
         tokenizer.decode(renderer.assistant_turn_ids(bad))
+
+
+def test_the_system_prompt_comes_first_as_in_rl_prompts(tokenizer, schemas) -> None:
+    data = DFTData([{"messages": _trace()}], DFTConfig(enabled=True), tokenizer, "prompt", "answer", "dft.jsonl",
+                   chat_template=True, system_prompt="Use the tools.", tool_schemas=schemas)
+    rl_prompt = ChatRenderer(tokenizer, schemas).prompt([{"role": "system", "content": "Use the tools."}, _trace()[0]])
+    assert data.examples[0][0] == rl_prompt[1]
+    assert tokenizer.decode(data.examples[0][0]).startswith("<|im_start|>system\nUse the tools.\nTools:\n")
