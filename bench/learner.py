@@ -20,7 +20,7 @@ in bf16 (bench/gpu_check.sh); fp8 did not finish a step there within the time li
 `--ranks` gloo/NCCL ranks, the policy loss, the micro-batch plan): `padded` is the strided plan of
 right-padded micro-batches, `packed` the padding-free packed micro-batches balanced across ranks
 by tokens (`learner.packing` + `learner.balance_ranks`; `packed-strided` and `padded-balanced`
-separate the two). The batches have a reasoning-like length spread (`spread_lengths`: a quarter
+separate the two; `compiled` is `padded` with `learner.compile`). The batches have a reasoning-like length spread (`spread_lengths`: a quarter
 of the responses at the budget, the rest long-tailed and short); tokens/s counts real tokens
 (prompt + response), the same for every layout. Runs alternate between the layouts, `--repeats`
 times, and each prints the load average before and after it (`os.getloadavg`).
@@ -100,6 +100,7 @@ LAYOUTS: dict[str, dict[str, bool]] = {
     "packed": {"packing": True, "balance_ranks": True},
     "packed-strided": {"packing": True, "balance_ranks": False},
     "padded-balanced": {"packing": False, "balance_ranks": True},
+    "compiled": {"packing": False, "balance_ranks": False, "compile": True},  # torch.compile per layer (padded)
 }
 """`--layouts`: learner settings of each micro-batch layout (`padded` is the learner's default)."""
 

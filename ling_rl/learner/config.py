@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ling_rl.schema import Section
 
@@ -74,6 +74,13 @@ class LearnerConfig(Section):
     losses, metrics and gradients are those of the padded path (tests/learner/test_packing.py).
     Off by default until a quiet-box benchmark shows it faster (bench/learner.py --layouts)."""
 
+    compile: bool = False
+    """`torch.compile` each trunk decoder layer (inductor, dynamic shapes; per layer, as torchtitan
+    compiles per block). Not with `packing`: the per-row attention takes the row lengths as a Python
+    list, and every new set of lengths recompiles. Off by default, not measured faster anywhere yet:
+    on this CPU box a MoE layer took ~90 s to compile and recompiled for new shapes (the per-expert
+    loop reads the expert counts on the host: graph breaks); a dense layer ~5 s."""
+
     balance_ranks: bool = False
     """Plan micro-batches by token count: rows longest first, each to the least-loaded of
     num_ranks x M micro-batches (M as small as the budget allows), so every rank runs M
@@ -114,6 +121,14 @@ class LearnerConfig(Section):
 
     expert_bias_update_rate: float = Field(default=1e-3, ge=0)
     """Step of the expert-bias update when `freeze_expert_bias: false` (DeepSeek-V3 used 1e-3)."""
+
+
+    @model_validator(mode="after")
+    def _compile_without_packing(self) -> LearnerConfig:
+        if self.compile and self.packing:
+            raise ValueError("learner.compile with learner.packing: packed attention takes the row lengths as a "
+                             "Python list and every new set of lengths recompiles; turn one of them off")
+        return self
 
 
 class CheckpointConfig(Section):

@@ -125,7 +125,12 @@ class LearnerWorker:
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if self.cfg.learner.precision in ("bf16", "fp8") else MixedPrecisionPolicy()
-        return build_sharded(model_dir, self.device, mp, convert=to_fp8 if self.cfg.learner.precision == "fp8" else None)
+        model = build_sharded(model_dir, self.device, mp, convert=to_fp8 if self.cfg.learner.precision == "fp8" else None)
+        if self.cfg.learner.compile:
+            # Per layer (the FSDP2 unit), dynamic shapes: micro-batches differ in rows and length.
+            for layer in model.trunk_layers:
+                layer.compile(dynamic=True)
+        return model
 
     # --- forward ---------------------------------------------------------------------------------
 
