@@ -115,3 +115,38 @@ def test_a_run_folder_recipe_older_than_the_schema_says_so(tmp_path: Path) -> No
     code, out = _cli("eval", str(tmp_path / "hf_final"), "--data", EVAL)
     assert code == 2 and "rewards.0.label: unknown key 'label'" in out, out
     assert "the run folder's recipe.yaml does not fit this version of ling-rl: give the settings with --recipe" in out
+
+
+def test_an_environment_tool_without_a_schema_is_named_before_anything_starts(tmp_path: Path) -> None:
+    model = tmp_path / "model"  # never read: the environment fails first
+    model.mkdir()
+    tools = tmp_path / "tools.py"
+    tools.write_text("def add(a, b):\n    return a + b\n")
+    recipe = tmp_path / "agent.yaml"
+    recipe.write_text(f"model: {{tiny: tiny}}\ndata: {{train: {EVAL}, chat_template: true}}\n"
+                      f"rewards: [{{name: exact_answer}}]\nenvironment: {{tools: [calculator, '{tools}:add']}}\n")
+    code, out = _cli("eval", str(model), "--data", EVAL, "--recipe", str(recipe), "--out", str(tmp_path / "g.jsonl"))
+    assert code == 1 and f"environment.tools[1] '{tools}:add': no JSON schema (" in out, out
+    assert not (tmp_path / "g.jsonl").exists()  # failed before the model, the engines and the output file
+
+
+def test_summary_shows_the_greedy_episodes_counts_and_the_environment_reward() -> None:
+    from ling_rl.commands.eval_cli import summary
+    from ling_rl.config import parse_recipe
+    from ling_rl.driver.evaluation import EvalOutcome
+
+    recipe = parse_recipe({"model": {"tiny": "tiny"}, "data": {"train": EVAL, "chat_template": True},
+                           "rewards": [{"name": "exact_answer"}], "environment": {"tools": ["calculator"]}})
+    metrics = {"eval/accuracy_greedy": 0.5, "eval/accuracy_sampled": 0.25, "eval/response_len_greedy": 120.0,
+               "eval/response_len_sampled": 100.0, "eval/reward_greedy": 0.5, "eval/reward_sampled": 0.25,
+               "eval/reward_greedy/exact_answer": 0.5, "eval/reward_sampled/CounterEnv": 2.0,
+               "eval/agent/turns_mean": 2.5, "eval/agent/tool_calls_mean": 1.75, "eval/agent/valid_tool_calls_mean": 1.5,
+               "eval/agent/parse_errors": 3.0, "eval/agent/failed_episodes": 0.0}
+    lines = summary(EvalOutcome(metrics, []), recipe)
+    rows = {line[:32].strip(): line[32:].split() for line in lines[1:]}
+    assert rows["reward exact_answer"] == ["0.500", "-"] and rows["reward CounterEnv"] == ["-", "2.000"], lines
+    assert rows["turns per episode"] == ["2.50", "-"] and rows["tool calls per episode"] == ["1.75", "-"]
+    assert rows["valid tool calls per episode"] == ["1.50", "-"] and rows["malformed tool calls"] == ["3", "-"]
+    assert rows["failed episodes"] == ["0", "-"]
+    single_turn = {k: v for k, v in metrics.items() if "/agent/" not in k}
+    assert not any("episode" in line for line in summary(EvalOutcome(single_turn, []), recipe))

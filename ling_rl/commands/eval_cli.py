@@ -9,7 +9,11 @@ a temporary folder first). The settings are a recipe's: `--recipe`, else the `re
 run folder the model belongs to (RUN_DIR/hf_final, RUN_DIR/checkpoints/step-N), else the schema's
 defaults; the options and dotted overrides change them. The prompts are read and rendered as in
 training (`data:` keys, chat template), and `ling_rl.driver.evaluation.run_evaluation`, the code of the
-in-run evaluation, generates (one rollout engine group) and scores (reward workers).
+in-run evaluation, generates (one rollout engine group) and scores (reward workers). A recipe with
+an `environment:` section (agentic RL) is evaluated on whole episodes, as in the run: prompts show
+the tool schemas, each response is an episode (tool calls run, results fed back), the environment's
+`get_reward` is one more reward source, and the greedy episodes' counts are `eval/agent/*`; the
+tool processes' output goes to the generations file's `.tools.log` beside it.
 """
 
 from __future__ import annotations
@@ -110,12 +114,16 @@ def default_output(setup: EvalSetup) -> Path:
 def run(setup: EvalSetup, out: Path, progress: Any = print) -> EvalOutcome:
     """Evaluate: export a checkpoint if needed, read the prompts, start the engines and reward
     workers, run the in-run evaluation's code, write the generations to `out` (JSONL)."""
+    from ling_rl.driver.session import resolve_environment
     from ling_rl.reward.loading import resolve_rewards
 
-    resolve_rewards(setup.recipe.rewards)  # an unknown plugin fails now, before an export or an engine starts
+    # An unknown plugin, a tool that does not import or has no schema: they fail now, before an
+    # export or an engine starts.
+    resolve_rewards(setup.recipe.rewards)
+    environment = resolve_environment(setup.recipe)
     with tempfile.TemporaryDirectory(prefix="ling-rl-eval-") as tmp:
         model_dir = _model_folder(setup, Path(tmp), progress)
-        return _evaluate(setup.recipe, model_dir, out, progress)
+        return _evaluate(setup.recipe, model_dir, out, progress, environment)
 
 
 def _model_folder(setup: EvalSetup, tmp: Path, progress: Any) -> Path:
@@ -129,51 +137,88 @@ def _model_folder(setup: EvalSetup, tmp: Path, progress: Any) -> Path:
     return export_checkpoint(setup.checkpoint, tmp / "hf")
 
 
-def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any) -> EvalOutcome:
+def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any, environment: Any = None) -> EvalOutcome:
+    """`environment`: the recipe's `environment:` section resolved (`ResolvedEnvironment`), or None."""
     import transformers
 
     from ling_rl.cluster.ray_init import init_ray
     from ling_rl.driver.evaluation import eval_max_tokens, eval_prompts, run_evaluation
+    from ling_rl.driver.session import reward_specs
     from ling_rl.reward.pool import RewardPool
     from ling_rl.rollout.group import RolloutGroup
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
-    prompts = eval_prompts(recipe, tokenizer)
+    prompts = eval_prompts(recipe, tokenizer, list(environment.schemas) if environment is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")  # a folder we cannot write to fails now, not after the generation
+    episodes = _episode_runner(recipe, environment, tokenizer, out)  # the template's tool support: checked now
     cfg, max_tokens = recipe.rollout, eval_max_tokens(recipe)
+    what = f"episodes of up to {recipe.environment.max_turns} turns" if recipe.environment is not None else "responses"
     progress(f"{len(prompts.samples)} prompts from {recipe.eval.data}; 1 greedy + {recipe.eval.samples} sampled "
-             f"responses each, up to {max_tokens} tokens; starting {cfg.num_engines} engine(s) and "
+             f"{what} each, up to {max_tokens} tokens; starting {cfg.num_engines} engine(s) and "
              f"{recipe.cluster.reward_workers} reward worker(s)")
-    init_ray(recipe.cluster)
     engines = rewards = None
     try:
+        init_ray(recipe.cluster)
         engines = RolloutGroup(str(model_dir), cfg, recipe.cluster, cfg.engine_dtype(recipe.model.dtype),
                                cfg.max_prompt_tokens + cfg.max_response_tokens, wait=False)
-        rewards = RewardPool(recipe.rewards, num_workers=recipe.cluster.reward_workers,
+        rewards = RewardPool(reward_specs(recipe, environment), num_workers=recipe.cluster.reward_workers,
                              worker_cpus=recipe.cluster.reward.num_cpus, wait=False)
         rewards.wait_started()
         engines.wait_started()
         outcome = run_evaluation(prompts.samples, engines, rewards, recipe.eval, max_tokens,
-                                 recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=0)
+                                 recipe.curriculum.correctness, recipe.curriculum.correct_threshold, version=0,
+                                 episodes=episodes)
     finally:
         for role in (engines, rewards):
             if role is not None:
                 role.shutdown()
+        if episodes is not None:
+            episodes.close()
     with open(out, "w") as f:
         for record in outcome.generations:
             f.write(json.dumps(record) + "\n")
     return outcome
 
 
+def _episode_runner(recipe: Recipe, environment: Any, tokenizer: Any, out: Path) -> Any:
+    """The `EpisodeRunner` the run builds (ling_rl/driver/session.py), its tool processes' output
+    in `<out>.tools.log`; None without an environment."""
+    if environment is None:
+        return None
+    from ling_rl.rollout.episodes import EpisodeRunner
+
+    assert recipe.environment is not None  # resolve_environment returned one
+    return EpisodeRunner(environment, recipe.environment, tokenizer, recipe.rollout.max_prompt_tokens,
+                         log_path=str(out.with_suffix(".tools.log")))
+
+
+AGENT_LINES = (("agent/turns_mean", "turns per episode", ".2f"),
+               ("agent/tool_calls_mean", "tool calls per episode", ".2f"),
+               ("agent/valid_tool_calls_mean", "valid tool calls per episode", ".2f"),
+               ("agent/parse_errors", "malformed tool calls", ".0f"),
+               ("agent/failed_episodes", "failed episodes", ".0f"))
+"""The greedy episodes' `eval/agent/*` counts `ling-rl eval` prints: (metric, label, format)."""
+
+
 def summary(outcome: EvalOutcome, recipe: Recipe) -> list[str]:
-    """The lines `ling-rl eval` prints: accuracy and mean length per mode, then each plugin's mean."""
+    """The lines `ling-rl eval` prints: accuracy and mean length per mode, then each reward source's mean;
+    with episodes, the greedy episodes' turns, tool calls (valid: the tool returned), malformed calls
+    and failed episodes."""
     m = outcome.metrics
     judge = f"{recipe.curriculum.correctness} >= {recipe.curriculum.correct_threshold:g}"
     lines = [f"{'':<32}{'greedy':>10}{'sampled':>10}",
              f"{'accuracy (' + judge + ')':<32}{m['eval/accuracy_greedy']:>10.3f}{m['eval/accuracy_sampled']:>10.3f}",
              f"{'mean length (tokens)':<32}{m['eval/response_len_greedy']:>10.1f}{m['eval/response_len_sampled']:>10.1f}"]
-    for key, label in [("", "reward (total)")] + [(f"/{r.key}", f"reward {r.key}") for r in recipe.rewards]:
+    keys = [r.key for r in recipe.rewards]
+    # Sources beside the recipe's plugins: an environment's `get_reward`, named after its class.
+    keys += sorted({k.split("/", 2)[2] for k in m if k.startswith(("eval/reward_greedy/", "eval/reward_sampled/"))}
+                   - set(keys))
+    for key, label in [("", "reward (total)")] + [(f"/{k}", f"reward {k}") for k in keys]:
         values = [m.get(f"eval/reward_{mode}{key}") for mode in ("greedy", "sampled")]
         lines.append(f"{label:<32}" + "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in values))
+    for key, label, spec in AGENT_LINES:  # episodes (an environment): the greedy ones' counts
+        value = m.get(f"eval/{key}")
+        if value is not None:
+            lines.append(f"{label:<32}{value:>10{spec}}{'-':>10}")
     return lines
