@@ -43,7 +43,7 @@ class EnvironmentConfig(Section):
 
     tool_timeout_s: float = Field(default=30.0, gt=0)
     """One tool call's wall-clock limit: past it the episode's tool process is killed, the model
-    gets an error result, and it is counted (`agent/tool_timeouts`). An environment's state dies
+    gets an error result, and it is counted (`agent/tool_timeout`). An environment's state dies
     with its process, so its episode then ends as a failure."""
 
     timeout_s: float = Field(default=60.0, gt=0)
