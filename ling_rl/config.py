@@ -100,6 +100,10 @@ class Recipe(Section):
         if not self.rewards and (self.environment is None or self.environment.factory is None):
             raise _CrossField("rewards", "is empty: give at least one reward plugin (only an environment.factory "
                               "whose get_reward() owns the reward may stand in for them)")
+        env = self.environment
+        if env is not None and env.max_episode_tokens is not None and env.max_episode_tokens > self.rollout.max_response_tokens:
+            raise _CrossField("environment.max_episode_tokens", f"is {env.max_episode_tokens}, above rollout."
+                              f"max_response_tokens={self.rollout.max_response_tokens} (the engines' length budget)")
         if self.environment is not None and not self.data.chat_template:
             raise _CrossField("data.chat_template", "is false, but environment is set: tool calls and their results "
                               "are turns of a conversation, rendered by the tokenizer's chat template (set it to true)")

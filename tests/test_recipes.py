@@ -47,6 +47,8 @@ MALFORMED = [
     (_with(rewards=[]), "rewards: is empty: give at least one reward plugin"),
     (_with(environment={"tools": ["calculator"]}), "data.chat_template: is false, but environment is set"),
     (_with(environment={"max_turns": 2}), "environment: give `tools` (a list of tool functions)"),
+    (_with(data__chat_template=True, environment={"tools": ["calculator"], "max_episode_tokens": 4096}),
+     "environment.max_episode_tokens: is 4096, above rollout.max_response_tokens=512"),
     (_with(rewards=[{"weight": 1.0}]), "rewards.0.name: required key is missing"),
     (_with(model__path="/x"), "model: set exactly one of model.path"),
     (_with(tracking__wandb__mode="cloud"), "tracking.wandb.mode: Input should be 'online', 'offline' or 'disabled'"),
