@@ -99,12 +99,15 @@ def _run(consumer: str, packing: bool, model_dir: str, init: str) -> dict:
     batch = _batch()
     if consumer == "r3_engine_routes":
         batch.routed_experts = _routes(worker, batch)
+    shapes: list[tuple[int, ...]] = []  # every policy forward's input: [1, N] when packed
+    worker.model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
     if consumer == "dft":
         metrics = worker.sft_step(batch, lr=1e-3)
     else:
         metrics = worker.train_step(batch)
     bias = [g.expert_bias.clone() for g in worker.gates]
-    return {"metrics": metrics, "grads": worker.grads, "bias": bias}
+    return {"metrics": metrics, "grads": worker.grads, "bias": bias, "shapes": shapes,
+            "multiple": worker.token_multiple}
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +141,10 @@ PLAN_DEPENDENT = {"policy/mean_unit_len", "policy/units_per_response"}
 @pytest.mark.parametrize("consumer", list(CONSUMERS))
 def test_packed_trains_as_padded(runs: dict, consumer: str) -> None:
     padded, packed = runs[consumer][False], runs[consumer][True]
+    # The two paths really differ: packed forwards are one row of real tokens (padded to the multiple).
+    assert packed["shapes"] and all(s[0] == 1 and s[1] % packed["multiple"] == 0 for s in packed["shapes"])
+    assert any(s[0] > 1 for s in padded["shapes"])
+    assert sum(s[1] for s in packed["shapes"]) < sum(s[0] * s[1] for s in padded["shapes"])
     assert padded["metrics"].keys() == packed["metrics"].keys()
     for key, value in padded["metrics"].items():
         if key not in PLAN_DEPENDENT:
