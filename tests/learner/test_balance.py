@@ -95,8 +95,10 @@ def _two_ranks(rank: int, world: int, init: str, model_dir: str, out: str) -> No
         }))
         worker = Recording(rank, world, sections, model_dir)
         worker.setup(init)
+        shapes: list[tuple[int, ...]] = []  # rank 0's forward inputs, one per micro-batch
+        worker.model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
         metrics = worker.train_step(_batch())
-        results[name] = {"metrics": metrics, "grads": worker.grads}
+        results[name] = {"metrics": metrics, "grads": worker.grads, "shapes": shapes}
     if rank == 0:
         torch.save(results, out)
     leave(worker)
@@ -106,6 +108,15 @@ def test_balanced_ranks_train_as_strided_on_two_ranks(tmp_path: Path, tiny_dir: 
     out = tmp_path / "balance.pt"
     mp.spawn(_two_ranks, args=(2, f"file://{tmp_path}/pg", str(tiny_dir), str(out)), nprocs=2)
     results = torch.load(out)
+    # Each plan really ran: rank 0's forwards are its micro-batches under that plan.
+    lengths = 4 + SPREAD
+    for name, learner in PLANS.items():
+        plan = plan_micro_batches(lengths, 2, 128, packed=learner.get("packing", False),
+                                  balanced=learner.get("balance_ranks", False))[0]
+        packed = learner.get("packing", False)
+        expected = [(1, int(lengths[c].sum())) if packed else (len(c), int(lengths[c].max())) for c in plan]
+        assert results[name]["shapes"] == expected, name
+    assert results["strided"]["shapes"] != results["balanced"]["shapes"]
     base = results["strided"]
     for name in ("balanced", "balanced_packed"):
         got = results[name]
