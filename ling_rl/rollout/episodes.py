@@ -111,6 +111,11 @@ class EpisodeRunner:
         self.log_path = log_path
         self.renderer = ChatRenderer(tokenizer, list(env.schemas))
         self.parse = choose_parser(cfg.tool_parser, getattr(tokenizer, "chat_template", None))
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.special_tokens = sorted({*getattr(tokenizer, "all_special_tokens", []),
+                                      *(str(t) for t in added.values() if getattr(t, "special", False))}, key=len,
+                                     reverse=True)
+        """Strings the tokenizer turns into special tokens (removed from tool results: `_plain`)."""
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="episode")
         self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-engine")
         self._live: dict[int, Episode] = {}
@@ -271,7 +276,7 @@ class EpisodeRunner:
             ep.info.infra_errors += bool(r.extra.get("infrastructure"))
             ep.info.tool_seconds += r.seconds
         ep.info.messages.append(assistant)
-        tool_messages = [{"role": "tool", "name": r.name, "content": r.content} for r in results]
+        tool_messages = [{"role": "tool", "name": r.name, "content": self._plain(r.content)} for r in results]
         if any(r.status == "crashed" for r in results) and self.env.factory_ref is not None:
             self._fail(ep, f"the environment's process died during a tool call: {results[-1].content}")
             return
@@ -309,6 +314,15 @@ class EpisodeRunner:
                        policy_version=ep.versions[0] if ep.versions else version,
                        routed_experts=ep.routes, token_versions=list(ep.versions) if len(set(ep.versions)) > 1 else None,
                        loss_mask=list(ep.loss_mask), episode=ep.info)
+
+    def _plain(self, content: str) -> str:
+        """A tool's text without the tokenizer's special tokens: rendered through the chat template
+        they would become the template's own markers (a tool echoing the model's arguments could
+        close the tool turn and open a fake one); what the model reads stays the tool's text."""
+        while any(token in content for token in self.special_tokens):  # removing one may join another
+            for token in self.special_tokens:
+                content = content.replace(token, "")
+        return content
 
     def _end(self, ep: Episode, cut: str | None, content: str | None = None, reason: str = "stop") -> None:
         if content is not None:
