@@ -173,7 +173,7 @@ class Experts(nn.Module):
     contiguous slice of the sorted tokens (`looped_ffn`). On CPU `_grouped_mm` is correct (also in
     backward) but measured 2-6x slower than a padded `bmm` at the tiny/small shapes, and the padded
     `bmm` (each expert padded to the largest count) computes on the padding; the per-expert loop
-    does not (replaced it in issue 12; bench/RESULTS.md has the step profiles before and after).
+    does not (it replaced the padded `bmm`; bench/RESULTS.md has the step profiles before and after).
 
     `group_align`: the grouped GEMM gets each expert's rows padded (with zero rows) to a multiple
     of this; 1 = no padding. The float8 grouped GEMM (`ling_rl.learner.fp8`) needs 16.
