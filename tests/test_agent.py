@@ -78,8 +78,9 @@ def scripted_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
         "tool_parser": f"{ENVS}/scripted.py:script", "max_turns": 4, "max_turn_tokens": 8, "tool_timeout_s": 2,
         "max_failed_fraction": 0.9,
     }
-    recipe = _recipe(tmp, "scripted", 3, environment, [{"name": f"{ENVS}/trl_counter.py:tool_messages", "weight": 0.1}],
-                     rollout={"routing_replay": "r3"})
+    rewards = [{"name": f"{ENVS}/trl_counter.py:tool_messages", "weight": 0.1},
+               {"name": f"{ENVS}/trl_counter.py:env_reward", "weight": 0.0}]
+    recipe = _recipe(tmp, "scripted", 3, environment, rewards, rollout={"routing_replay": "r3"})
     proc = _cli(["train", str(recipe)])
     out, _ = proc.communicate(timeout=1500)
     assert proc.returncode == 0, out[-4000:]
@@ -106,11 +107,14 @@ def test_every_tool_failure_is_contained_counted_and_the_run_goes_on(scripted_ru
 def test_trl_environment_class_unchanged_get_reward_and_trl_reward_on_the_conversation(scripted_run) -> None:
     """CounterEnv is written to TRL's contract: its `increment` is a tool, its `get_reward` is one
     more reward source named after the class; a TRL reward function gets each episode as its
-    messages (it counts the tool results the model read)."""
+    messages (it counts the tool results the model read), and one taking `environments` calls
+    `get_reward()` on them as in TRL's examples."""
     _, rows, _ = scripted_run
     assert all("reward/CounterEnv/mean" in r for r in rows)
     assert max(r["reward/CounterEnv/mean"] for r in rows) > 0  # increment ran in the episodes' own instances
     assert max(r["reward/tool_messages/mean"] for r in rows) >= 1
+    # TRL's own reward pattern, `[e.get_reward() for e in environments]`, reads the same values.
+    assert all(r["reward/env_reward/mean"] == pytest.approx(r["reward/CounterEnv/mean"]) for r in rows)
 
 
 @pytest.mark.vllm

@@ -10,6 +10,8 @@ It is called with keyword arguments only:
   data is conversational (`data.chat_template: true`) and the plugin follows TRL's conventions,
   TRL's conversational form (see below);
 - `completion_ids`: the response token ids (list of lists), as TRL passes them;
+- `environments` (agentic episodes, `environment:`): per response, an `EnvironmentView` whose
+  `get_reward()` returns what the episode's environment returned (TRL passes the instances);
 - every dataset column of the samples (e.g. `answer`), as a list aligned with `prompts`
   (a row without the column gives None; a plugin that names a column without a default gets a
   list of None even when no row of the call has it);
@@ -67,8 +69,23 @@ from typing import Any
 RewardFn = Callable[..., "list[float | None] | RewardOutput"]
 """A reward plugin callable (sync or async), see the module docstring."""
 
-INPUT_KEYWORDS = ("prompts", "completions", "completion_ids")
-"""Keywords the pool always passes; dataset columns and `args` may not reuse them."""
+INPUT_KEYWORDS = ("prompts", "completions", "completion_ids", "environments")
+"""Keywords the pool passes (`environments` with agentic episodes only); dataset columns and
+`args` may not reuse them."""
+
+
+@dataclass(frozen=True)
+class EnvironmentView:
+    """What a TRL reward function that takes `environments` gets per episode, e.g. TRL's
+    `def reward(completions, environments, **kwargs): return [e.get_reward() for e in environments]`.
+    TRL passes the live environment instances; ling-rl's live in each episode's own process, which
+    has ended by the time rewards are computed, so this holds what `get_reward()` returned there
+    (None: the environment has no `get_reward`, or the episode failed)."""
+
+    reward: float | None
+
+    def get_reward(self) -> float | None:
+        return self.reward
 
 
 @dataclass

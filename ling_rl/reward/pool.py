@@ -35,7 +35,7 @@ from ray import cloudpickle
 from ling_rl.cluster.config import RoleResources
 from ling_rl.cluster.placement import actor_options
 from ling_rl.reward.config import RewardSpec
-from ling_rl.reward.contract import INPUT_KEYWORDS
+from ling_rl.reward.contract import INPUT_KEYWORDS, EnvironmentView
 from ling_rl.reward.loading import ResolvedPlugin, RewardResolutionError, resolve_rewards
 from ling_rl.reward.metrics import MAX_ERRORS_KEPT, PluginMetrics, RewardMetrics
 from ling_rl.reward.worker import CallInput, CallResult, RewardWorker, task_timeout_s
@@ -384,11 +384,14 @@ def _serialize(plugins: list[ResolvedPlugin]) -> bytes:
 
 def _call_input(rollouts: Sequence[Rollout], indices: list[int], columns: list[str], conversational: bool) -> CallInput:
     rows = [rollouts[i] for i in indices]
+    views = {}
+    if any(r.episode is not None for r in rows):  # TRL's `environments` argument, see EnvironmentView
+        views = {"environments": [EnvironmentView(r.episode.env_reward if r.episode else None) for r in rows]}
     return CallInput(
         prompts=[_prompt(r, conversational) for r in rows],
         completions=[_completion(r, conversational) for r in rows],
         completion_ids=[list(r.response_ids) for r in rows],
-        columns={name: [r.sample.columns.get(name) for r in rows] for name in columns},
+        columns={**{name: [r.sample.columns.get(name) for r in rows] for name in columns}, **views},
     )
 
 

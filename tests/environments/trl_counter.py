@@ -45,3 +45,8 @@ class BrokenEnv:
         Look around.
         """
         return "nothing"
+
+
+def env_reward(completions, environments, **kwargs):
+    """TRL's own pattern for an environment that owns its reward (TRL's OpenEnv examples)."""
+    return [environment.get_reward() for environment in environments]
