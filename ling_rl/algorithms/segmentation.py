@@ -1,4 +1,4 @@
-"""Linguistic units for LPO: per-token unit ids from token ids (ALGORITHMS.md section 2).
+"""Linguistic units for LPO: per-token unit ids from token ids (docs: Algorithms, segmentation).
 
 A unit ends after the token that holds the last byte of a pause-punctuation delimiter. The
 response is handled as bytes, never decoded: each token id maps to its exact byte string, the
