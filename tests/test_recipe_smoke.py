@@ -72,6 +72,8 @@ def test_cpu_recipe_trains_two_steps(name: str, tmp_path: Path, tiny_dir: Path, 
         "tracking.wandb.enabled=false",
         # The session's Ray has 2 CPUs: the recipe's roles (learner ranks included) fit in fractions.
         "cluster.rollout.num_cpus=0.25", "cluster.learner.num_cpus=0.25", "cluster.reward.num_cpus=0.25",
+        # A recipe's DFT warm start and held-out evaluation (agent.yaml) run, briefly.
+        "dft.steps=2", "eval.max_prompts=2",
     ]
     if name == "judges.yaml":
         overrides += _judge_overrides(path, request.getfixturevalue("vllm_server"))
