@@ -158,7 +158,8 @@ def test_cli_reference_lists_every_command_and_parameter(site: Path) -> None:
 def test_api_reference_documents_the_extension_points(site: Path) -> None:
     text = html.unescape((site / "reference" / "api" / "index.html").read_text())
     for name in ("ADVANTAGE_ESTIMATORS", "POLICY_LOSSES", "MISMATCH_CORRECTIONS", "KL_ESTIMATORS",
-                 "AdvantageEstimator", "UnitPolicyLoss", "MismatchCorrection", "RewardOutput", "Registry"):
+                 "AdvantageEstimator", "UnitPolicyLoss", "MismatchCorrection", "RewardOutput", "Registry",
+                 "EnvironmentConfig", "ParsedTurn", "TOOL_PARSERS", "ToolResult", "EnvironmentView"):
         assert re.search(rf'id="ling_rl\.[a-z_.]+\.{name}"', text), f"{name} has no entry in the API reference"
     # mkdocstrings rendered the docstrings (not just the directive's text).
     assert ":::" not in text
