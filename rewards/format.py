@@ -1,4 +1,4 @@
-r"""`format`: penalties for the wrong response shape (Evo-CoT's R_format, ALGORITHMS.md section 5).
+r"""`format`: penalties for the wrong response shape (Evo-CoT's R_format; docs/evo-cot.md).
 
 - `mode: instant` (the think-off mode Evo-CoT trains in): a thinking tag (`<think>` or
   `</think>`) anywhere in the response costs `-penalty` (default 0.5).

@@ -1,4 +1,4 @@
-r"""`length`: Evo-CoT's dynamic length reward, computed inside each group (ALGORITHMS.md section 5).
+r"""`length`: Evo-CoT's dynamic length reward, computed inside each group (docs/evo-cot.md).
 
 For the responses of one prompt, with lengths l in tokens (`completion_ids`):
 
@@ -18,7 +18,7 @@ alpha, in this order of precedence (the same in training and in evaluation):
 3. with a `pass_rate` column, the bucket table `alpha_buckets`: rows `[threshold, alpha]`,
    thresholds distinct and highest first; the row of the largest threshold the pass rate exceeds
    gives alpha, and the last row also takes every lower pass rate (the curriculum's rule:
-   `ling_rl.curriculum.buckets.bucket_index`). The default is ALGORITHMS.md's: > 0.8 -> 1.0,
+   `ling_rl.curriculum.buckets.bucket_index`). The default is the Evo-CoT table (docs/evo-cot.md): > 0.8 -> 1.0,
    > 0.5 -> 0.5, > 0.2 -> 0.2, else 0.1, so easy prompts pay for brevity and hard ones leave room
    to reason;
 4. else 1.0.
@@ -37,7 +37,7 @@ from rewards.answers import answers_match, extract_answer
 from rewards.math import verify_answer
 
 DEFAULT_ALPHA_BUCKETS: list[list[float]] = [[float(edge), alpha] for edge, alpha in DEFAULT_ALPHA.items()]
-"""ALGORITHMS.md's default alpha per pass-rate bucket (the curriculum's table), as `[threshold, alpha]` rows."""
+"""The Evo-CoT default alpha per pass-rate bucket (the curriculum's table), as `[threshold, alpha]` rows."""
 
 CORRECTNESS = ("math", "exact_answer")
 

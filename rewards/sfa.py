@@ -3,7 +3,7 @@
     R = 0                                                           if the code does not parse
     R = w_syntax * 1 + w_function * function + w_aesthetics * aesthetics   otherwise
 
-with default weights 0.2 / 0.4 / 0.4 (`docs ALGORITHMS.md` section 7). "Parses" is `syntax_ok`
+with default weights 0.2 / 0.4 / 0.4 (docs/rewards-frontend.md). "Parses" is `syntax_ok`
 from `rewards.syntax`: at least one code block and no tree-sitter error in any (embedded script
 and style included). `function` and `aesthetics` are the scores of the plugins of those names,
 computed from one render of the page per response.
