@@ -72,7 +72,8 @@ class LearnerConfig(Section):
     """Lay a micro-batch's rows end to end in one sequence (positions restarting per row, attention
     within each row) instead of right-padding them to the longest: no compute on padding. The
     losses, metrics and gradients are those of the padded path (tests/learner/test_packing.py).
-    Off by default until a quiet-box benchmark shows it faster (bench/learner.py --layouts)."""
+    Off by default for now: with `balance_ranks` it trained 1.82x the padded default's tokens/s on
+    the 2-core CPU box (bench/RESULTS.md); the default waits for a full test run with it on."""
 
     compile: bool = False
     """`torch.compile` each trunk decoder layer (inductor, dynamic shapes; per layer, as torchtitan
