@@ -9,10 +9,6 @@ from typing import Any
 
 from ling_rl.reward.registry import reward
 
-COLUMN = "__environment_reward__"
-"""Where the episode loop puts `get_reward()`'s value (`ling_rl.rollout.episodes.ENV_REWARD_COLUMN`):
-on the episode's own copy of its sample, never from the dataset."""
-
 
 @reward("environment_reward")
 def environment_reward(completions: list[Any], __environment_reward__: list[float | None] | None = None,
@@ -22,5 +18,7 @@ def environment_reward(completions: list[Any], __environment_reward__: list[floa
     >>> environment_reward(completions=["a", "b"], __environment_reward__=[1.0, None])
     [1.0, None]
     """
+    # The parameter's name is the column's (ling_rl.environments.spec.ENV_REWARD_COLUMN, a test checks):
+    # reward workers pass columns by name.
     values = __environment_reward__ or [None] * len(completions)
     return [None if v is None else float(v) for v in values]

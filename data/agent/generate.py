@@ -1,5 +1,6 @@
 """Generate the agentic task (issue 24): multi-step word problems whose numbers are too large for
-the tiny model to compute in its head, solved with the built-in `calculator` tool.
+the tiny model to compute in its head, solved with the task's `calculate` tool
+(data/agent/tools.py: one step `a op b` on two integers per call).
 
     python data/agent/generate.py            # writes the four files next to this script
 
@@ -27,7 +28,7 @@ A trace's style is drawn with the shares of `--mix` (default DEFAULT_MIX):
 - `guess`    skips the tool and states a number at once: the true answer's first digits and random
              others (the right one in GUESS_RIGHT_SHARE of them). The most common style, so a policy
              that imitates the data at greedy decoding mostly guesses, and mostly wrongly.
-- `tool`     one calculator call per step (>= 2 per problem), each on the previous results, then
+- `tool`     one `calculate` call per step (>= 2 per problem), each on the previous results, then
              "The answer is N." with N the last result.
 - `bad_call` one step's call goes wrong, in one of three ways drawn evenly (the steps before it are
              called correctly):
@@ -36,7 +37,7 @@ A trace's style is drawn with the shares of `--mix` (default DEFAULT_MIX):
                           (`bad_json_result`) and the trace then guesses;
              `wrong_tool` the call names a tool that does not exist (WRONG_TOOL_NAME): the loop
                           answers "unknown tool" (UNKNOWN_TOOL_RESULT) and the trace then guesses;
-             `wrong_expression` a mistyped operand (two digits swapped or one dropped): the calculator
+             `wrong_expression` a mistyped operand (two digits swapped or one dropped): the tool
                           computes what it was given, and the rest of the trace follows from that
                           wrong value to a wrong answer.
 
@@ -44,9 +45,8 @@ With the default seed, sizes and mix, dft.jsonl holds 1500 traces (928 of 2 step
 768 guess (69 of them right), 523 tool, 209 bad_call (67 bad_json, 69 wrong_tool, 73
 wrong_expression; 15 of their guesses right); 607 of the 1500 reach the right answer.
 
-Tool results are what the episode loop would feed back: `ling_rl.environments.builtin.calculator`'s
-result for these expressions (integers, printed exactly: `str(int)`), and the loop's error texts
-for the bad calls; tests/curriculum/test_dft_agent.py checks both against the real code.
+Tool results are what the episode loop would feed back: `calculate`'s result for these calls
+(`a op b = result`, integers printed exactly), and the loop's error texts for the bad calls; tests/curriculum/test_dft_agent.py checks both against the real code.
 All prompts are distinct across the four files. Deterministic from `--seed`.
 """
 
@@ -59,7 +59,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-TOOL = "calculator"
+TOOL = "calculate"
+"""The task's tool: data/agent/tools.py:calculate (one step on two integers; its docstring says why
+not the built-in `calculator`)."""
 WRONG_TOOL_NAME = "calc"
 UNKNOWN_TOOL_RESULT = str({"error": f"unknown tool {WRONG_TOOL_NAME!r}; tools: {TOOL}"})
 """What an episode's tool process answers a call of WRONG_TOOL_NAME (ling_rl/environments/process.py:
@@ -192,21 +194,33 @@ SPLITS: dict[str, tuple[Callable[[random.Random], Problem], ...]] = {
     "train": ID_STORIES, "eval": ID_STORIES, "dft": ID_STORIES, "ood": OOD_STORIES}
 
 
-def expression(step: Step, results: list[int]) -> str:
-    """The calculator expression of `step`, written as a model would: compact, on earlier results."""
-    return f"{value(step.left, results)}{step.op}{value(step.right, results)}"
+Call = tuple[int, str, int]
+"""A `calculate` call's arguments: a, op, b."""
 
 
-def call_message(expr: str, name: str = TOOL) -> dict[str, object]:
-    """An assistant turn that calls `name` on `expr` (TRL's conversational form)."""
-    call = {"type": "function", "function": {"name": name, "arguments": {"expression": expr}}}
-    return {"role": "assistant", "content": "", "tool_calls": [call]}
+def arguments(step: Step, results: list[int]) -> Call:
+    """The call of `step`, on the problem's numbers and earlier results."""
+    return value(step.left, results), step.op, value(step.right, results)
 
 
-def bad_json_message(expr: str) -> dict[str, object]:
+def call_message(call: Call, name: str = TOOL) -> dict[str, object]:
+    """An assistant turn that calls `name` with `call` (TRL's conversational form)."""
+    a, op, b = call
+    spec = {"type": "function", "function": {"name": name, "arguments": {"a": a, "op": op, "b": b}}}
+    return {"role": "assistant", "content": "", "tool_calls": [spec]}
+
+
+def result_text(call: Call, result: int) -> str:
+    """What `calculate` returns for `call` (tests/curriculum/test_dft_agent.py checks it against the tool)."""
+    a, op, b = call
+    return f"{a} {op} {b} = {result}"
+
+
+def bad_json_message(call: Call) -> dict[str, object]:
     """An assistant turn whose call is written out as the template writes one (hermes,
     `<tool_call>{json}</tool_call>`) but with the JSON cut short: it has no parsed `tool_calls`."""
-    text = json.dumps({"name": TOOL, "arguments": {"expression": expr}})
+    a, op, b = call
+    text = json.dumps({"name": TOOL, "arguments": {"a": a, "op": op, "b": b}})
     return {"role": "assistant", "content": f"<tool_call>{text[:-1]}</tool_call>"}
 
 
@@ -267,18 +281,19 @@ def trace(problem: Problem, style: str, rng: random.Random) -> tuple[list[dict[s
     bad = len(results) if style == "tool" else rng.randrange(len(results))
     messages: list[dict[str, object]] = []
     for i in range(bad):
-        messages += [call_message(expression(problem.steps[i], results)), tool_message(str(results[i]))]
+        call = arguments(problem.steps[i], results)
+        messages += [call_message(call), tool_message(result_text(call, results[i]))]
     if style == "tool":
         return [*messages, final_message(results[-1])], results[-1]
-    expr = expression(problem.steps[bad], results)
+    bad_call = arguments(problem.steps[bad], results)
     if style == "bad_json":
         reached = guess(problem.answer, rng)
-        call = bad_json_message(expr)
+        cut = bad_json_message(bad_call)
         # A call that does not parse has no name: the loop's tool message names none.
-        return [*messages, call, tool_message(bad_json_result(call), ""), final_message(reached)], reached
+        return [*messages, cut, tool_message(bad_json_result(cut), ""), final_message(reached)], reached
     if style == "wrong_tool":
         reached = guess(problem.answer, rng)
-        return [*messages, call_message(expr, WRONG_TOOL_NAME), tool_message(UNKNOWN_TOOL_RESULT, WRONG_TOOL_NAME),
+        return [*messages, call_message(bad_call, WRONG_TOOL_NAME), tool_message(UNKNOWN_TOOL_RESULT, WRONG_TOOL_NAME),
                 final_message(reached)], reached
     assert style == "wrong_expression", style
     step = problem.steps[bad]
@@ -292,7 +307,8 @@ def trace(problem: Problem, style: str, rng: random.Random) -> tuple[list[dict[s
         left, right = value(problem.steps[i].left, wrong), value(problem.steps[i].right, wrong)
         if i == bad:
             left, right = (typo[2], right) if side == "left" else (left, typo[2])
-        messages += [call_message(f"{left}{problem.steps[i].op}{right}"), tool_message(str(wrong[i]))]
+        call = (left, problem.steps[i].op, right)
+        messages += [call_message(call), tool_message(result_text(call, wrong[i]))]
     return [*messages, final_message(wrong[-1])], wrong[-1]
 
 
@@ -363,6 +379,7 @@ def main() -> None:
     args = parser.parse_args()
     splits = generate({split: getattr(args, split) for split in DEFAULT_SIZES}, args.seed, args.mix)
     for split, rows in splits.items():
+        args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"{split}.jsonl"
         with open(path, "w") as f:
             for row in rows:

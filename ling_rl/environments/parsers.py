@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ling_rl.environments.spec import EnvironmentSetupError
@@ -121,7 +122,25 @@ def _json_type(value: Any) -> str:
 TOOL_PARSERS.add("hermes", HermesParser())
 
 
-def choose_parser(name: str, chat_template: str | None) -> ToolParser:
+def _checked(parser: Callable[[str], Any], name: str) -> Callable[[str], ParsedTurn]:
+    """The user's parser, whose failure (an exception, or not a `ParsedTurn` back) stops the run with
+    one line naming `environment.tool_parser`: a bug in the user's code, not the model's output."""
+
+    def parse(text: str) -> ParsedTurn:
+        try:
+            parsed = parser(text)
+        except Exception as e:
+            raise EnvironmentSetupError(f"environment.tool_parser {name!r} raised {type(e).__name__}: {e} "
+                                        f"(on a model turn of {len(text)} characters)") from e
+        if not isinstance(parsed, ParsedTurn):
+            raise EnvironmentSetupError(f"environment.tool_parser {name!r} returned a {type(parsed).__name__}, "
+                                        "not a ling_rl.environments.parsers.ParsedTurn")
+        return parsed
+
+    return parse
+
+
+def choose_parser(name: str, chat_template: str | None) -> Callable[[str], ParsedTurn]:
     """The parser `environment.tool_parser` names: a registered one, or the user's own by
     `path/to/file.py:name` / `pkg.module:name` (a callable: turn text -> `ParsedTurn`); `auto`: the
     registered parser whose marker the chat template contains."""
@@ -134,7 +153,7 @@ def choose_parser(name: str, chat_template: str | None) -> ToolParser:
         if not callable(parser):
             raise EnvironmentSetupError(f"environment.tool_parser {name!r}: a {type(parser).__name__}, not callable "
                                         "(a parser takes the text of one model turn and returns a ParsedTurn)")
-        return parser
+        return _checked(parser, name)
     if name != "auto":
         if name not in TOOL_PARSERS:
             raise EnvironmentSetupError(f"environment.tool_parser: unknown tool-call parser {name!r}; "

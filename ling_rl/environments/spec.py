@@ -11,6 +11,11 @@ ToolStatus = Literal["ok", "error", "unknown_tool", "bad_call", "timeout", "cras
 the call could not be parsed or its arguments do not fit; `timeout`: killed past
 `environment.tool_timeout_s`; `crashed`: the tool process died or broke the protocol."""
 
+ENV_REWARD_COLUMN = "__environment_reward__"
+"""The column an episode's `get_reward()` travels in to the reward workers (the `environment_reward`
+plugin, rewards/environment.py, takes it by this name): set on the episode's own copy of its sample,
+never from the dataset."""
+
 
 class EnvironmentSetupError(ValueError):
     """An `environment:` section, tool, environment class or chat template that cannot be used; one

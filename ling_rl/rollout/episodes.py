@@ -34,13 +34,10 @@ from typing import Any
 import numpy as np
 
 from ling_rl.environments.config import EnvironmentConfig
-from ling_rl.environments.spec import ResolvedEnvironment, ToolResult
+from ling_rl.environments.spec import ENV_REWARD_COLUMN, ResolvedEnvironment, ToolResult
 from ling_rl.rollout.engine import Generation, GenerationRequest
 from ling_rl.types import EpisodeInfo, Rollout, Sample
 
-ENV_REWARD_COLUMN = "__environment_reward__"
-"""The column an episode's `get_reward()` travels in to the reward workers (the `environment`
-reward plugin reads it): set on the episode's own copy of its sample, never from the dataset."""
 
 
 class EnvironmentFailures(RuntimeError):

@@ -12,7 +12,6 @@ import pytest
 
 from ling_rl.curriculum.data import DatasetError, load_rows
 from ling_rl.curriculum.dft import DFTConfig, DFTData
-from ling_rl.environments.builtin import calculator
 from ling_rl.environments.config import EnvironmentConfig
 from ling_rl.environments.loading import resolve_environment
 from ling_rl.environments.parsers import TOOL_PARSERS
@@ -23,6 +22,7 @@ from rewards.answers import extract_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data/agent"
+TASK_TOOL = f"{DATA / 'tools.py'}:calculate"
 EOS = "<|endoftext|>"
 
 
@@ -35,7 +35,7 @@ def tokenizer(tiny_dir: Path):
 
 @pytest.fixture(scope="module")
 def schemas() -> tuple[dict[str, Any], ...]:
-    return resolve_environment(EnvironmentConfig(tools=["calculator"])).schemas
+    return resolve_environment(EnvironmentConfig(tools=[TASK_TOOL])).schemas
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def _first(rows: list[dict[str, Any]], style: str, steps: int) -> dict[str, Any]
 
 def test_a_trace_is_the_prompt_then_turns_and_tool_results_as_the_episode_builds_them(tokenizer, schemas, dft_rows) -> None:
     row = _first(dft_rows, "tool", 2)
-    calls = [m["tool_calls"][0]["function"]["arguments"]["expression"] for m in row["messages"] if m.get("tool_calls")]
+    calls = [m["tool_calls"][0]["function"]["arguments"] for m in row["messages"] if m.get("tool_calls")]
     results = [m["content"] for m in row["messages"] if m["role"] == "tool"]
     data = DFTData([row], DFTConfig(enabled=True), tokenizer, "prompt", "answer", "dft.jsonl", chat_template=True,
                    tool_schemas=schemas)
@@ -72,11 +72,12 @@ def test_a_trace_is_the_prompt_then_turns_and_tool_results_as_the_episode_builds
 
     # Written out: what the model is trained to sample (each turn through EOS), and what it is not.
     decoded = tokenizer.decode(prompt)
-    assert decoded.startswith("<|im_start|>system\nTools:\ncalculator(expression: string): ")
+    assert decoded.startswith("<|im_start|>system\nTools:\ncalculate(a: integer, op: string, b: integer): ")
     assert decoded.endswith(f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n")
 
-    def call(expr: str) -> str:
-        return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}</tool_call><|im_end|>\n{EOS}'
+    def call(args: dict[str, Any]) -> str:
+        a, op, b = args["a"], args["op"], args["b"]
+        return f'<tool_call>{{"name": "calculate", "arguments": {{"a": {a}, "op": "{op}", "b": {b}}}}}</tool_call><|im_end|>\n{EOS}'
 
     trained = [t for t, m in zip(response, mask, strict=True) if m]
     untrained = [t for t, m in zip(response, mask, strict=True) if not m]
@@ -179,7 +180,7 @@ def test_trace_tool_results_are_what_the_episode_would_get(dft_rows) -> None:
     the calculator's result, the tool process's unknown-tool error, the parser's malformed-call error."""
     gen = _generator()
     hermes = TOOL_PARSERS.get("hermes")
-    process = EnvironmentProcess(resolve_environment(EnvironmentConfig(tools=["calculator"])), timeout_s=30,
+    process = EnvironmentProcess(resolve_environment(EnvironmentConfig(tools=[TASK_TOOL])), timeout_s=30,
                                  max_output_chars=2000)
     process.start()
     try:
@@ -192,12 +193,9 @@ def test_trace_tool_results_are_what_the_episode_would_get(dft_rows) -> None:
                 call = messages[k - 1]
                 if call.get("tool_calls"):
                     f = call["tool_calls"][0]["function"]
-                    if f["name"] == "calculator":
-                        assert m["content"] == calculator(**f["arguments"]), row["id"]
-                        seen["calculator"] += 1
-                    else:
-                        assert m["content"] == process.call(f["name"], f["arguments"], 30).content, row["id"]
-                        seen["unknown"] += 1
+                    # What the tool process returns for the call: the tool's result or the unknown-tool error.
+                    assert m["content"] == process.call(f["name"], dict(f["arguments"]), 30).content, row["id"]
+                    seen[f["name"]] += 1
                 else:
                     parsed = hermes(call["content"])
                     assert not parsed.calls and [m["content"]] == [str({"error": e}) for e in parsed.errors], row["id"]
@@ -206,9 +204,9 @@ def test_trace_tool_results_are_what_the_episode_would_get(dft_rows) -> None:
             assert final == f"The answer is {row['answer']}." and extract_answer(final) == row["answer"]
             if row["style"] == "tool":  # one call per step, on the earlier results, ending at the answer
                 assert sum(bool(m.get("tool_calls")) for m in messages) == row["steps"] >= 2
-                assert row["answer"] == row["correct_answer"] == messages[-2]["content"]
+                assert messages[-2]["content"].endswith(f" = {row['answer']}") and row["answer"] == row["correct_answer"]
             if row["style"] in ("guess", "tool"):
-                assert all(m.get("name") in (None, "calculator") for m in messages)
+                assert all(m.get("name") in (None, "calculate") for m in messages)
         assert min(seen.values()) > 50, seen
     finally:
         process.close()
@@ -218,9 +216,9 @@ def test_a_malformed_call_is_a_real_call_cut_short(tokenizer, schemas, dft_rows)
     """The bad_json turn is the template's own rendering of a call with one brace missing."""
     row = _first(dft_rows, "bad_json", 2)
     bad = next(m for m in row["messages"] if m["role"] == "assistant" and "<tool_call>" in m["content"])
-    expr = json.loads(bad["content"].removeprefix("<tool_call>").removesuffix("</tool_call>") + "}")["arguments"]["expression"]
+    args = json.loads(bad["content"].removeprefix("<tool_call>").removesuffix("</tool_call>") + "}")["arguments"]
     good = copy.deepcopy(_trace()[1])
-    good["tool_calls"][0]["function"]["arguments"]["expression"] = expr
+    good["tool_calls"][0]["function"] = {"name": "calculate", "arguments": args}
     renderer = ChatRenderer(tokenizer, schemas)
     assert tokenizer.decode(renderer.assistant_turn_ids(good)).replace("}}</tool_call>", "}</tool_call>") == \
         tokenizer.decode(renderer.assistant_turn_ids(bad))

@@ -221,3 +221,14 @@ def test_relative_files_resolve_in_the_workdir_not_the_current_directory(workdir
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     env = _resolve(workdir, ["tools.py:add"])
     assert build_tools(env)[1]["add"](a=1, b=1) == 2
+
+
+def test_the_environment_reward_plugin_reads_the_column_the_episode_loop_writes() -> None:
+    """Reward workers pass dataset columns by parameter name: the plugin's parameter must be the column."""
+    import inspect
+
+    from ling_rl.environments.spec import ENV_REWARD_COLUMN
+    from rewards.environment import environment_reward
+
+    assert ENV_REWARD_COLUMN in inspect.signature(environment_reward).parameters
+    assert environment_reward(completions=["a", "b"], **{ENV_REWARD_COLUMN: [0.5, None]}) == [0.5, None]

@@ -87,3 +87,22 @@ def test_choose_parser() -> None:
         choose_parser("auto", None)
     with pytest.raises(ValueError, match=r"environment.tool_parser: unknown tool-call parser 'mistral'; available: auto, hermes"):
         choose_parser("mistral", CHAT_TEMPLATE)
+
+
+def test_a_users_parser_that_fails_stops_with_one_line_naming_it(tmp_path) -> None:
+    """The user's parser is called as given; its exception or a wrong return type is one line naming
+    `environment.tool_parser`, not a traceback from inside the episode loop."""
+    from ling_rl.environments.parsers import ParsedTurn
+    from ling_rl.environments.spec import EnvironmentSetupError
+
+    (tmp_path / "myparse.py").write_text(
+        "from ling_rl.environments.parsers import ParsedTurn\n"
+        "def good(text):\n    return ParsedTurn(content=text.upper())\n"
+        "def broken(text):\n    return {'x': 1}['y']\n"
+        "def wrong(text):\n    return text\n")
+    assert choose_parser(f"{tmp_path}/myparse.py:good", None)("hi") == ParsedTurn(content="HI")
+    with pytest.raises(EnvironmentSetupError, match=r"environment.tool_parser '.*myparse.py:broken' raised KeyError: 'y' "
+                                                      r"\(on a model turn of 5 characters\)"):
+        choose_parser(f"{tmp_path}/myparse.py:broken", None)("hello")
+    with pytest.raises(EnvironmentSetupError, match=r"myparse.py:wrong' returned a str, not a ling_rl.environments.parsers.ParsedTurn"):
+        choose_parser(f"{tmp_path}/myparse.py:wrong", None)("hello")
