@@ -288,7 +288,7 @@ def _forwards(worker) -> list[dict]:
 
     def on_model(module, args, kwargs):
         forwards.append({"ids": args[0].clone(), "replay": kwargs.get("routed_experts") is not None,
-                         "grad": torch.is_grad_enabled(), "experts": []})
+                         "grad": torch.is_grad_enabled(), "seq_lens": kwargs.get("seq_lens"), "experts": []})
 
     worker.model.register_forward_pre_hook(on_model, with_kwargs=True)
     for moe in _moes(worker.model):
@@ -297,12 +297,12 @@ def _forwards(worker) -> list[dict]:
 
 
 def _by_row(forward: dict) -> dict[tuple, list[torch.Tensor]]:
-    b, t = forward["ids"].shape
-    rows = {}
-    for r in range(b):
-        n = int((forward["ids"][r] != 0).sum())  # random_batch tokens are >= 10, padding 0
-        rows[tuple(forward["ids"][r, :n].tolist())] = [e.view(b, t, K)[r, :n] for e in forward["experts"]]
-    return rows
+    """Token row -> per MoE layer, its tokens' experts, from a packed forward ([1, N] cut at its
+    rows' ends, `seq_lens`: the learner's default layout)."""
+    ids, lens = forward["ids"][0], forward["seq_lens"]
+    assert sum(lens) == len(ids)
+    experts = [e.view(len(ids), K).split(lens) for e in forward["experts"]]
+    return {tuple(row.tolist()): [e[r] for e in experts] for r, row in enumerate(ids.split(lens))}
 
 
 def test_r3_learner_replays_the_engine_routes_in_every_forward_and_logs_the_mismatch(r3_worker) -> None:
@@ -323,6 +323,7 @@ def test_r3_learner_replays_the_engine_routes_in_every_forward_and_logs_the_mism
     updates = [f for f in forwards if f["replay"] and f["grad"]]
     assert free and old and len(updates) >= 2 and not any(f["grad"] for f in free)
     assert len(free) + len(old) + len(updates) == len(forwards)
+    assert all(f["seq_lens"] is not None for f in forwards)  # packed micro-batches (the default layout)
     # The metric: the share of routed real tokens whose experts in the free forward differ from
     # the engine's, recounted here from that forward's own routing.
     own = {}

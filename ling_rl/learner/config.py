@@ -68,25 +68,28 @@ class LearnerConfig(Section):
     """Token budget of one forward/backward micro-batch: rows x longest row when padded, the sum of
     the rows' lengths when `packing`."""
 
-    packing: bool = False
+    packing: bool = True
     """Lay a micro-batch's rows end to end in one sequence (positions restarting per row, attention
     within each row) instead of right-padding them to the longest: no compute on padding. The
     losses, metrics and gradients are those of the padded path (tests/learner/test_packing.py).
-    Off by default for now: with `balance_ranks` it trained 1.82x the padded default's tokens/s on
-    the 2-core CPU box (bench/RESULTS.md); the default waits for a full test run with it on."""
+    On by default: with `balance_ranks` it trained 1.82x the padded layout's tokens/s on the 2-core
+    CPU box (bench/RESULTS.md, "Learner packing"). `false`: right-padded rows (needed for `compile`)."""
 
     compile: bool = False
     """`torch.compile` each trunk decoder layer (inductor, dynamic shapes; per layer, as torchtitan
     compiles per block). Not with `packing`: the per-row attention takes the row lengths as a Python
-    list, and every new set of lengths recompiles. Off by default, not measured faster anywhere yet:
-    on this CPU box a MoE layer took ~90 s to compile and recompiled for new shapes (the per-expert
-    loop reads the expert counts on the host: graph breaks); a dense layer ~5 s."""
+    list, and every new set of lengths recompiles (set `packing: false` with it). Off by default, not
+    measured faster anywhere yet: on this CPU box a MoE layer took ~90 s to compile and recompiled
+    for new shapes (the per-expert loop reads the expert counts on the host: graph breaks); a dense
+    layer ~5 s."""
 
-    balance_ranks: bool = False
+    balance_ranks: bool = True
     """Plan micro-batches by token count: rows longest first, each to the least-loaded of
     num_ranks x M micro-batches (M as small as the budget allows), so every rank runs M
     micro-batches of nearly equal tokens. Off: each rank takes a strided share of the rows, in
-    order. The update is the same either way (losses are normalised by the whole batch)."""
+    order. The update is the same either way (losses are normalised by the whole batch). On by
+    default: it pays with `packing` (1.82x vs 1.62x packed alone, bench/RESULTS.md); with padded
+    rows alone it measured 0.94x."""
 
     logprob_chunk_tokens: int = Field(default=1024, ge=1)
     """Log-probs (and entropy) are computed from the final hidden states this many tokens at a time,
@@ -127,8 +130,8 @@ class LearnerConfig(Section):
     @model_validator(mode="after")
     def _compile_without_packing(self) -> LearnerConfig:
         if self.compile and self.packing:
-            raise ValueError("learner.compile with learner.packing: packed attention takes the row lengths as a "
-                             "Python list and every new set of lengths recompiles; turn one of them off")
+            raise ValueError("learner.compile: true needs learner.packing: false (packing is on by default): packed "
+                             "attention takes the row lengths as a Python list and every new set of lengths recompiles")
         return self
 
 

@@ -5,9 +5,9 @@ parameters), so the plan is made from the whole batch, identically on every rank
 
 Two plans, the same update (losses are normalised by the whole batch, whichever rank and
 micro-batch a row lands in):
-- strided (default): rank r takes rows r, r + N, ..., in order, cut into micro-batches while
-  they fit the budget; ranks that need fewer micro-batches get empty ones;
-- balanced (`learner.balance_ranks`): rows longest first, each to the least-loaded of
+- strided (`learner.balance_ranks: false`): rank r takes rows r, r + N, ..., in order, cut into
+  micro-batches while they fit the budget; ranks that need fewer micro-batches get empty ones;
+- balanced (`learner.balance_ranks`, the default): rows longest first, each to the least-loaded of
   N x M micro-batches that it fits (M, per rank, the smallest for which every row fits, found by
   bisection), rank r taking micro-batches r*M .. r*M + M-1: equal counts, near-equal tokens.
 

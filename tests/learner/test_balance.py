@@ -76,7 +76,9 @@ def _batch() -> TrainBatch:
                       inf_logprobs=-3.0 * mask)
 
 
-PLANS = {"strided": {}, "balanced": {"balance_ranks": True}, "balanced_packed": {"balance_ranks": True, "packing": True}}
+# Each plan spelled out: the defaults (packed, balanced) are one of the layouts compared here.
+PLANS = {"strided": {"balance_ranks": False, "packing": False}, "balanced": {"balance_ranks": True, "packing": False},
+         "balanced_packed": {"balance_ranks": True, "packing": True}}
 
 
 def _two_ranks(rank: int, world: int, init: str, model_dir: str, out: str) -> None:
@@ -111,9 +113,8 @@ def test_balanced_ranks_train_as_strided_on_two_ranks(tmp_path: Path, tiny_dir: 
     # Each plan really ran: rank 0's forwards are its micro-batches under that plan.
     lengths = 4 + SPREAD
     for name, learner in PLANS.items():
-        plan = plan_micro_batches(lengths, 2, 128, packed=learner.get("packing", False),
-                                  balanced=learner.get("balance_ranks", False))[0]
-        packed = learner.get("packing", False)
+        packed = learner["packing"]
+        plan = plan_micro_batches(lengths, 2, 128, packed=packed, balanced=learner["balance_ranks"])[0]
         expected = [(1, int(lengths[c].sum())) if packed else (len(c), int(lengths[c].max())) for c in plan]
         assert results[name]["shapes"] == expected, name
     assert results["strided"]["shapes"] != results["balanced"]["shapes"]

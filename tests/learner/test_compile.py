@@ -48,8 +48,9 @@ def test_compiled_layers_train_as_eager(tmp_path: Path) -> None:
     try:
         runs = {}
         for compiled in (False, True):
-            worker = RecordingWorker(0, 1, learner_sections(parse_recipe(_recipe(compile=compiled))), str(folder),
-                                     threads=threads)
+            # compile needs the padded layout (packing, the default, is refused with it)
+            recipe = _recipe(compile=compiled, packing=False)
+            worker = RecordingWorker(0, 1, learner_sections(parse_recipe(recipe)), str(folder), threads=threads)
             worker.setup(init)
             # two batches of other shapes (dynamic shapes); lr 1e-30 leaves the fp32 weights bit-identical
             # after the first step, so the second compares compile alone (AdamW would amplify last bits)
@@ -69,5 +70,8 @@ def test_compiled_layers_train_as_eager(tmp_path: Path) -> None:
 
 
 def test_compile_with_packing_is_refused_naming_both_keys() -> None:
-    with pytest.raises(RecipeError, match=r"learner\.compile with learner\.packing"):
-        parse_recipe(_recipe(compile=True, packing=True))
+    """Packing is the default, so `compile: true` alone is refused, and the error says what to set."""
+    for learner in ({"compile": True}, {"compile": True, "packing": True}):
+        with pytest.raises(RecipeError, match=r"learner\.compile: true needs learner\.packing: false"):
+            parse_recipe(_recipe(**learner))
+    assert parse_recipe(_recipe(compile=True, packing=False)).learner.compile

@@ -178,7 +178,7 @@ def _routing(rank: int, world: int, init: str, model_dir: str, out: str, learner
 
     def on_model(module, args, kwargs):
         forwards.append({"ids": (args[0] if args else kwargs["input_ids"]).clone(), "grad": torch.is_grad_enabled(),
-                         "experts": []})
+                         "seq_lens": kwargs.get("seq_lens"), "experts": []})
 
     def on_moe(module, args, output):
         forwards[-1]["experts"].append(output[1].clone())
@@ -195,22 +195,32 @@ def _routing(rank: int, world: int, init: str, model_dir: str, out: str, learner
 
 
 def _routing_by_row(forward: dict) -> dict[tuple, list[torch.Tensor]]:
-    """Token row (without right padding) -> per MoE layer, the experts of its tokens [L, k]."""
-    b, t = forward["ids"].shape
+    """Token row (without right padding) -> per MoE layer, the experts of its tokens [L, k]. A
+    packed forward ([1, N] with `seq_lens`) is cut at its rows' ends, a padded one [B, T] at each
+    row's padding (random_batch tokens are >= 10, padding 0)."""
+    ids = forward["ids"]
+    if forward["seq_lens"] is not None:
+        assert ids.shape[0] == 1 and sum(forward["seq_lens"]) == ids.shape[1]
+        experts = [e.view(ids.shape[1], -1).split(forward["seq_lens"]) for e in forward["experts"]]
+        return {tuple(row.tolist()): [e[r] for e in experts] for r, row in enumerate(ids[0].split(forward["seq_lens"]))}
+    b, t = ids.shape
     rows = {}
     for r in range(b):
-        length = int((forward["ids"][r] != 0).sum())  # random_batch tokens are >= 10, padding 0
-        rows[tuple(forward["ids"][r, :length].tolist())] = [e.view(b, t, -1)[r, :length] for e in forward["experts"]]
+        length = int((ids[r] != 0).sum())
+        rows[tuple(ids[r, :length].tolist())] = [e.view(b, t, -1)[r, :length] for e in forward["experts"]]
     return rows
 
 
-@pytest.mark.parametrize("replay", ["r2", "none"])
-def test_routing_replay_r2_reuses_old_policy_experts(tmp_path: Path, tiny_dir: Path, replay: str) -> None:
+@pytest.mark.parametrize(("replay", "packing"), [("r2", True), ("none", True), ("r2", False)])
+def test_routing_replay_r2_reuses_old_policy_experts(tmp_path: Path, tiny_dir: Path, replay: str,
+                                                     packing: bool) -> None:
     """With `r2`, every update's forward routes each token of each row to the experts of the
-    old-policy pass; with replay off, the weights moved by the first update change some routing
-    in the second (which is what shows the comparison can fail)."""
-    forwards = _spawn(_routing, 1, tmp_path, f"routing-{replay}", tiny_dir,
-                      {"updates_per_batch": 2, "lr": 1e-2, "sections": {"rollout": {"routing_replay": replay}}})
+    old-policy pass, packed (the default) or padded; with replay off, the weights moved by the
+    first update change some routing in the second (which is what shows the comparison can fail)."""
+    forwards = _spawn(_routing, 1, tmp_path, f"routing-{replay}-{packing}", tiny_dir,
+                      {"updates_per_batch": 2, "lr": 1e-2, "packing": packing,
+                       "sections": {"rollout": {"routing_replay": replay}}})
+    assert all((f["seq_lens"] is not None) == packing for f in forwards)  # the layout under test ran
     steps, current = [], None
     for f in forwards:  # each step: its old-policy pass (no grad) then its updates (grad)
         if not f["grad"] and (current is None or current["updates"]):
