@@ -28,17 +28,26 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command("init-tiny")
 def init_tiny(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write: new, empty, or a model folder ling-rl wrote (replaced atomically); any other folder is refused.")],
-    preset: Annotated[str, typer.Option(help="Model size: tiny | small.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Size of the Ling MoE: tiny | small.")] = "tiny",
+    arch: Annotated[str, typer.Option(help="Architecture: ling (the Ling 2.0 MoE) | qwen3 | llama (dense, through transformers).")] = "ling",
     seed: Annotated[int, typer.Option(help="Seed of weights and tokenizer.")] = 0,
 ) -> None:
-    """Build a tiny random Ling 2.0 MoE and its byte-level BPE tokenizer locally."""
-    from ling_rl.models.tiny import init_tiny as build
+    """Build a tiny random model (a Ling 2.0 MoE, or a dense Qwen3 / Llama) and its byte-level BPE
+    tokenizer locally."""
+    from ling_rl.models.tiny import PRESETS, TINY_ARCHS, init_tiny as build
 
+    if arch not in TINY_ARCHS:
+        _fail(f"--arch: unknown architecture {arch!r}; available: {', '.join(TINY_ARCHS)}")
+    if preset not in PRESETS:
+        _fail(f"unknown tiny preset {preset!r}; available: {', '.join(PRESETS)}")
+    if arch != "ling" and preset != "tiny":
+        _fail(f"--preset {preset}: sizes are for --arch ling; --arch {arch} has one tiny size")
+    name = preset if arch == "ling" else arch  # the model.tiny name of this model
     try:
-        folder = build(out_dir, preset=preset, seed=seed)
+        folder = build(out_dir, preset=name, seed=seed)
     except ValueError as e:
         _fail(str(e))
-    console.print(f"wrote tiny Ling MoE ({preset}, seed {seed}) to [bold]{folder}[/]")
+    console.print(f"wrote tiny model.tiny={name} (seed {seed}) to [bold]{folder}[/]")
 
 
 @app.command()
@@ -77,7 +86,7 @@ def _complete_line(step: int) -> str:
 
 @app.command()
 def sample(
-    model_dir: Annotated[Path, typer.Argument(help="A BailingMoeV2 folder (from init-tiny, export, or a release).")],
+    model_dir: Annotated[Path, typer.Argument(help="A model folder (from init-tiny, export, or a release).")],
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt text (repeatable).")] = None,
     n: Annotated[int, typer.Option(help="Samples per prompt.")] = 2,
     max_tokens: Annotated[int, typer.Option(help="Tokens per sample.")] = 32,
@@ -86,10 +95,11 @@ def sample(
     dtype: Annotated[str, typer.Option(help="Engine dtype: float32 | bfloat16.")] = "float32",
 ) -> None:
     """Generate from a model folder with vLLM and show the samples with their log-probs."""
-    from ling_rl.models.ling_config import LingConfig, ModelFolderError
+    from ling_rl.models.backend import resolve_backend
+    from ling_rl.models.ling_config import ModelFolderError
 
     try:
-        LingConfig.from_folder(model_dir)
+        resolve_backend(model_dir).check_folder(model_dir)
     except ModelFolderError as e:
         _fail(str(e))
     from ling_rl.rollout.vllm_engine import sample_texts

@@ -118,6 +118,9 @@ def model_config(recipe: Recipe, recipe_path: Path | None = None, override: Path
     if recipe.model.tiny is not None:
         from ling_rl.models.tiny import PRESETS  # torch is imported by that module; tiny recipes are small
 
+        if recipe.model.tiny not in PRESETS:
+            raise PlanError(f"model.tiny: {recipe.model.tiny} is a Hugging Face architecture; ling-rl plan knows "
+                            "the Ling (BailingMoeV2) architecture only so far")
         return PRESETS[recipe.model.tiny]
     path = str(recipe.model.path)
     if Path(path).is_dir():

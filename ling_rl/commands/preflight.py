@@ -340,12 +340,16 @@ def _tokenizer(recipe: Recipe, run_dir: Path | None, notes: list[str]) -> Any | 
     a hub name that is not cached (train downloads it)."""
     import transformers
 
-    from ling_rl.models.ling_config import LingConfig
+    from ling_rl.models.backend import check_recipe_backend
 
     folder = _model_folder(recipe, run_dir, notes)
     if folder is None:
-        return _tiny_tokenizer(recipe) if recipe.model.tiny else None
-    LingConfig.from_folder(folder)  # ModelFolderError names the folder
+        if recipe.model.tiny:
+            check_recipe_backend(recipe)  # a setting the tiny model's backend lacks names its key
+            return _tiny_tokenizer(recipe)
+        return None
+    # ModelFolderError names the folder; RecipeError a setting the model's backend lacks.
+    check_recipe_backend(recipe, folder).check_folder(folder)
     return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
 
 
@@ -373,9 +377,9 @@ def _tiny_tokenizer(recipe: Recipe) -> Any:
     """The tokenizer `init-tiny` writes (deterministic from the seed; ~1 s), without the weights."""
     import transformers
 
-    from ling_rl.models.tiny import CHAT_TEMPLATE, EOS, PAD, PRESETS, build_tokenizer
+    from ling_rl.models.tiny import CHAT_TEMPLATE, EOS, PAD, build_tokenizer, tiny_vocab_size
 
-    tok = build_tokenizer(PRESETS[str(recipe.model.tiny)].vocab_size, recipe.model.seed)
+    tok = build_tokenizer(tiny_vocab_size(str(recipe.model.tiny)), recipe.model.seed)
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
                                                 chat_template=CHAT_TEMPLATE)
 

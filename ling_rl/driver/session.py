@@ -155,18 +155,21 @@ def since_process_start() -> float:
 
 def prepare_model(recipe: Recipe, run_dir: Path) -> Path:
     """The folder the roles load: `model.path`, or a tiny model built once into the run folder."""
-    if recipe.model.path:
-        from ling_rl.models.ling_config import LingConfig
+    from ling_rl.models.backend import check_recipe_backend
 
+    if recipe.model.path:
         folder = Path(recipe.model.path)
         if not folder.exists() and recipe.model.path.count("/") == 1:
             from huggingface_hub import snapshot_download  # a hub name: needs network, cached after
 
             folder = Path(snapshot_download(recipe.model.path))
-        LingConfig.from_folder(folder)  # fail early, with the folder named
+        # Fail early, with the folder named: its backend (Ling or transformers), the features the
+        # recipe asks of it, its config.
+        check_recipe_backend(recipe, folder).check_folder(folder)
         return folder
     from ling_rl.models.tiny import init_tiny
 
+    check_recipe_backend(recipe)  # before building anything
     folder = run_dir / "model_init"
     if not (folder / "config.json").is_file():
         init_tiny(folder, preset=recipe.model.tiny or "tiny", seed=recipe.model.seed)

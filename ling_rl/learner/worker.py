@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from ling_rl import run_logs
@@ -40,8 +41,7 @@ from ling_rl.learner.microbatch import plan_micro_batches
 from ling_rl.learner.packing import Pack
 from ling_rl.learner.schedule import build_optimizer
 from ling_rl.learner.sections import LearnerSections
-from ling_rl.models.hf_io import save_model
-from ling_rl.models.ling_moe import LingForCausalLM
+from ling_rl.models.backend import resolve_backend
 from ling_rl.routing import check_routes, mismatch_counts, mismatch_metrics
 from ling_rl.types import TrainBatch
 
@@ -99,42 +99,47 @@ class LearnerWorker:
             dist.init_process_group(BACKENDS[self.device.type], init_method=init_method, rank=self.rank,
                                     world_size=self.world_size, timeout=timedelta(seconds=collective_timeout_s))
         model_dir = self.model_dir
+        # What differs between the native Ling model and a transformers model (layers to shard,
+        # routers, MTP layers, weight names) is the backend's to say: no branches on it below.
+        self.backend = resolve_backend(model_dir, self.cfg.model.backend)
         torch.manual_seed(self.cfg.run.seed)
         self.model = self._build(model_dir)
         self.ref_model = self._build(model_dir) if self.cfg.algorithm.kl.needs_reference else None
         if self.ref_model is not None:
             self.ref_model.requires_grad_(False)
         self.config = self.model.config
-        self.train_mtp = self.cfg.model.mtp.enabled and self.config.num_nextn_predict_layers > 0
+        mtp_layers = self.backend.mtp_layers(self.model)
+        self.train_mtp = self.cfg.model.mtp.enabled and bool(mtp_layers)
         if not self.train_mtp:
-            for layer in self.model.mtp_layers:
+            for layer in mtp_layers:
                 layer.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.gates = [layer.mlp.gate for layer in self.model.trunk_layers if layer.is_moe]
+        self.gates = self.backend.routers(self.model)
         self.update_bias = not self.cfg.learner.freeze_expert_bias and bool(self.gates)
         if self.update_bias and any(g.expert_bias is None for g in self.gates):
             raise ValueError("learner.freeze_expert_bias: false needs a router expert bias, but the model's config "
                              "has moe_router_enable_expert_bias: false")
         self.optimizer, self.scheduler = build_optimizer(self.params, self.cfg.learner, self.cfg.run.steps)
 
-    def _build(self, model_dir: str) -> LingForCausalLM:
+    def _build(self, model_dir: str) -> nn.Module:
         """The model sharded from the start (built on the meta device, filled shard by shard from
         the checkpoint: see `ling_rl.learner.loading`), fp32 parameters on this rank's device."""
-        def to_fp8(model: LingForCausalLM) -> None:  # before fully_shard: FSDP2 must see the Float8Linears
+        def to_fp8(model: nn.Module) -> None:  # before fully_shard: FSDP2 must see the Float8Linears
             self.fp8_modules = apply_fp8(model, self.cfg.learner.fp8, self.device)
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if self.cfg.learner.precision in ("bf16", "fp8") else MixedPrecisionPolicy()
-        model = build_sharded(model_dir, self.device, mp, convert=to_fp8 if self.cfg.learner.precision == "fp8" else None)
+        model = build_sharded(model_dir, self.device, mp, convert=to_fp8 if self.cfg.learner.precision == "fp8" else None,
+                              backend=self.backend)
         if self.cfg.learner.compile:
             # Per layer (the FSDP2 unit), dynamic shapes: micro-batches differ in rows and length.
-            for layer in model.trunk_layers:
+            for layer in self.backend.trunk_layers(model):
                 layer.compile(dynamic=True)
         return model
 
     # --- forward ---------------------------------------------------------------------------------
 
-    def _forward(self, model: LingForCausalLM, mb: TrainBatch, replay: bool = True, record: bool = False,
+    def _forward(self, model: nn.Module, mb: TrainBatch, replay: bool = True, record: bool = False,
                  with_mtp: bool = False, behaviour: bool = True, entropy: bool = False) -> TokenOutputs:
         """`_token_logprobs` of micro-batch `mb` (its routes replayed when `replay`), packed when
         `learner.packing` (`ling_rl.learner.packing`: the model computes the real tokens only, the
@@ -157,7 +162,7 @@ class LearnerWorker:
             [pack.unpack(r[None], fill=-1).reshape(b * t, -1) for r in out.routed_experts]
         return TokenOutputs(logp, ent, mtp, used)
 
-    def _token_logprobs(self, model: LingForCausalLM, input_ids: torch.Tensor, replay: list[torch.Tensor] | None = None,
+    def _token_logprobs(self, model: nn.Module, input_ids: torch.Tensor, replay: list[torch.Tensor] | None = None,
                         record: bool = False, with_mtp: bool = False, behaviour: bool = True, entropy: bool = False,
                         positions: torch.Tensor | None = None, seq_lens: list[int] | None = None):
         """Per position, the log-prob of its token given the ones before (0 at position 0).
@@ -208,9 +213,11 @@ class LearnerWorker:
         batch = batch_to(batch, self.device, self.token_multiple)
         b, t = batch.input_ids.shape
         logp_all = torch.zeros(b, t, device=self.device)
-        n_moe = sum(1 for layer in self.model.trunk_layers if layer.is_moe)
-        k = self.config.num_experts_per_tok
-        routing = torch.zeros(n_moe, b, t, k, dtype=torch.long, device=self.device) if record_routing else None
+        n_moe = len(self.gates)
+        routing = None
+        if record_routing:
+            k = self.config.num_experts_per_tok
+            routing = torch.zeros(n_moe, b, t, k, dtype=torch.long, device=self.device)
         plan = self._plan(batch)
         for rows in plan:
             mb = self._trim(batch.select(rows if len(rows) else torch.tensor([0])), self.token_multiple)
@@ -465,7 +472,7 @@ class LearnerWorker:
     def export_hf(self, out_dir: str, tokenizer_dir: str) -> None:
         state = self._full_state()
         if self.rank == 0:
-            save_model(self.model, out_dir, tokenizer_dir=tokenizer_dir, state=state)
+            self.backend.save(self.model, out_dir, tokenizer_dir=tokenizer_dir, state=state)
         dist.barrier()
 
     def save_checkpoint(self, ckpt_dir: str) -> None:

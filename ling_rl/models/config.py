@@ -20,13 +20,21 @@ class MTPConfig(Section):
 
 
 class ModelConfig(Section):
-    """The policy: a Hugging Face BailingMoeV2 folder, or a tiny model built locally."""
+    """The policy: a Hugging Face model folder (BailingMoeV2, or a causal LM transformers knows),
+    or a tiny model built locally."""
 
     path: str | None = None
-    """A BailingMoeV2 folder (config.json, safetensors, tokenizer files), e.g. Ling-mini-2.0."""
+    """A Hugging Face folder (config.json, safetensors, tokenizer files), e.g. Ling-mini-2.0 or a
+    Qwen3 / Llama model, or a hub name."""
 
-    tiny: Literal["tiny", "small"] | None = None
-    """Build a tiny random Ling MoE + tokenizer locally instead of `path` (tests, quickstart)."""
+    tiny: Literal["tiny", "small", "qwen3", "llama"] | None = None
+    """Build a tiny random model + tokenizer locally instead of `path` (tests, quickstart): the Ling
+    MoE (`tiny`, `small`) or a dense Hugging Face architecture (`qwen3`, `llama`)."""
+
+    backend: Literal["auto", "ling", "hf"] = "auto"
+    """Which implementation trains the model (`ling_rl.models.backend`): `ling`, the project's own
+    BailingMoeV2 (routing replay, MTP, fp8); `hf`, transformers' modeling code for any causal LM
+    (features it lacks are refused by the recipe check); `auto`, from config.json's `architectures`."""
 
     seed: int = 0
     """Seed of the tiny model's weights and tokenizer."""

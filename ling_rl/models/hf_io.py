@@ -84,7 +84,7 @@ def from_hf_weights(weights: Iterable[tuple[str, torch.Tensor]], model: LingForC
     return out
 
 
-def _safetensors_files(folder: Path) -> list[Path]:
+def safetensors_files(folder: Path) -> list[Path]:
     index = folder / INDEX_FILE
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -101,7 +101,7 @@ def _safetensors_files(folder: Path) -> list[Path]:
 
 
 def read_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    for path in _safetensors_files(folder):
+    for path in safetensors_files(folder):
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 yield key, f.get_tensor(key)
@@ -131,7 +131,7 @@ def check_checkpoint(folder: str | Path, model: LingForCausalLM) -> None:
     (no tensor data is read); raises `ModelFolderError` like `from_hf_weights`."""
     source = str(folder)
     headers = []
-    for path in _safetensors_files(Path(folder)):
+    for path in safetensors_files(Path(folder)):
         with safe_open(str(path), framework="pt") as f:
             headers += [(k, torch.empty(f.get_slice(k).get_shape(), device="meta")) for k in f.keys()]
     from_hf_weights(headers, model, source)
@@ -143,7 +143,7 @@ def read_checkpoint_part(folder: str | Path, model: LingForCausalLM, part: str) 
     at most one layer of the model in memory."""
     parts = checkpoint_parts(model)
     weights = []
-    for path in _safetensors_files(Path(folder)):
+    for path in safetensors_files(Path(folder)):
         with safe_open(str(path), framework="pt") as f:
             weights += [(k, f.get_tensor(k)) for k in f.keys() if _part_of(k, parts) == part]
     return from_hf_weights(weights, model, str(folder), partial=True)
@@ -207,22 +207,34 @@ def save_model(
     if not include_mtp:
         mtp = {}
         hf["num_nextn_predict_layers"] = 0
+    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+    code = [_HF_FILES_DIR / CONFIG_FILE, *_HF_FILES_DIR.glob("modeling_*.py")]
+    return write_model_folder(folder, weights, hf, tokenizer_dir, generation, code_files=code, mtp=mtp,
+                              max_shard_bytes=max_shard_bytes)
+
+
+def write_model_folder(folder: str | Path, weights: dict[str, torch.Tensor], config: dict, tokenizer_dir: str | Path | None,
+                       generation: dict, code_files: Iterable[Path] = (), mtp: dict[str, torch.Tensor] | None = None,
+                       max_shard_bytes: int = 4 << 30) -> Path:
+    """Write a Hugging Face folder atomically (see `save_model`) from Hugging Face-named `weights`,
+    the `config` of config.json, the tokenizer files of `tokenizer_dir` and its generation config
+    (else `generation`, the bos/eos/pad ids), and `code_files` (remote-code classes) copied in."""
+    folder = Path(folder)
+    check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         _write_shards(weights, tmp, max_shard_bytes)
         if mtp:
             save_file({k: v.detach().contiguous().cpu() for k, v in mtp.items()}, str(tmp / MTP_FILE), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-        shutil.copy(_HF_FILES_DIR / CONFIG_FILE, tmp / CONFIG_FILE)
-        for extra in _HF_FILES_DIR.glob("modeling_*.py"):
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for extra in code_files:
             shutil.copy(extra, tmp / extra.name)
         source_gen = Path(tokenizer_dir) / GENERATION_CONFIG if tokenizer_dir is not None else None
         if source_gen is not None and source_gen.is_file():
             shutil.copy(source_gen, tmp / GENERATION_CONFIG)
         else:
-            (tmp / GENERATION_CONFIG).write_text(json.dumps(
-                {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}, indent=2))
+            (tmp / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
         if tokenizer_dir is not None:
             copy_tokenizer_files(Path(tokenizer_dir), tmp)
         if folder.exists():

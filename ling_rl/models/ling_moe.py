@@ -366,6 +366,9 @@ class LingModel(nn.Module):
 
 
 class LingForCausalLM(nn.Module):
+    backend_name = "ling"
+    """The model backend that builds and loads this model (`ling_rl.models.backend`)."""
+
     def __init__(self, cfg: LingConfig) -> None:
         super().__init__()
         self.config = cfg

