@@ -1,4 +1,4 @@
-"""vLLM on an `hf` model: the engine loads the tiny dense Qwen3 by its own architecture, the
+"""vLLM on an `hf` model: the engine loads the tiny dense Qwen3 / Llama by its own architecture, the
 weight sync streams the learner model's Hugging Face names into it, and after the sync the
 engine's log-probs of its sampled tokens equal the learner's (fp32, per token) for plain and
 processed (temperature, top-k, top-p) sampling. Real vLLM (CPU build)."""
@@ -30,8 +30,9 @@ def _learner_logprobs(model, prompt: list[int], response: list[int], temperature
     return out.head.logprobs[0, len(prompt) - 1 :].double()
 
 
-def test_engine_log_probs_equal_the_learner_after_a_sync(tmp_path: Path) -> None:
-    folder = init_tiny(tmp_path / "qwen3", preset="qwen3", seed=0)
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_engine_log_probs_equal_the_learner_after_a_sync(tmp_path: Path, arch: str) -> None:
+    folder = init_tiny(tmp_path / arch, preset=arch, seed=0)
     backend = resolve_backend(folder)
     old, new = backend.load(folder), backend.load(folder)
     g = torch.Generator().manual_seed(0)
@@ -57,7 +58,7 @@ def test_engine_log_probs_equal_the_learner_after_a_sync(tmp_path: Path) -> None
                     tokens += len(gen.token_ids)
     finally:
         del engine
-    print(f"hf qwen3 parity over {tokens} sampled tokens after a sync: max |dlogp| = {worst:.2e} (old weights: {old_gap:.2f})")
+    print(f"hf {arch} parity over {tokens} sampled tokens after a sync: max |dlogp| = {worst:.2e} (old weights: {old_gap:.2f})")
     assert tokens > 100
     assert worst <= 1e-5
     assert old_gap > 0.05  # the engine really holds the synced weights
