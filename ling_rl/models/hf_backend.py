@@ -176,7 +176,12 @@ class HFBackend(ModelBackend):
 
     def init_computed_buffers(self, model: HFCausalLM, device: str | torch.device) -> None:
         """Rebuild the rotary embeddings (their frequencies are computed, not stored) on `device`;
-        any other computed buffer is an architecture this backend does not know how to set up."""
+        any other computed buffer is an architecture this backend does not know how to set up.
+        A tied lm_head is made the embedding's parameter again: `to_empty` of an unsharded model
+        gives each module its own new tensor (FSDP2's sharded parameters are swapped in place and
+        stay shared)."""
+        if model.config.tie_word_embeddings and model.lm_head.weight is not model.model.embed_tokens.weight:
+            model.lm_head.weight = model.model.embed_tokens.weight
         stored = set(model.state_dict())
         computed = {name for name, _ in model.named_buffers() if name not in stored}
         for prefix, module in model.named_modules():

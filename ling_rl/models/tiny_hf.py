@@ -21,16 +21,16 @@ _SIZE: dict[str, Any] = dict(vocab_size=1024, hidden_size=128, intermediate_size
                              rope_theta=10000.0, tie_word_embeddings=False, rms_norm_eps=1e-6)
 
 
-def _qwen3(**ids: int | None) -> Any:
+def _qwen3(**over: Any) -> Any:
     from transformers import Qwen3Config
 
-    return Qwen3Config(**_SIZE, **ids, architectures=["Qwen3ForCausalLM"])
+    return Qwen3Config(**{**_SIZE, **over}, architectures=["Qwen3ForCausalLM"])
 
 
-def _llama(**ids: int | None) -> Any:
+def _llama(**over: Any) -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(**_SIZE, **ids, architectures=["LlamaForCausalLM"])
+    return LlamaConfig(**{**_SIZE, **over}, architectures=["LlamaForCausalLM"])
 
 
 HF_TINY: dict[str, Callable[..., Any]] = {"qwen3": _qwen3, "llama": _llama}
@@ -39,11 +39,12 @@ HF_TINY: dict[str, Callable[..., Any]] = {"qwen3": _qwen3, "llama": _llama}
 VOCAB_SIZE = _SIZE["vocab_size"]
 
 
-def build_tiny_hf(arch: str, seed: int = 0, **ids: int | None) -> HFCausalLM:
-    """The tiny `arch` model with transformers' random initialisation under `seed`, fp32, on the CPU."""
+def build_tiny_hf(arch: str, seed: int = 0, **over: Any) -> HFCausalLM:
+    """The tiny `arch` model with transformers' random initialisation under `seed`, fp32, on the CPU
+    (`over`: config values to change, e.g. the token ids or `tie_word_embeddings`)."""
     import transformers
 
-    config = HF_TINY[arch](**ids)
+    config = HF_TINY[arch](**over)
     torch.manual_seed(seed)
     causal_lm = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     return HFCausalLM(causal_lm)

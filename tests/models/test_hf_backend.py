@@ -130,3 +130,26 @@ def test_activation_checkpointing_recomputes_each_layer_and_keeps_the_gradients(
         grads.append([p.grad.clone() for p in model.parameters()])
     for plain, recomputed in zip(*grads, strict=True):
         torch.testing.assert_close(recomputed, plain, rtol=0, atol=1e-6)
+
+
+def test_a_tied_lm_head_is_stored_once_and_loads_tied(hf_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Qwen3-0.6B and Llama 3.2 tie the LM head to the embeddings: the folder holds the tensor
+    once, the backend's load ties them again, and its logits are transformers' own."""
+    import transformers
+    from safetensors import safe_open
+
+    from ling_rl.models.hf_backend import HFBackend
+    from ling_rl.models.hf_io import safetensors_files
+    from ling_rl.models.tiny_hf import build_tiny_hf
+
+    folder = HFBackend().save(build_tiny_hf("qwen3", seed=1, tie_word_embeddings=True), tmp_path / "tied",
+                              tokenizer_dir=hf_dirs["qwen3"])
+    names = [k for path in safetensors_files(folder) for k in safe_open(str(path), "pt").keys()]
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    ours = resolve_backend(folder).load(folder)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    assert [prefix for prefix, _ in HFBackend().weight_groups(ours)][-1] == "model.norm."  # the head is not shipped twice
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    ids = torch.randint(10, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=0, atol=1e-6)

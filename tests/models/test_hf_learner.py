@@ -1,12 +1,14 @@
 """The FSDP2 learner on an `hf` model (tiny dense Qwen3, 2 gloo ranks, fp32): the sharded load
 equals transformers' own `from_pretrained` bit for bit, the learner's log-probs (packed
 micro-batches, the default) equal transformers' own forward, a training step with activation
-checkpointing moves the weights, and the learner's export loads back in transformers."""
+checkpointing moves the weights, and the learner's export loads back in transformers; with an
+untied LM head and with one tied to the embeddings (as Qwen3-0.6B and Llama 3.2 have)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -44,12 +46,18 @@ def _run(rank: int, world: int, init: str, model_dir: str, out: str, export_dir:
     leave(worker)
 
 
-def test_learner_on_tiny_qwen3(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tied", [False, True])
+def test_learner_on_tiny_qwen3(tmp_path: Path, tied: bool) -> None:
     import transformers
 
     from ling_rl.learner.logprobs import token_logprobs
+    from ling_rl.models.hf_backend import HFBackend
+    from ling_rl.models.tiny_hf import build_tiny_hf
 
     model_dir = init_tiny(tmp_path / "qwen3", preset="qwen3", seed=0)
+    if tied:
+        model_dir = HFBackend().save(build_tiny_hf("qwen3", seed=1, tie_word_embeddings=True), tmp_path / "tied",
+                                     tokenizer_dir=model_dir)
     out, export_dir = tmp_path / "out.pt", tmp_path / "export"
     mp.spawn(_run, args=(2, f"file://{tmp_path}/pg", str(model_dir), str(out), str(export_dir)), nprocs=2)
     got = torch.load(out)
@@ -70,6 +78,8 @@ def test_learner_on_tiny_qwen3(tmp_path: Path) -> None:
     assert metrics["skipped"] == 0.0 and torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0
     changed = [k for k in expected if not torch.equal(got["trained"][k], expected[k])]
     assert len(changed) == len(expected), "every weight should move with lr 1e-2"
+    if tied:  # one parameter: trained once, still the embedding's
+        assert torch.equal(got["trained"]["lm_head.weight"], got["trained"]["model.embed_tokens.weight"])
 
     exported = transformers.AutoModelForCausalLM.from_pretrained(str(export_dir), dtype=torch.float32)
     for key, value in exported.state_dict().items():
