@@ -111,6 +111,10 @@ class Recipe(Section):
         if duplicate:
             raise _CrossField("rewards", duplicate)
         labels = [r.key for r in self.rewards]
+        if env is not None and env.factory is not None:
+            # The environment's `get_reward()` is one more reward source, named after its class: the
+            # factory's name here, checked against the loaded class when the run starts (reward_specs).
+            labels.append(env.factory.rsplit(":", 1)[-1])
         filters_on_correctness = self.curriculum.dynamic_sampling and self.curriculum.filter_on != "reward"
         if (self.curriculum.stages or self.eval.every or filters_on_correctness) and self.curriculum.correctness not in labels:
             raise _CrossField("curriculum.correctness", f"is {self.curriculum.correctness!r}, which is not one of the "

@@ -60,6 +60,8 @@ def _judge_overrides(recipe_path: Path, base_url: str) -> list[str]:
 def test_cpu_recipe_trains_two_steps(name: str, tmp_path: Path, tiny_dir: Path, ray_session: None,
                                      request: pytest.FixtureRequest) -> None:
     from ling_rl.driver.loop import train
+    from ling_rl.driver.session import reward_specs
+    from ling_rl.environments.loading import resolve_environment
 
     path = RECIPES[name]
     overrides = [
@@ -86,7 +88,9 @@ def test_cpu_recipe_trains_two_steps(name: str, tmp_path: Path, tiny_dir: Path, 
     # Every plugin was called and none failed or timed out; a judge answered every request (`failed`
     # counts requests that got no answer). The tiny judge's verdicts rarely parse, so judges.yaml's
     # samples are mostly skipped: the smoke run checks that the recipe runs, not what it learns.
-    for spec in recipe.rewards:
+    # The recipe's plugins and an environment's own get_reward() (agent.yaml's only reward).
+    environment = resolve_environment(recipe.environment) if recipe.environment is not None else None
+    for spec in reward_specs(recipe, environment):
         p = f"reward/{spec.key}"
         calls = sum(r[f"{p}/calls"] for r in rows)
         failed = sum(r[f"{p}/failures"] + r[f"{p}/timeouts"] + r.get(f"{p}/failed", 0) for r in rows)

@@ -1,14 +1,22 @@
 """Generate the agentic task (issue 24): multi-step word problems whose numbers are too large for
-the tiny model to compute in its head, solved with the task's `calculate` tool
-(data/agent/tools.py: one step `a op b` on two integers per call).
+the tiny model to compute in its head, solved with the tools of the task's environment
+(data/agent/ledger.py: `Ledger`, TRL's `environment_factory` contract).
 
     python data/agent/generate.py            # writes the four files next to this script
 
 A problem is a short story over 4-digit amounts whose answer takes 2 or 3 arithmetic steps:
 
-    prompt: A depot holds 4821 crates of 37 bottles each. 9052 bottles are shipped. How many bottles are left?
-    steps:  4821*37 = 178377, 178377-9052 = 169325
-    answer: 169325         (a response states it as "The answer is 169325.", which `exact_answer` reads)
+    prompt:  A depot holds 4821 crates of 37 bottles each. 9052 bottles are shipped. How many bottles are left?
+    episode: calculate(a="n1", op="*", b="n2") -> "r1 = 178377"
+             calculate(a="r1", op="-", b="n3") -> "r2 = 169325"
+             answer(value="r2")                -> "submitted 169325"
+             "Done."
+    answer:  169325        (the Ledger's get_reward(): 1.0 when the submitted value is it)
+
+The Ledger names the problem's numbers n1, n2, ... in the order the text states them and each
+result r1, r2, ...; the model calls the tools on names, so it never has to copy a number (a tiny
+model trained from scratch for minutes does not learn to copy multi-token numbers: bench/RESULTS.md,
+"Agentic task"). It still has to read which numbers a story combines, how, and in what order.
 
 - `train.jsonl`  RL prompts, in distribution (ID): 2 steps (3 stories) or 3 steps (2 stories),
                  operations * + -.
@@ -18,18 +26,19 @@ A problem is a short story over 4-digit amounts whose answer takes 2 or 3 arithm
 - `dft.jsonl`    tool-use traces for the DFT warm start, in TRL's conversational form (`messages`),
                  imperfect on purpose (below).
 
-Every row: id, prompt, answer (the true result), steps, story, split. `dft.jsonl` rows carry the
-trace to imitate: `messages` (user, then assistant turns with `tool_calls` and `tool` results, then
-the final assistant answer), `style` (below), `answer` the answer the trace reaches (wrong when the
-trace is) and `correct_answer` the true one.
+Every row: id, prompt, answer (the true result), quantities (the problem's numbers in order: what
+`Ledger.reset` names n1, n2, ...), steps, story, split. `dft.jsonl` rows carry the trace to imitate:
+`messages` (user, then assistant turns with `tool_calls` and `tool` results, then "Done."), `style`
+(below), `answer` the answer the trace submits (wrong when the trace is) and `correct_answer` the
+true one.
 
 A trace's style is drawn with the shares of `--mix` (default DEFAULT_MIX):
 
-- `guess`    skips the tool and states a number at once: the true answer's first digits and random
-             others (the right one in GUESS_RIGHT_SHARE of them). The most common style, so a policy
-             that imitates the data at greedy decoding mostly guesses, and mostly wrongly.
-- `tool`     one `calculate` call per step (>= 2 per problem), each on the previous results, then
-             "The answer is N." with N the last result.
+- `guess`    skips `calculate` and submits a number at once: the true answer's first digits and
+             random others (the right one in GUESS_RIGHT_SHARE of them). The most common style, so a
+             policy that imitates the data at greedy decoding mostly guesses, and mostly wrongly.
+- `tool`     one `calculate` call per step (>= 2 per problem), on the problem's numbers and earlier
+             results by name, then `answer` with the last result's name.
 - `bad_call` one step's call goes wrong, in one of three ways drawn evenly (the steps before it are
              called correctly):
              `bad_json`   the call's JSON is cut short (its text, as the template writes a call, minus
@@ -37,17 +46,18 @@ A trace's style is drawn with the shares of `--mix` (default DEFAULT_MIX):
                           (`bad_json_result`) and the trace then guesses;
              `wrong_tool` the call names a tool that does not exist (WRONG_TOOL_NAME): the loop
                           answers "unknown tool" (UNKNOWN_TOOL_RESULT) and the trace then guesses;
-             `wrong_expression` a mistyped operand (two digits swapped or one dropped): the tool
-                          computes what it was given, and the rest of the trace follows from that
-                          wrong value to a wrong answer.
+             `wrong_operand` one operand names another number or result: the Ledger computes what
+                          it was given, and the rest of the trace follows from that wrong value to a
+                          wrong answer.
 
-With the default seed, sizes and mix, dft.jsonl holds 1500 traces (928 of 2 steps, 572 of 3):
-768 guess (69 of them right), 523 tool, 209 bad_call (67 bad_json, 69 wrong_tool, 73
-wrong_expression; 15 of their guesses right); 607 of the 1500 reach the right answer.
+With the default seed, sizes and mix, dft.jsonl holds 1500 traces (902 of 2 steps, 598 of 3):
+778 guess (59 of them right), 521 tool, 201 bad_call (60 bad_json, 67 wrong_tool, 74
+wrong_operand; 15 of their guesses right); 595 of the 1500 reach the right answer.
 
-Tool results are what the episode loop would feed back: `calculate`'s result for these calls
-(`a op b = result`, integers printed exactly), and the loop's error texts for the bad calls; tests/curriculum/test_dft_agent.py checks both against the real code.
-All prompts are distinct across the four files. Deterministic from `--seed`.
+Tool results are what the episode loop would feed back: the Ledger's results for these calls, and
+the loop's error texts for the bad calls; tests/curriculum/test_dft_agent.py checks both against
+the real code (one trace per style through a real episode process). All prompts are distinct across
+the four files. Deterministic from `--seed`.
 """
 
 from __future__ import annotations
@@ -55,20 +65,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-TOOL = "calculate"
-"""The task's tool: data/agent/tools.py:calculate (one step on two integers; its docstring says why
-not the built-in `calculator`)."""
+CALC, ANSWER = "calculate", "answer"
+"""The task's tools: the methods of data/agent/ledger.py's `Ledger` environment."""
 WRONG_TOOL_NAME = "calc"
-UNKNOWN_TOOL_RESULT = str({"error": f"unknown tool {WRONG_TOOL_NAME!r}; tools: {TOOL}"})
+UNKNOWN_TOOL_RESULT = str({"error": f"unknown tool {WRONG_TOOL_NAME!r}; tools: {ANSWER}, {CALC}"})
 """What an episode's tool process answers a call of WRONG_TOOL_NAME (ling_rl/environments/process.py:
 TRL's `str({"error": message})`)."""
 
 DEFAULT_MIX = {"guess": 0.5, "tool": 0.35, "bad_call": 0.15}
-BAD_CALL_KINDS = ("bad_json", "wrong_tool", "wrong_expression")
+BAD_CALL_KINDS = ("bad_json", "wrong_tool", "wrong_operand")
 GUESS_RIGHT_SHARE = 0.1
 
 
@@ -104,16 +114,17 @@ class Problem:
     prompt: str
     steps: tuple[Step, ...]
 
-    def values(self, typo: tuple[int, str, int] | None = None) -> list[int]:
-        """The result of each step. `typo`: (step, side, wrong value) replaces that step's literal
-        operand on `side` ("left"/"right"); later steps follow from the changed results."""
+    def values(self) -> list[int]:
+        """The result of each step."""
         out: list[int] = []
-        for i, step in enumerate(self.steps):
-            left, right = (value(step.left, out), value(step.right, out))
-            if typo is not None and typo[0] == i:
-                left, right = (typo[2], right) if typo[1] == "left" else (left, typo[2])
-            out.append(OPS[step.op](left, right))
+        for step in self.steps:
+            out.append(OPS[step.op](value(step.left, out), value(step.right, out)))
         return out
+
+    @property
+    def quantities(self) -> list[int]:
+        """The problem's numbers in the order its text states them (the Ledger's n1, n2, ...)."""
+        return [int(n) for n in re.findall(r"\d+", self.prompt)]
 
     @property
     def answer(self) -> int:
@@ -194,33 +205,37 @@ SPLITS: dict[str, tuple[Callable[[random.Random], Problem], ...]] = {
     "train": ID_STORIES, "eval": ID_STORIES, "dft": ID_STORIES, "ood": OOD_STORIES}
 
 
-Call = tuple[int, str, int]
-"""A `calculate` call's arguments: a, op, b."""
+Call = tuple[str, str, str]
+"""A `calculate` call's arguments: a, op, b (names: n1, n2, ... the problem's quantities; r1, r2, ...
+earlier results)."""
 
 
-def arguments(step: Step, results: list[int]) -> Call:
-    """The call of `step`, on the problem's numbers and earlier results."""
-    return value(step.left, results), step.op, value(step.right, results)
+def name_of(operand: Operand, quantities: list[int]) -> str:
+    """An operand's name in the Ledger: `n<k>` for the problem's k-th quantity, `r<k>` for the k-th result."""
+    return f"r{operand.step + 1}" if isinstance(operand, Ref) else f"n{quantities.index(operand) + 1}"
 
 
-def call_message(call: Call, name: str = TOOL) -> dict[str, object]:
-    """An assistant turn that calls `name` with `call` (TRL's conversational form)."""
-    a, op, b = call
-    spec = {"type": "function", "function": {"name": name, "arguments": {"a": a, "op": op, "b": b}}}
+def arguments(step: Step, quantities: list[int]) -> Call:
+    """The call of `step`, by name."""
+    return name_of(step.left, quantities), step.op, name_of(step.right, quantities)
+
+
+def call_message(name: str, args: dict[str, str]) -> dict[str, object]:
+    """An assistant turn that calls tool `name` with `args` (TRL's conversational form)."""
+    spec = {"type": "function", "function": {"name": name, "arguments": args}}
     return {"role": "assistant", "content": "", "tool_calls": [spec]}
 
 
-def result_text(call: Call, result: int) -> str:
-    """What `calculate` returns for `call` (tests/curriculum/test_dft_agent.py checks it against the tool)."""
+def calc_message(call: Call, name: str = CALC) -> dict[str, object]:
     a, op, b = call
-    return f"{a} {op} {b} = {result}"
+    return call_message(name, {"a": a, "op": op, "b": b})
 
 
 def bad_json_message(call: Call) -> dict[str, object]:
     """An assistant turn whose call is written out as the template writes one (hermes,
     `<tool_call>{json}</tool_call>`) but with the JSON cut short: it has no parsed `tool_calls`."""
     a, op, b = call
-    text = json.dumps({"name": TOOL, "arguments": {"a": a, "op": op, "b": b}})
+    text = json.dumps({"name": CALC, "arguments": {"a": a, "op": op, "b": b}})
     return {"role": "assistant", "content": f"<tool_call>{text[:-1]}</tool_call>"}
 
 
@@ -235,12 +250,16 @@ def bad_json_result(message: dict[str, object]) -> str:
     raise AssertionError(f"not malformed: {body}")
 
 
-def tool_message(content: str, name: str = TOOL) -> dict[str, object]:
+def tool_message(content: str, name: str = CALC) -> dict[str, object]:
     return {"role": "tool", "name": name, "content": content}
 
 
-def final_message(answer: int) -> dict[str, object]:
-    return {"role": "assistant", "content": f"The answer is {answer}."}
+def submit(value: str, shown: int) -> list[dict[str, object]]:
+    """The `answer` call, its result, and the closing turn."""
+    return [call_message(ANSWER, {"value": value}), tool_message(f"submitted {shown}", ANSWER), DONE]
+
+
+DONE = {"role": "assistant", "content": "Done."}
 
 
 def guess(answer: int, rng: random.Random) -> int:
@@ -256,60 +275,51 @@ def guess(answer: int, rng: random.Random) -> int:
             return made
 
 
-def mistype(number: int, rng: random.Random) -> int:
-    """`number` with two adjacent digits swapped or one digit dropped (never the same number)."""
-    digits = str(number)
-    while True:
-        if rng.random() < 0.5:
-            i = rng.randrange(len(digits) - 1)
-            typed = digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:]
-        else:
-            i = rng.randrange(len(digits))  # dropping the last digit always makes another number
-            typed = digits[:i] + digits[i + 1:]
-        if int(typed) != number and not typed.startswith("0"):
-            return int(typed)
+def misname(name: str, known: list[str], rng: random.Random) -> str:
+    """Another known name than `name` (the model picked the wrong quantity or result)."""
+    return rng.choice([k for k in known if k != name])
 
 
 def trace(problem: Problem, style: str, rng: random.Random) -> tuple[list[dict[str, object]], int]:
     """The assistant and tool messages of one trace in `style` (a DEFAULT_MIX key or a
-    BAD_CALL_KINDS entry), and the answer it reaches."""
-    results = problem.values()
+    BAD_CALL_KINDS entry), and the answer it submits."""
+    quantities, results = problem.quantities, problem.values()
     if style == "guess":
         reached = guess(problem.answer, rng)
-        return [final_message(reached)], reached
+        return submit(str(reached), reached), reached
     # `tool` calls every step; a bad call replaces the call of step `bad`.
     bad = len(results) if style == "tool" else rng.randrange(len(results))
     messages: list[dict[str, object]] = []
     for i in range(bad):
-        call = arguments(problem.steps[i], results)
-        messages += [call_message(call), tool_message(result_text(call, results[i]))]
+        messages += [calc_message(arguments(problem.steps[i], quantities)), tool_message(f"r{i + 1} = {results[i]}")]
     if style == "tool":
-        return [*messages, final_message(results[-1])], results[-1]
-    bad_call = arguments(problem.steps[bad], results)
+        return [*messages, *submit(f"r{len(results)}", results[-1])], results[-1]
+    bad_call = arguments(problem.steps[bad], quantities)
     if style == "bad_json":
         reached = guess(problem.answer, rng)
         cut = bad_json_message(bad_call)
         # A call that does not parse has no name: the loop's tool message names none.
-        return [*messages, cut, tool_message(bad_json_result(cut), ""), final_message(reached)], reached
+        return [*messages, cut, tool_message(bad_json_result(cut), ""), *submit(str(reached), reached)], reached
     if style == "wrong_tool":
         reached = guess(problem.answer, rng)
-        return [*messages, call_message(bad_call, WRONG_TOOL_NAME), tool_message(UNKNOWN_TOOL_RESULT, WRONG_TOOL_NAME),
-                final_message(reached)], reached
-    assert style == "wrong_expression", style
-    step = problem.steps[bad]
-    sides = [side for side in ("left", "right") if isinstance(getattr(step, side), int) and getattr(step, side) >= 10]
-    if not sides:  # both operands are earlier results: mistype the one written first
-        sides = ["left"]
-    side = rng.choice(sides)
-    typo = (bad, side, mistype(value(getattr(step, side), results), rng))
-    wrong = problem.values(typo)
-    for i in range(bad, len(wrong)):
-        left, right = value(problem.steps[i].left, wrong), value(problem.steps[i].right, wrong)
-        if i == bad:
-            left, right = (typo[2], right) if side == "left" else (left, typo[2])
-        call = (left, problem.steps[i].op, right)
-        messages += [call_message(call), tool_message(result_text(call, wrong[i]))]
-    return [*messages, final_message(wrong[-1])], wrong[-1]
+        return [*messages, calc_message(bad_call, WRONG_TOOL_NAME), tool_message(UNKNOWN_TOOL_RESULT, WRONG_TOOL_NAME),
+                *submit(str(reached), reached)], reached
+    assert style == "wrong_operand", style
+    # One operand of step `bad` names the wrong quantity or result; the rest follows from it.
+    known = [f"n{k + 1}" for k in range(len(quantities))] + [f"r{k + 1}" for k in range(bad)]
+    a, op, b = bad_call
+    side = rng.choice(["a", "b"])
+    call = (misname(a, known, rng), op, b) if side == "a" else (a, op, misname(b, known, rng))
+    values = {f"n{k + 1}": q for k, q in enumerate(quantities)}
+    values.update({f"r{k + 1}": results[k] for k in range(bad)})
+    for i in range(bad, len(results)):
+        if i > bad:
+            call = arguments(problem.steps[i], quantities)
+        left, op, right = values[call[0]], call[1], values[call[2]]
+        values[f"r{i + 1}"] = OPS[op](left, right)
+        messages += [calc_message(call), tool_message(f"r{i + 1} = {values[f'r{i + 1}']}")]
+    reached = values[f"r{len(results)}"]
+    return [*messages, *submit(f"r{len(results)}", reached)], reached
 
 
 def draw_style(rng: random.Random, mix: dict[str, float]) -> str:
@@ -318,7 +328,8 @@ def draw_style(rng: random.Random, mix: dict[str, float]) -> str:
 
 
 def reference_row(problem: Problem, split: str) -> dict[str, object]:
-    return {"prompt": problem.prompt, "answer": str(problem.answer), "steps": len(problem.steps),
+    return {"prompt": problem.prompt, "answer": str(problem.answer), "quantities": problem.quantities,
+            "steps": len(problem.steps),
             "story": problem.story, "split": split}
 
 
@@ -326,6 +337,7 @@ def dft_row(problem: Problem, rng: random.Random, mix: dict[str, float]) -> dict
     style = draw_style(rng, mix)
     messages, reached = trace(problem, style, rng)
     return {"prompt": problem.prompt, "answer": str(reached), "correct_answer": str(problem.answer),
+            "quantities": problem.quantities,
             "messages": [{"role": "user", "content": problem.prompt}, *messages], "style": style,
             "steps": len(problem.steps), "story": problem.story, "split": "dft"}
 

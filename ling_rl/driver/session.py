@@ -297,6 +297,14 @@ def reward_specs(recipe: Recipe, environment: Any) -> list[Any]:
         assert recipe.environment is not None
         specs.append(RewardSpec(name="environment_reward", alias=environment.env_name,
                                 weight=recipe.environment.reward_weight))
+    labels = [s.key for s in specs]
+    if recipe.curriculum.correctness not in labels and (
+            recipe.curriculum.stages or recipe.eval.every
+            or (recipe.curriculum.dynamic_sampling and recipe.curriculum.filter_on != "reward")):
+        # The recipe check took the factory's name for its class's; this is where the two can differ.
+        raise RecipeError(f"curriculum.correctness is {recipe.curriculum.correctness!r}, which is not one of the reward "
+                          f"sources ({', '.join(labels) or 'none'}): an environment's get_reward() is named after its "
+                          "class, and one without get_reward() gives no reward source")
     return specs
 
 

@@ -70,3 +70,33 @@ def test_filtering_on_correctness_needs_the_correctness_reward(curriculum: dict,
     with pytest.raises(RecipeError, match="curriculum.correctness: is 'exact_answer', which is not one of the rewards "
                                           r"\(numeric_response\).*dynamic sampling"):
         parse_recipe(data)
+
+
+def test_correctness_may_be_an_environments_own_reward(tmp_path) -> None:
+    """An environment with get_reward() is a reward source named after its class (as TRL logs it):
+    the recipe check takes the factory's name for it, and the run's start checks the loaded class."""
+    from ling_rl.driver.session import reward_specs
+    from ling_rl.environments.config import EnvironmentConfig
+    from ling_rl.environments.loading import resolve_environment
+
+    (tmp_path / "envs.py").write_text(
+        "class Scored:\n"
+        "    def reset(self, **row):\n        return None\n"
+        "    def act(self, x: int) -> int:\n        \"\"\"Act.\n\n        Args:\n            x: A number.\n        \"\"\"\n        return x\n"
+        "    def get_reward(self) -> float:\n        return 1.0\n"
+        "def make_scored():\n    return Scored()\n")
+    base = {"model": {"tiny": "tiny"}, "data": {"train": "data/arith/train.jsonl", "chat_template": True}, "rewards": [],
+            "curriculum": {"dynamic_sampling": True, "correctness": "Scored"}}
+    recipe = parse_recipe({**base, "environment": {"factory": f"{tmp_path}/envs.py:Scored"}})
+    env = resolve_environment(recipe.environment)
+    assert [s.key for s in reward_specs(recipe, env)] == ["Scored"]
+
+    # A factory function passes the recipe check under its own name; the class it builds is named otherwise.
+    recipe = parse_recipe({**base, "environment": {"factory": f"{tmp_path}/envs.py:make_scored"},
+                           "curriculum": {"dynamic_sampling": True, "correctness": "make_scored"}})
+    with pytest.raises(RecipeError, match=r"curriculum.correctness is 'make_scored', which is not one of the reward "
+                                          r"sources \(Scored\): an environment's get_reward\(\) is named after its class"):
+        reward_specs(recipe, resolve_environment(recipe.environment))
+    with pytest.raises(RecipeError, match="curriculum.correctness: is 'Other', which is not one of the rewards"):
+        parse_recipe({**base, "environment": {"factory": f"{tmp_path}/envs.py:Scored"},
+                      "curriculum": {"dynamic_sampling": True, "correctness": "Other"}})

@@ -18,11 +18,10 @@ from ling_rl.environments.parsers import TOOL_PARSERS
 from ling_rl.environments.process import EnvironmentProcess
 from ling_rl.environments.rendering import ChatRenderer
 from ling_rl.plugins import load_file
-from rewards.answers import extract_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data/agent"
-TASK_TOOL = f"{DATA / 'tools.py'}:calculate"
+LEDGER = f"{DATA / 'ledger.py'}:Ledger"
 EOS = "<|endoftext|>"
 
 
@@ -35,7 +34,7 @@ def tokenizer(tiny_dir: Path):
 
 @pytest.fixture(scope="module")
 def schemas() -> tuple[dict[str, Any], ...]:
-    return resolve_environment(EnvironmentConfig(tools=[TASK_TOOL])).schemas
+    return resolve_environment(EnvironmentConfig(factory=LEDGER)).schemas
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def _first(rows: list[dict[str, Any]], style: str, steps: int) -> dict[str, Any]
 
 def test_a_trace_is_the_prompt_then_turns_and_tool_results_as_the_episode_builds_them(tokenizer, schemas, dft_rows) -> None:
     row = _first(dft_rows, "tool", 2)
-    calls = [m["tool_calls"][0]["function"]["arguments"] for m in row["messages"] if m.get("tool_calls")]
+    calls = [m["tool_calls"][0]["function"] for m in row["messages"] if m.get("tool_calls")]
     results = [m["content"] for m in row["messages"] if m["role"] == "tool"]
     data = DFTData([row], DFTConfig(enabled=True), tokenizer, "prompt", "answer", "dft.jsonl", chat_template=True,
                    tool_schemas=schemas)
@@ -62,28 +61,33 @@ def test_a_trace_is_the_prompt_then_turns_and_tool_results_as_the_episode_builds
 
     # The same ids as the episode loop's pieces: prompt, turn, tool results, turn, tool results, answer.
     renderer = ChatRenderer(tokenizer, schemas)
-    user, a1, t1, a2, t2, answer = row["messages"]
+    user, a1, t1, a2, t2, a3, t3, done = row["messages"]
     pieces = [(renderer.assistant_turn_ids(a1), True), (renderer.tool_result_ids([t1]), False),
               (renderer.assistant_turn_ids(a2), True), (renderer.tool_result_ids([t2]), False),
-              (renderer.assistant_turn_ids(answer), True)]
+              (renderer.assistant_turn_ids(a3), True), (renderer.tool_result_ids([t3]), False),
+              (renderer.assistant_turn_ids(done), True)]
     assert prompt == renderer.prompt([user])[1]
     assert response == [t for ids, _ in pieces for t in ids]
     assert mask == [trained for ids, trained in pieces for _ in ids]
 
     # Written out: what the model is trained to sample (each turn through EOS), and what it is not.
     decoded = tokenizer.decode(prompt)
-    assert decoded.startswith("<|im_start|>system\nTools:\ncalculate(a: integer, op: string, b: integer): ")
+    assert decoded.startswith("<|im_start|>system\nTools:\nanswer(value: string): ")
+    assert "\ncalculate(a: string, op: string, b: string): " in decoded
     assert decoded.endswith(f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n")
 
-    def call(args: dict[str, Any]) -> str:
-        a, op, b = args["a"], args["op"], args["b"]
-        return f'<tool_call>{{"name": "calculate", "arguments": {{"a": {a}, "op": "{op}", "b": {b}}}}}</tool_call><|im_end|>\n{EOS}'
+    def call(name: str, args: dict[str, Any]) -> str:
+        return f'<tool_call>{{"name": "{name}", "arguments": {json.dumps(args)}}}</tool_call><|im_end|>\n{EOS}'
 
     trained = [t for t, m in zip(response, mask, strict=True) if m]
     untrained = [t for t, m in zip(response, mask, strict=True) if not m]
-    assert tokenizer.decode(trained) == call(calls[0]) + call(calls[1]) + f"The answer is {row['answer']}.<|im_end|>\n{EOS}"
+    assert [c["name"] for c in calls] == ["calculate", "calculate", "answer"]
+    # Read through HF datasets, each call keeps its own arguments (no other tool's keys as nulls).
+    assert calls[2]["arguments"] == {"value": "r2"}
+    assert tokenizer.decode(trained) == "".join(call(c["name"], c["arguments"]) for c in calls) + f"Done.<|im_end|>\n{EOS}"
     assert tokenizer.decode(untrained) == "".join(f"<|im_start|>tool\n{r}<|im_end|>\n<|im_start|>assistant\n" for r in results)
-    assert tokenizer.decode(prompt + response).count(EOS) == 3  # one per model turn, where generation stopped
+    assert "null" not in tokenizer.decode(trained)
+    assert tokenizer.decode(prompt + response).count(EOS) == 4  # one per model turn, where generation stopped
 
     batch = data.batch(tokenizer.pad_token_id)
     n = len(prompt) + len(response)
@@ -93,7 +97,7 @@ def test_a_trace_is_the_prompt_then_turns_and_tool_results_as_the_episode_builds
 
 def test_traces_and_prompt_rows_mix(tokenizer, schemas, dft_rows) -> None:
     """Every shipped trace style tokenizes; a prompt/answer row in the same data trains its whole reply."""
-    rows = [_first(dft_rows, style, 3) for style in ("guess", "tool", "bad_json", "wrong_tool", "wrong_expression")]
+    rows = [_first(dft_rows, style, 3) for style in ("guess", "tool", "bad_json", "wrong_tool", "wrong_operand")]
     plain = {"prompt": "1 + 1?", "answer": "2", "solution": "1 + 1 = 2. The answer is 2."}
     data = DFTData([*rows, plain], DFTConfig(enabled=True), tokenizer, "prompt", "answer", "dft.jsonl",
                    chat_template=True, tool_schemas=schemas)
@@ -175,41 +179,67 @@ def test_the_shipped_files_are_what_the_generator_writes() -> None:
     assert sum(r["answer"] == r["correct_answer"] for r in dft) / len(dft) < 0.45  # the imitated data is mostly wrong
 
 
+def _replay(row: dict[str, Any], call_tool) -> collections.Counter:
+    """Replay a trace's calls through `call_tool(name, arguments) -> text` and check each tool
+    message is that text (a malformed block: the hermes parser's error); the kinds of calls seen."""
+    hermes = TOOL_PARSERS.get("hermes")
+    messages = row["messages"]
+    seen: collections.Counter = collections.Counter()
+    for k, m in enumerate(messages):
+        if m["role"] != "tool":
+            continue
+        call = messages[k - 1]
+        if call.get("tool_calls"):
+            f = call["tool_calls"][0]["function"]
+            assert m["content"] == call_tool(f["name"], dict(f["arguments"])), (row["id"], f)
+            seen[f["name"]] += 1
+        else:
+            parsed = hermes(call["content"])
+            assert not parsed.calls and [m["content"]] == [str({"error": e}) for e in parsed.errors], row["id"]
+            seen["malformed"] += 1
+    return seen
+
+
 def test_trace_tool_results_are_what_the_episode_would_get(dft_rows) -> None:
     """Every tool message in the traces is the text the episode loop would feed back for that call:
-    the calculator's result, the tool process's unknown-tool error, the parser's malformed-call error."""
+    the Ledger's result, the tool process's unknown-tool error, the parser's malformed-call error.
+    One trace of each style runs through a real episode process; all 1500 through the Ledger itself
+    (a process per row would take minutes), which answers as the process does for known tools."""
     gen = _generator()
-    hermes = TOOL_PARSERS.get("hermes")
-    process = EnvironmentProcess(resolve_environment(EnvironmentConfig(tools=[TASK_TOOL])), timeout_s=30,
-                                 max_output_chars=2000)
-    process.start()
-    try:
-        seen = collections.Counter()
-        for row in dft_rows:
-            messages = row["messages"]
-            for k, m in enumerate(messages):
-                if m["role"] != "tool":
-                    continue
-                call = messages[k - 1]
-                if call.get("tool_calls"):
-                    f = call["tool_calls"][0]["function"]
-                    # What the tool process returns for the call: the tool's result or the unknown-tool error.
-                    assert m["content"] == process.call(f["name"], dict(f["arguments"]), 30).content, row["id"]
-                    seen[f["name"]] += 1
-                else:
-                    parsed = hermes(call["content"])
-                    assert not parsed.calls and [m["content"]] == [str({"error": e}) for e in parsed.errors], row["id"]
-                    seen["malformed"] += 1
-            final = messages[-1]["content"]
-            assert final == f"The answer is {row['answer']}." and extract_answer(final) == row["answer"]
-            if row["style"] == "tool":  # one call per step, on the earlier results, ending at the answer
-                assert sum(bool(m.get("tool_calls")) for m in messages) == row["steps"] >= 2
-                assert messages[-2]["content"].endswith(f" = {row['answer']}") and row["answer"] == row["correct_answer"]
-            if row["style"] in ("guess", "tool"):
-                assert all(m.get("name") in (None, "calculate") for m in messages)
-        assert min(seen.values()) > 50, seen
-    finally:
-        process.close()
+    ledger_cls = load_file(DATA / "ledger.py", "data/agent/ledger.py").Ledger
+    for style in ("guess", "tool", "bad_json", "wrong_tool", "wrong_operand"):
+        row = _first(dft_rows, style, 3)
+        process = EnvironmentProcess(resolve_environment(EnvironmentConfig(factory=LEDGER)), timeout_s=30,
+                                     max_output_chars=2000)
+        process.start()
+        try:
+            process.reset({**row, "prompt": row["messages"][:1]})
+            _replay(row, lambda name, args: process.call(name, args, 30).content)
+        finally:
+            process.close()
+
+    seen: collections.Counter = collections.Counter()
+    for row in dft_rows:
+        env = ledger_cls()
+        env.reset(**{**row, "answer": row["correct_answer"]})
+
+        def in_process(name: str, args: dict[str, Any]) -> str:
+            if name not in ("calculate", "answer"):
+                return gen.UNKNOWN_TOOL_RESULT
+            try:
+                return str(getattr(env, name)(**args))
+            except Exception as e:  # TRL's str({"error": str(e)}), as the process answers
+                return str({"error": str(e)})
+
+        seen += _replay(row, in_process)
+        messages = row["messages"]
+        assert messages[-1]["content"] == "Done." and messages[-3]["tool_calls"][0]["function"]["name"] == "answer"
+        assert messages[-2]["content"] == f"submitted {row['answer']}"
+        assert env.get_reward() == float(row["answer"] == row["correct_answer"]), row["id"]
+        if row["style"] == "tool":  # one calculation per step, on names, then the last result submitted by name
+            assert sum(bool(m.get("tool_calls")) for m in messages) == row["steps"] + 1 >= 3
+            assert row["answer"] == row["correct_answer"]
+    assert min(seen.values()) > 50, seen
 
 
 def test_a_malformed_call_is_a_real_call_cut_short(tokenizer, schemas, dft_rows) -> None:
