@@ -29,10 +29,10 @@ def _fail(message: str, code: int = 2) -> None:
 def init_tiny(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write: new, empty, or a model folder ling-rl wrote (replaced atomically); any other folder is refused.")],
     preset: Annotated[str, typer.Option(help="Size of the Ling MoE: tiny | small.")] = "tiny",
-    arch: Annotated[str, typer.Option(help="Architecture: ling (the Ling 2.0 MoE) | qwen3 | llama (dense, through transformers).")] = "ling",
+    arch: Annotated[str, typer.Option(help="Architecture: ling (the Ling 2.0 MoE) | qwen3 | llama | qwen3_moe (through transformers).")] = "ling",
     seed: Annotated[int, typer.Option(help="Seed of weights and tokenizer.")] = 0,
 ) -> None:
-    """Build a tiny random model (a Ling 2.0 MoE, or a dense Qwen3 / Llama) and its byte-level BPE
+    """Build a tiny random model (a Ling 2.0 MoE, a Qwen3 / Llama / Qwen3-MoE) and its byte-level BPE
     tokenizer locally."""
     from ling_rl.models.tiny import PRESETS, TINY_ARCHS, init_tiny as build
 

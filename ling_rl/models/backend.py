@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 
     from ling_rl.config import Recipe
 
-Feature = Literal["routing_replay", "mtp", "fp8", "compile"]
+Feature = Literal["routing_replay", "mtp", "fp8", "compile", "expert_bias"]
 """Learner features a backend may lack: R2/R3 routing replay, MTP training, float8 training
-(`learner.precision: fp8`, routed experts included), `torch.compile` of the decoder layers."""
+(`learner.precision: fp8`, routed experts included), `torch.compile` of the decoder layers, the
+aux-loss-free expert-bias update of the routers."""
 
 # (feature, recipe key, whether the recipe uses it): the recipe check's table.
 _FEATURE_KEYS: list[tuple[Feature, str, Callable[[Any], bool]]] = [
@@ -46,6 +47,7 @@ _FEATURE_KEYS: list[tuple[Feature, str, Callable[[Any], bool]]] = [
     ("mtp", "model.mtp.enabled", lambda r: r.model.mtp.enabled),
     ("fp8", "learner.precision", lambda r: r.learner.precision == "fp8"),
     ("compile", "learner.compile", lambda r: r.learner.compile),
+    ("expert_bias", "learner.freeze_expert_bias", lambda r: not r.learner.freeze_expert_bias),
 ]
 
 

@@ -27,9 +27,10 @@ class ModelConfig(Section):
     """A Hugging Face folder (config.json, safetensors, tokenizer files), e.g. Ling-mini-2.0 or a
     Qwen3 / Llama model, or a hub name."""
 
-    tiny: Literal["tiny", "small", "qwen3", "llama"] | None = None
+    tiny: Literal["tiny", "small", "qwen3", "llama", "qwen3_moe"] | None = None
     """Build a tiny random model + tokenizer locally instead of `path` (tests, quickstart): the Ling
-    MoE (`tiny`, `small`) or a dense Hugging Face architecture (`qwen3`, `llama`)."""
+    MoE (`tiny`, `small`) or a Hugging Face architecture through transformers (`qwen3`, `llama`,
+    `qwen3_moe`)."""
 
     backend: Literal["auto", "ling", "hf"] = "auto"
     """Which implementation trains the model (`ling_rl.models.backend`): `ling`, the project's own

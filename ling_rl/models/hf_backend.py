@@ -14,8 +14,10 @@ find_packed_sequence_indices`, transformers 5.19) makes attention block-causal p
 (tests/models/test_hf_backend.py checks packed == padded). Activation checkpointing uses
 transformers' own per-layer checkpointing (non-reentrant).
 
-Tested here (CPU, fp32): dense Qwen3 and Llama. Not supported yet (refused by the recipe check):
-routing replay, MTP, float8 training, `learner.compile`.
+Checkpoint names that differ from the module's (Qwen3-MoE's fused experts) go through a layout
+(`ling_rl.models.hf_layouts`). Tested here (CPU, fp32): Qwen3, Llama, Qwen3-MoE. Not supported
+yet (refused by the recipe check): routing replay, MTP, float8 training, `learner.compile`, the
+expert-bias update.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ling_rl.models.backend import Feature, ModelBackend
+from ling_rl.models.hf_layouts import layout_of
 from ling_rl.models.hf_io import safetensors_files, write_model_folder
 from ling_rl.models.ling_config import ModelFolderError
 from ling_rl.models.ling_moe import LingOutput
@@ -132,11 +135,10 @@ class HFBackend(ModelBackend):
         return [f"model.layers.{i}." for i in range(len(model.model.layers))] + [""]
 
     def _expected(self, model: HFCausalLM) -> dict[str, torch.Tensor]:
-        """The state-dict entries a checkpoint holds (a tied lm_head is stored once, as the embedding)."""
-        state = model.state_dict()
-        if model.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        return state
+        """The tensors a checkpoint holds, under its names, on the meta device (a tied lm_head is
+        stored once, as the embedding)."""
+        meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in model.state_dict().items()}
+        return self.inference_weights(model, meta)
 
     def _check(self, got: dict[str, tuple[int, ...]], model: HFCausalLM, source: str, partial: bool) -> None:
         expected = self._expected(model)
@@ -172,7 +174,7 @@ class HFBackend(ModelBackend):
         if model.config.tie_word_embeddings:
             out.pop("lm_head.weight", None)
         self._check({k: tuple(v.shape) for k, v in out.items()}, model, str(folder), partial=True)
-        return out
+        return layout_of(model.config.model_type).from_checkpoint(out)
 
     def init_computed_buffers(self, model: HFCausalLM, device: str | torch.device) -> None:
         """Rebuild the rotary embeddings (their frequencies are computed, not stored) on `device`;
@@ -204,8 +206,9 @@ class HFBackend(ModelBackend):
         return groups
 
     def inference_weights(self, model: HFCausalLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # The model's names are the checkpoint's; a tied lm_head is the embedding's tensor.
-        return {k: v for k, v in state.items() if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
+        # The checkpoint's names (`hf_layouts`); a tied lm_head is the embedding's tensor.
+        weights = layout_of(model.config.model_type).to_checkpoint(state)
+        return {k: v for k, v in weights.items() if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
 
     def save(self, model: HFCausalLM, folder: str | Path, tokenizer_dir: str | Path | None = None,
              state: dict[str, torch.Tensor] | None = None) -> Path:

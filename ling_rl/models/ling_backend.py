@@ -17,7 +17,7 @@ from ling_rl.models.ling_moe import LingForCausalLM
 
 class LingBackend(ModelBackend):
     name: ClassVar[str] = "ling"
-    supports: ClassVar[frozenset[Feature]] = frozenset({"routing_replay", "mtp", "fp8", "compile"})
+    supports: ClassVar[frozenset[Feature]] = frozenset({"routing_replay", "mtp", "fp8", "compile", "expert_bias"})
 
     def claims(self, architectures: list[str]) -> bool:
         return ARCHITECTURE in architectures

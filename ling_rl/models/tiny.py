@@ -123,8 +123,8 @@ def build_tiny_model(cfg: LingConfig = TINY, seed: int = 0) -> LingForCausalLM:
     return model
 
 
-TINY_ARCHS = ("ling", "qwen3", "llama")
-"""Architectures `init-tiny --arch` builds: the Ling MoE (presets tiny, small) or a dense Hugging Face model."""
+TINY_ARCHS = ("ling", "qwen3", "llama", "qwen3_moe")
+"""Architectures `init-tiny --arch` builds: the Ling MoE (presets tiny, small) or a Hugging Face model."""
 
 
 def tiny_names() -> list[str]:
@@ -152,7 +152,7 @@ def tiny_vocab_size(name: str) -> int:
 
 def init_tiny(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
     """Write a tiny model + tokenizer folder that loads in vLLM and in ling-rl: a Ling MoE (`preset`
-    tiny or small) or a dense Hugging Face architecture (`preset` qwen3 or llama: `tiny_hf`)."""
+    tiny or small) or a Hugging Face architecture (`preset` qwen3, llama or qwen3_moe: `tiny_hf`)."""
     from ling_rl.models.tiny_hf import HF_TINY, save_tiny_hf
 
     vocab = tiny_vocab_size(preset)

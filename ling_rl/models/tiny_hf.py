@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face causal LMs (dense Qwen3, Llama) with the project's tokenizer.
+"""Tiny random Hugging Face causal LMs (dense Qwen3, Llama; Qwen3-MoE) with the project's tokenizer.
 
 Built by transformers' own modeling code (`AutoModelForCausalLM.from_config`, its own weight
 initialisation, seeded) and written as a plain Hugging Face folder that vLLM and transformers
@@ -33,7 +33,16 @@ def _llama(**over: Any) -> Any:
     return LlamaConfig(**{**_SIZE, **over}, architectures=["LlamaForCausalLM"])
 
 
-HF_TINY: dict[str, Callable[..., Any]] = {"qwen3": _qwen3, "llama": _llama}
+def _qwen3_moe(**over: Any) -> Any:
+    from transformers import Qwen3MoeConfig
+
+    # Layer 0 dense (as the tiny Ling model), layer 1 a MoE of 8 experts, top-2, renormalised.
+    moe = dict(moe_intermediate_size=64, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+               decoder_sparse_step=1, mlp_only_layers=[0])
+    return Qwen3MoeConfig(**{**_SIZE, **moe, **over}, architectures=["Qwen3MoeForCausalLM"])
+
+
+HF_TINY: dict[str, Callable[..., Any]] = {"qwen3": _qwen3, "llama": _llama, "qwen3_moe": _qwen3_moe}
 """`model.tiny` / `init-tiny --arch` name -> the transformers config of that tiny architecture."""
 
 VOCAB_SIZE = _SIZE["vocab_size"]

@@ -23,13 +23,13 @@ from ling_rl.models.tiny import init_tiny
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_models")
-    return {arch: init_tiny(root / arch, preset=arch, seed=0) for arch in ("qwen3", "llama")}
+    return {arch: init_tiny(root / arch, preset=arch, seed=0) for arch in ("qwen3", "llama", "qwen3_moe")}
 
 
 def test_auto_picks_the_backend_from_config_architectures(hf_dirs: dict[str, Path], tiny_dir: Path,
                                                          tmp_path: Path) -> None:
     archs = {arch: json.loads((d / "config.json").read_text())["architectures"] for arch, d in hf_dirs.items()}
-    assert archs == {"qwen3": ["Qwen3ForCausalLM"], "llama": ["LlamaForCausalLM"]}
+    assert archs == {"qwen3": ["Qwen3ForCausalLM"], "llama": ["LlamaForCausalLM"], "qwen3_moe": ["Qwen3MoeForCausalLM"]}
     assert resolve_backend(hf_dirs["qwen3"]).name == "hf"
     assert resolve_backend(hf_dirs["llama"], "hf").name == "hf"
     assert resolve_backend(tiny_dir).name == "ling"
@@ -62,6 +62,7 @@ def _recipe(**over: object):
     ({"model__mtp": {"enabled": True}}, "model.mtp.enabled"),
     ({"learner__precision": "fp8"}, "learner.precision"),
     ({"learner__compile": True, "learner__packing": False}, "learner.compile"),
+    ({"learner__freeze_expert_bias": False}, "learner.freeze_expert_bias"),
 ])
 def test_the_recipe_check_refuses_what_hf_models_cannot_do(setting: dict, key: str) -> None:
     assert check_recipe_backend(_recipe()).name == "hf"
@@ -76,7 +77,7 @@ def test_a_backend_that_cannot_train_the_tiny_model_is_named() -> None:
         check_recipe_backend(_recipe(model__backend="ling"))
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("arch", ["qwen3", "llama", "qwen3_moe"])
 def test_forward_log_probs_equal_transformers_own_padded_and_packed(hf_dirs: dict[str, Path], arch: str) -> None:
     """The backend's model (loaded part by part like the learner) gives, through the learner's
     chunked head, the log-probs of transformers' own `from_pretrained` model and forward, on
@@ -153,3 +154,26 @@ def test_a_tied_lm_head_is_stored_once_and_loads_tied(hf_dirs: dict[str, Path], 
     ids = torch.randint(10, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=0, atol=1e-6)
+
+
+def test_fused_experts_are_one_tensor_per_expert_in_the_checkpoint(hf_dirs: dict[str, Path]) -> None:
+    """Qwen3-MoE's experts, fused in transformers' module ([E, 2I, H] gate then up rows), are
+    written, read and synced as the per-expert tensors vLLM and the hub's checkpoints use."""
+    from safetensors import safe_open
+
+    from ling_rl.models.hf_io import safetensors_files
+
+    folder = hf_dirs["qwen3_moe"]
+    backend = resolve_backend(folder)
+    model = backend.load(folder)
+    fused = model.model.layers[1].mlp.experts.gate_up_proj
+    assert fused.shape == (8, 2 * 64, 128)
+    stored = {}
+    for path in safetensors_files(folder):
+        with safe_open(str(path), "pt") as f:
+            stored.update({k: f.get_tensor(k) for k in f.keys()})
+    assert torch.equal(stored["model.layers.1.mlp.experts.5.gate_proj.weight"], fused[5, :64])
+    assert torch.equal(stored["model.layers.1.mlp.experts.5.up_proj.weight"], fused[5, 64:])
+    assert not any("gate_up_proj" in k for k in stored)
+    synced = backend.inference_weights(model, model.state_dict())
+    assert set(synced) == set(stored) and all(torch.equal(synced[k], stored[k]) for k in stored)

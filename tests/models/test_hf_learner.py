@@ -1,4 +1,4 @@
-"""The FSDP2 learner on an `hf` model (tiny dense Qwen3, 2 gloo ranks, fp32): the sharded load
+"""The FSDP2 learner on an `hf` model (tiny Qwen3 and Qwen3-MoE, 2 gloo ranks, fp32): the sharded load
 equals transformers' own `from_pretrained` bit for bit, the learner's log-probs (packed
 micro-batches, the default) equal transformers' own forward, a training step with activation
 checkpointing moves the weights, and the learner's export loads back in transformers; with an
@@ -18,21 +18,21 @@ from ling_rl.models.tiny import init_tiny
 from tests.learner.helpers import leave, random_batch
 
 
-def _sections(world: int):
+def _sections(world: int, arch: str):
     return learner_sections(parse_recipe({
-        "model": {"tiny": "qwen3"}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
+        "model": {"tiny": arch}, "data": {"train": "x.jsonl"}, "rewards": [{"name": "x"}],
         "learner": {"precision": "fp32", "micro_batch_tokens": 40, "num_ranks": world, "device": "cpu",
                     "activation_checkpointing": True, "lr": 1e-2},
         "algorithm": {"mismatch": {"type": "none"}},
     }))
 
 
-def _run(rank: int, world: int, init: str, model_dir: str, out: str, export_dir: str) -> None:
+def _run(rank: int, world: int, init: str, model_dir: str, out: str, export_dir: str, arch: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from ling_rl.learner.worker import LearnerWorker
 
-    worker = LearnerWorker(rank, world, _sections(world), model_dir)
+    worker = LearnerWorker(rank, world, _sections(world, arch), model_dir)
     worker.setup(init)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     loaded = get_model_state_dict(worker.model, options=options)
@@ -46,20 +46,20 @@ def _run(rank: int, world: int, init: str, model_dir: str, out: str, export_dir:
     leave(worker)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_learner_on_tiny_qwen3(tmp_path: Path, tied: bool) -> None:
+@pytest.mark.parametrize("arch, tied", [("qwen3", False), ("qwen3", True), ("qwen3_moe", False)])
+def test_learner_on_tiny_hf_models(tmp_path: Path, arch: str, tied: bool) -> None:
     import transformers
 
     from ling_rl.learner.logprobs import token_logprobs
     from ling_rl.models.hf_backend import HFBackend
     from ling_rl.models.tiny_hf import build_tiny_hf
 
-    model_dir = init_tiny(tmp_path / "qwen3", preset="qwen3", seed=0)
+    model_dir = init_tiny(tmp_path / arch, preset=arch, seed=0)
     if tied:
         model_dir = HFBackend().save(build_tiny_hf("qwen3", seed=1, tie_word_embeddings=True), tmp_path / "tied",
                                      tokenizer_dir=model_dir)
     out, export_dir = tmp_path / "out.pt", tmp_path / "export"
-    mp.spawn(_run, args=(2, f"file://{tmp_path}/pg", str(model_dir), str(out), str(export_dir)), nprocs=2)
+    mp.spawn(_run, args=(2, f"file://{tmp_path}/pg", str(model_dir), str(out), str(export_dir), arch), nprocs=2)
     got = torch.load(out)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     expected = theirs.state_dict()

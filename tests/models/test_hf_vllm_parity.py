@@ -1,4 +1,4 @@
-"""vLLM on an `hf` model: the engine loads the tiny dense Qwen3 / Llama by its own architecture, the
+"""vLLM on an `hf` model: the engine loads the tiny Qwen3 / Llama / Qwen3-MoE by its own architecture, the
 weight sync streams the learner model's Hugging Face names into it, and after the sync the
 engine's log-probs of its sampled tokens equal the learner's (fp32, per token) for plain and
 processed (temperature, top-k, top-p) sampling. Real vLLM (CPU build)."""
@@ -30,7 +30,7 @@ def _learner_logprobs(model, prompt: list[int], response: list[int], temperature
     return out.head.logprobs[0, len(prompt) - 1 :].double()
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("arch", ["qwen3", "llama", "qwen3_moe"])
 def test_engine_log_probs_equal_the_learner_after_a_sync(tmp_path: Path, arch: str) -> None:
     folder = init_tiny(tmp_path / arch, preset=arch, seed=0)
     backend = resolve_backend(folder)
