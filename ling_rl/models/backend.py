@@ -41,13 +41,14 @@ Feature = Literal["routing_replay", "mtp", "fp8", "compile", "expert_bias"]
 (`learner.precision: fp8`, routed experts included), `torch.compile` of the decoder layers, the
 aux-loss-free expert-bias update of the routers."""
 
-# (feature, recipe key, whether the recipe uses it): the recipe check's table.
-_FEATURE_KEYS: list[tuple[Feature, str, Callable[[Any], bool]]] = [
-    ("routing_replay", "rollout.routing_replay", lambda r: r.rollout.routing_replay != "none"),
-    ("mtp", "model.mtp.enabled", lambda r: r.model.mtp.enabled),
-    ("fp8", "learner.precision", lambda r: r.learner.precision == "fp8"),
-    ("compile", "learner.compile", lambda r: r.learner.compile),
-    ("expert_bias", "learner.freeze_expert_bias", lambda r: not r.learner.freeze_expert_bias),
+# The recipe check's table: (feature, recipe key, the key's value, whether that value uses the
+# feature, the setting that does without it).
+_FEATURE_KEYS: list[tuple[Feature, str, Callable[[Any], Any], Callable[[Any], bool], str]] = [
+    ("routing_replay", "rollout.routing_replay", lambda r: r.rollout.routing_replay, lambda v: v != "none", "none"),
+    ("mtp", "model.mtp.enabled", lambda r: r.model.mtp.enabled, bool, "false"),
+    ("fp8", "learner.precision", lambda r: r.learner.precision, lambda v: v == "fp8", "fp32 or bf16"),
+    ("compile", "learner.compile", lambda r: r.learner.compile, bool, "false"),
+    ("expert_bias", "learner.freeze_expert_bias", lambda r: r.learner.freeze_expert_bias, lambda v: not v, "true"),
 ]
 
 
@@ -192,9 +193,14 @@ def backend_of(model: nn.Module) -> ModelBackend:
 
 def recipe_problems(recipe: Recipe, backend: ModelBackend) -> list[str]:
     """One line per recipe setting `backend` cannot honour, naming the recipe key."""
-    return [f"{key}: not supported by the {backend.name} model backend yet (model.backend={recipe.model.backend} "
-            f"resolved to {backend.name}); turn it off, or train a Ling (BailingMoeV2) model"
-            for feature, key, used in _FEATURE_KEYS if used(recipe) and feature not in backend.supports]
+    problems = []
+    for feature, key, value_of, uses, fix in _FEATURE_KEYS:
+        value = value_of(recipe)
+        if uses(value) and feature not in backend.supports:
+            problems.append(f"{key}: {str(value).lower()} is not supported by the {backend.name} model backend yet "
+                            f"(model.backend={recipe.model.backend} resolved to {backend.name}); set it to {fix}, "
+                            "or train a Ling (BailingMoeV2) model")
+    return problems
 
 
 def check_recipe_backend(recipe: Recipe, folder: str | Path | None = None) -> ModelBackend:
