@@ -13,7 +13,8 @@ learner's MoE layers, and how far the learner's own routing is from the engine's
           | check_routes (learner)
         every MoE layer of every learner forward of the batch: the given experts, the router's
         own choice where NO_ROUTE; the gate weights are always the router's scores of the experts
-        used, so the router is still trained (ling_rl/models/ling_moe.py: `MoE`).
+        used, so the router is still trained (ling_rl/models/ling_moe.py: `MoE`; on an `hf` MoE
+        model its router adapter, ling_rl/models/hf_routers.py).
 
 The route of position t is what token `input_ids[t]` went to; it shapes the log-probs of the
 tokens after t. Written for vLLM on GPU (R3 needs its Model Runner V2, which needs Triton); the

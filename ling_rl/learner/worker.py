@@ -115,6 +115,7 @@ class LearnerWorker:
                 layer.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.gates = self.backend.routers(self.model)
+        self.routing_layout = self.backend.routing_layout(model_dir)  # MoE layers, top_k, experts
         self.update_bias = not self.cfg.learner.freeze_expert_bias and bool(self.gates)
         if self.update_bias and any(g.expert_bias is None for g in self.gates):
             raise ValueError("learner.freeze_expert_bias: false needs a router expert bias, but the model's config "
@@ -216,7 +217,7 @@ class LearnerWorker:
         n_moe = len(self.gates)
         routing = None
         if record_routing:
-            k = self.config.num_experts_per_tok
+            k = self.routing_layout.top_k
             routing = torch.zeros(n_moe, b, t, k, dtype=torch.long, device=self.device)
         plan = self._plan(batch)
         for rows in plan:
@@ -276,12 +277,12 @@ class LearnerWorker:
         current weights without replay differ from the engine's (`ling_rl.routing`), and that
         forward's train/inference gap (`routing/gap_mean_without_replay`, to set beside
         `sync/gap_mean`, measured with replay). One extra forward per step. `batch` is on the device."""
-        moe = [i for i, layer in enumerate(self.model.trunk_layers) if layer.is_moe]
+        moe = self.routing_layout.moe_layers
         if batch.routed_experts is None:
             raise ValueError("rollout.routing_replay is r3, but the batch carries no routed experts "
                              "(the engines return them only with routing_replay r3 on GPU)")
         b, t = batch.input_ids.shape
-        check_routes(batch.routed_experts, b, t, len(moe), self.config.num_experts_per_tok, self.config.num_experts)
+        check_routes(batch.routed_experts, b, t, len(moe), self.routing_layout.top_k, self.routing_layout.num_experts)
         counts = torch.zeros(len(moe), 2, dtype=torch.long, device=self.device)
         gap = torch.zeros(2, dtype=torch.float64, device=self.device)
         plan = self._plan(batch)
@@ -306,7 +307,7 @@ class LearnerWorker:
         plan = self._plan(batch)
         sums: dict[str, float] = {}
         # Tokens routed to each expert of each MoE layer in this update (for the expert-bias update).
-        loads = torch.zeros(len(self.gates), self.config.num_experts, dtype=torch.long, device=self.device) \
+        loads = torch.zeros(len(self.gates), self.routing_layout.num_experts, dtype=torch.long, device=self.device) \
             if self.update_bias else None
         for rows in plan:
             empty = len(rows) == 0

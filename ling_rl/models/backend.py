@@ -11,12 +11,13 @@ Two backends are registered (`BACKENDS`, the one registry of this extension poin
 - `ling`: the project's own BailingMoeV2 implementation (`ling_rl.models.ling_moe`): routing
   replay (R2/R3), MTP, float8 training, the reference path;
 - `hf`: any Hugging Face causal LM through transformers' own modeling code
-  (`ling_rl.models.hf_backend`): dense Qwen3 and Llama tested here.
+  (`ling_rl.models.hf_backend`): dense Qwen3 and Llama, and Qwen3-MoE with routing replay
+  through its router adapter (`ling_rl.models.hf_routers`), tested here.
 
 Every policy model, whichever backend built it, is called the same way (`PolicyModel`) and names
 its backend (`backend_name`), so code holding a model finds its backend (`backend_of`) without
-branching on the architecture. What a backend cannot do is declared (`supports`) and refused by
-the recipe check with the recipe key named (`recipe_problems`), never silently ignored.
+branching on the architecture. What a backend cannot do is declared (`supports`, per
+model type in `features`) and refused by the recipe check with the recipe key named (`recipe_problems`), never silently ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ling_rl.config import Recipe
+    from ling_rl.models.hf_routers import RoutingLayout
 
 Feature = Literal["routing_replay", "mtp", "fp8", "compile", "expert_bias"]
 """Learner features a backend may lack: R2/R3 routing replay, MTP training, float8 training
@@ -86,6 +88,15 @@ class ModelBackend(ABC):
     @abstractmethod
     def routers(self, model: nn.Module) -> list[nn.Module]:
         """The MoE routers, one per MoE layer in order ([] for a dense model)."""
+
+    @abstractmethod
+    def routing_layout(self, folder: str | Path) -> RoutingLayout:
+        """Where `folder`'s model routes (from its config): MoE layers, top_k, experts; no MoE
+        layers for a dense model or one this backend cannot replay the routing of."""
+
+    def features(self, model_type: str | None) -> frozenset[Feature]:
+        """The features this backend has for config.json's `model_type` (None: not known yet)."""
+        return self.supports
 
     @abstractmethod
     def fp32_units(self, model: nn.Module) -> list[nn.Module]:
@@ -191,16 +202,25 @@ def backend_of(model: nn.Module) -> ModelBackend:
     return backend_named(model.backend_name)  # type: ignore[arg-type]
 
 
-def recipe_problems(recipe: Recipe, backend: ModelBackend) -> list[str]:
-    """One line per recipe setting `backend` cannot honour, naming the recipe key."""
+def recipe_problems(recipe: Recipe, backend: ModelBackend, model_type: str | None = None) -> list[str]:
+    """One line per recipe setting `backend` cannot honour for `model_type` (config.json's),
+    naming the recipe key."""
     problems = []
+    supported = backend.features(model_type)
     for feature, key, value_of, uses, fix in _FEATURE_KEYS:
         value = value_of(recipe)
-        if uses(value) and feature not in backend.supports:
+        if uses(value) and feature not in supported:
+            of = f", model_type {model_type}" if model_type else ""
             problems.append(f"{key}: {str(value).lower()} is not supported by the {backend.name} model backend yet "
-                            f"(model.backend={recipe.model.backend} resolved to {backend.name}); set it to {fix}, "
+                            f"(model.backend={recipe.model.backend} resolved to {backend.name}{of}); set it to {fix}, "
                             "or train a Ling (BailingMoeV2) model")
     return problems
+
+
+def model_type(folder: str | Path) -> str | None:
+    """config.json's `model_type` of `folder` (None when it has none)."""
+    value = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    return str(value) if value is not None else None
 
 
 def check_recipe_backend(recipe: Recipe, folder: str | Path | None = None) -> ModelBackend:
@@ -208,16 +228,18 @@ def check_recipe_backend(recipe: Recipe, folder: str | Path | None = None) -> Mo
     after checking the recipe asks nothing of it that it lacks: `RecipeError` with one line per
     offending key."""
     from ling_rl.config import RecipeError
-    from ling_rl.models.tiny import tiny_backend
+    from ling_rl.models.tiny import tiny_backend, tiny_model_type
 
     if folder is not None:
         backend = resolve_backend(folder, recipe.model.backend)
+        kind = model_type(folder)
     else:
         backend = backend_named(tiny_backend(str(recipe.model.tiny)))
+        kind = tiny_model_type(str(recipe.model.tiny))
         if recipe.model.backend not in ("auto", backend.name):
             raise RecipeError(f"model.backend: {recipe.model.backend} cannot train model.tiny={recipe.model.tiny} "
                               f"(a {backend.name} model); set model.backend to auto or {backend.name}")
-    problems = recipe_problems(recipe, backend)
+    problems = recipe_problems(recipe, backend, kind)
     if problems:
         raise RecipeError("\n".join(problems))
     return backend

@@ -15,9 +15,10 @@ find_packed_sequence_indices`, transformers 5.19) makes attention block-causal p
 transformers' own per-layer checkpointing (non-reentrant).
 
 Checkpoint names that differ from the module's (Qwen3-MoE's fused experts) go through a layout
-(`ling_rl.models.hf_layouts`). Tested here (CPU, fp32): Qwen3, Llama, Qwen3-MoE. Not supported
-yet (refused by the recipe check): routing replay, MTP, float8 training, `learner.compile`, the
-expert-bias update.
+(`ling_rl.models.hf_layouts`). Routing replay (R2/R3) goes through a router adapter per model type
+(`ling_rl.models.hf_routers`: Qwen3-MoE). Tested here (CPU, fp32): Qwen3, Llama, Qwen3-MoE. Not
+supported yet (refused by the recipe check): routing replay on an architecture without a router
+adapter, MTP, float8 training, `learner.compile`, the expert-bias update.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 
 from ling_rl.models.backend import Feature, ModelBackend
 from ling_rl.models.hf_layouts import layout_of
+from ling_rl.models.hf_routers import ROUTER_ADAPTERS, RoutingLayout, RoutingState
 from ling_rl.models.hf_io import safetensors_files, write_model_folder
 from ling_rl.models.ling_config import ModelFolderError
 from ling_rl.models.ling_moe import LingOutput
@@ -50,8 +52,16 @@ class HFCausalLM(nn.Module):
         self.config = causal_lm.config
         self.model = causal_lm.model
         self.lm_head = causal_lm.lm_head
-        # transformers' own per-layer checkpointing, switched on per forward (`checkpoint_layers`).
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Routing replay: the MoE routers replaced by ones that can be given their experts, for the
+        # architectures with a router adapter (`ling_rl.models.hf_routers`); [] otherwise.
+        self.routing = RoutingState()
+        model_type = self.config.model_type
+        self.routers = ROUTER_ADAPTERS.get(model_type).install(self.model, self.routing) \
+            if model_type in ROUTER_ADAPTERS else []
+        # transformers' own per-layer checkpointing, switched on per forward (`checkpoint_layers`);
+        # the recomputation reuses the first run's experts (`RoutingState.checkpoint_contexts`).
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+            "use_reentrant": False, "context_fn": self.routing.checkpoint_contexts})
         self._set_checkpointing(False)
 
     @property
@@ -71,15 +81,24 @@ class HFCausalLM(nn.Module):
                 with_mtp: bool = False, head=None, checkpoint_layers: bool = False,
                 seq_lens: list[int] | None = None) -> LingOutput:
         """As `LingForCausalLM.forward`. Packed input ([1, N]) is told by `positions` alone (each
-        sequence restarts at 0); `seq_lens` is implied by them. Routing replay needs a router
-        adapter, which no `hf` architecture has yet (the recipe check refuses r2/r3 before this)."""
-        if routed_experts is not None or return_routed_experts:
-            raise ValueError(f"routing replay: {type(self.model).__name__} has no router adapter in ling-rl yet")
+        sequence restarts at 0); `seq_lens` is implied by them. `routed_experts` (one [B*T, top_k]
+        tensor per MoE layer, negative ids: the router chooses) and `return_routed_experts` need a
+        router adapter (`self.routers`: the recipe check refuses r2/r3 without one)."""
+        if (routed_experts is not None or return_routed_experts) and not self.routers:
+            raise ValueError(f"routing replay: {type(self.model).__name__} has no router adapter in ling-rl "
+                             f"(model_type {self.config.model_type})")
+        if routed_experts is not None and len(routed_experts) != len(self.routers):
+            raise ValueError(f"routing replay got {len(routed_experts)} layers, the model has {len(self.routers)} MoE layers")
         self._set_checkpointing(checkpoint_layers and torch.is_grad_enabled())
-        hidden = self.model(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
+        with self.routing.forward(routed_experts):
+            hidden = self.model(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
+            used = [self.routing.chosen[i] for i in range(len(self.routers))] if return_routed_experts else None
+        out = LingOutput(logits=None, hidden=hidden, routed_experts=used)
         if head is None:
-            return LingOutput(logits=self.lm_head(hidden), hidden=hidden)
-        return LingOutput(logits=None, hidden=hidden, head=head(hidden, self.lm_head.weight, 0))
+            out.logits = self.lm_head(hidden)
+        else:
+            out.head = head(hidden, self.lm_head.weight, 0)
+        return out
 
 
 def _config(folder: str | Path):
@@ -125,8 +144,18 @@ class HFBackend(ModelBackend):
     def mtp_layers(self, model: HFCausalLM) -> list[nn.Module]:
         return []
 
+    def features(self, model_type: str | None) -> frozenset[Feature]:
+        # Routing replay where the architecture has a router adapter (`hf_routers`).
+        return self.supports | ({"routing_replay"} if model_type in ROUTER_ADAPTERS else frozenset())
+
     def routers(self, model: HFCausalLM) -> list[nn.Module]:
-        return []  # dense models only, until an architecture has a router adapter
+        return list(model.routers)  # [] for a dense model or an architecture without a router adapter
+
+    def routing_layout(self, folder: str | Path) -> RoutingLayout:
+        config = _config(folder)
+        if config.model_type not in ROUTER_ADAPTERS:
+            return RoutingLayout(moe_layers=[], top_k=0, num_experts=0)
+        return ROUTER_ADAPTERS.get(config.model_type).layout(config)
 
     def fp32_units(self, model: HFCausalLM) -> list[nn.Module]:
         return []

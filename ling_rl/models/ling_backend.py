@@ -11,6 +11,7 @@ from torch import nn
 
 from ling_rl.models import hf_io
 from ling_rl.models.backend import Feature, ModelBackend
+from ling_rl.models.hf_routers import RoutingLayout
 from ling_rl.models.ling_config import ARCHITECTURE, LingConfig
 from ling_rl.models.ling_moe import LingForCausalLM
 
@@ -39,6 +40,11 @@ class LingBackend(ModelBackend):
 
     def routers(self, model: LingForCausalLM) -> list[nn.Module]:
         return [layer.mlp.gate for layer in model.trunk_layers if layer.is_moe]
+
+    def routing_layout(self, folder: str | Path) -> RoutingLayout:
+        cfg = LingConfig.from_folder(folder)
+        return RoutingLayout(moe_layers=[i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)],
+                             top_k=cfg.num_experts_per_tok, num_experts=cfg.num_experts)
 
     def fp32_units(self, model: LingForCausalLM) -> list[nn.Module]:
         # vLLM routes with fp32 weights and the sync ships them in fp32: a bf16 all-gather would

@@ -142,6 +142,15 @@ def tiny_backend(name: str) -> str:
     return "hf" if name in HF_TINY else "ling"
 
 
+def tiny_model_type(name: str) -> str:
+    """config.json's `model_type` of the tiny model `name`."""
+    from ling_rl.models.ling_config import MODEL_TYPE
+    from ling_rl.models.tiny_hf import HF_TINY
+
+    tiny_vocab_size(name)  # an unknown name is an error here too
+    return HF_TINY[name]().model_type if name in HF_TINY else MODEL_TYPE
+
+
 def tiny_vocab_size(name: str) -> int:
     from ling_rl.models.tiny_hf import HF_TINY, VOCAB_SIZE
 

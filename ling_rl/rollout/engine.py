@@ -80,10 +80,11 @@ class RolloutEngine:
         self._capture_routes = False
         extension = EXTENSION_CLS
         if rollout["routing_replay"] == "r3":
-            from ling_rl.models.ling_config import LingConfig
+            from ling_rl.models.backend import resolve_backend
 
-            cfg = LingConfig.from_folder(model_dir)
-            self._moe_layers = [i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)]
+            # The folder's own backend says where it routes (Ling or an hf MoE with a router adapter).
+            layout = resolve_backend(model_dir).routing_layout(model_dir)
+            self._moe_layers = layout.moe_layers
             self._capture_routes = on_cpu_platform()
             if self._capture_routes:
                 from ling_rl.rollout import cpu_routes
@@ -113,7 +114,7 @@ class RolloutEngine:
         # route capture starts, so its routes are not captured.
         self._warm_up()
         if self._capture_routes:
-            self._llm.collective_rpc("start_route_capture", args=(self._moe_layers, cfg.num_experts_per_tok))
+            self._llm.collective_rpc("start_route_capture", args=(self._moe_layers, layout.top_k))
         self._version = 0
         self.start_seconds = time.perf_counter() - started
 
