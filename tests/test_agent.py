@@ -112,7 +112,9 @@ def test_trl_environment_class_unchanged_get_reward_and_trl_reward_on_the_conver
     _, rows, _ = scripted_run
     assert all("reward/CounterEnv/mean" in r for r in rows)
     assert max(r["reward/CounterEnv/mean"] for r in rows) > 0  # increment ran in the episodes' own instances
-    assert max(r["reward/tool_messages/mean"] for r in rows) >= 1
+    # The scripted parser deals its calls to turns in the order threads ask, so how many tool results
+    # an episode gets varies from run to run; that the reward saw some is what is checked.
+    assert max(r["reward/tool_messages/mean"] for r in rows) > 0
     # TRL's own reward pattern, `[e.get_reward() for e in environments]`, reads the same values.
     assert all(r["reward/env_reward/mean"] == pytest.approx(r["reward/CounterEnv/mean"]) for r in rows)
 
