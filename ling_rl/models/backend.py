@@ -22,13 +22,12 @@ model type in `features`) and refused by the recipe check with the recipe key na
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ling_rl.models.ling_config import ModelFolderError
+from ling_rl.models.ling_config import ModelFolderError, read_config_json
 from ling_rl.registry import Registry
 
 if TYPE_CHECKING:
@@ -162,12 +161,7 @@ def _register_builtins() -> None:
 def architectures(folder: str | Path) -> list[str]:
     """config.json's `architectures` of `folder`."""
     path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise ModelFolderError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFolderError(f"{path}: invalid JSON ({e})") from None
+    data = read_config_json(folder)
     archs = data.get("architectures") or []
     if not isinstance(archs, list) or not archs:
         raise ModelFolderError(f"{path}: no 'architectures' list; cannot tell which model backend loads it")
@@ -219,7 +213,7 @@ def recipe_problems(recipe: Recipe, backend: ModelBackend, model_type: str | Non
 
 def model_type(folder: str | Path) -> str | None:
     """config.json's `model_type` of `folder` (None when it has none)."""
-    value = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    value = read_config_json(folder).get("model_type")
     return str(value) if value is not None else None
 
 

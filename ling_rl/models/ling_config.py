@@ -146,14 +146,18 @@ class LingConfig:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> LingConfig:
-        path = Path(folder) / "config.json"
-        if not path.is_file():
-            raise ModelFolderError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelFolderError(f"{path}: invalid JSON ({e})") from None
-        return cls.from_hf_dict(data, source=str(path))
+        return cls.from_hf_dict(read_config_json(folder), source=str(Path(folder) / "config.json"))
+
+
+def read_config_json(folder: str | Path) -> dict[str, Any]:
+    """`folder`'s config.json as a dict; `ModelFolderError` naming the file when it is missing or not JSON."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ModelFolderError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFolderError(f"{path}: invalid JSON ({e})") from None
 
 
 _REQUIRED = {f.name for f in fields(LingConfig) if f.default is not f.default_factory and f.name in {
