@@ -1,14 +1,33 @@
 r"""`length`: Evo-CoT's dynamic length reward, computed inside each group (docs/evo-cot.md).
 
-For the responses of one prompt, with lengths l in tokens (`completion_ids`):
+For the responses of one prompt, with lengths l in tokens (`completion_ids`), R_length by the arg
+`design` (each a recipe option; docs/evo-cot.md compares them over seeds):
 
-    p(l) = 0.5 - (l - l_min) / (l_max - l_min + 1e-9)       in (-0.5, 0.5]
-    R_length = p(l) if the response is correct else min(p(l), 0)
-    score = alpha * R_length
+- `group` (default; Kimi k1.5's length reward), the range taken over the whole group:
 
-so among correct answers the shortest earns +0.5 alpha and the longest about -0.5 alpha, and a wrong
-answer is never paid for being short. Correctness comes from the `math` verifier or `exact_answer`
-(arg `correctness`) against the `answer` column.
+      p(l) = 0.5 - (l - l_min) / (l_max - l_min + 1e-9)       in (-0.5, 0.5]
+      R_length = p(l) if the response is correct else min(p(l), 0)
+
+  so among correct answers the shortest earns +0.5 and the longest about -0.5, and a wrong answer
+  is never paid for being short (a long wrong one is charged).
+- `correct`: the same p(l), but l_min and l_max are the group's shortest and longest *correct*
+  responses, and a wrong response gets 0: length only ranks correct answers against each other,
+  so a correct answer is never charged for the length of a wrong one, and a wrong one is never
+  paid or charged for its length (its reward is its correctness alone).
+- `budget`: a per-prompt length budget from the prompt's pass rate r, measured on the group itself
+  (its fraction of correct responses: the curriculum's `pass_rate` column is its prior, 0.5, for
+  most prompts of a 4000-prompt set seen once or twice in a run). With c_min and c_max the shortest
+  and longest correct responses,
+
+      b = c_min + (1 - r) * (c_max - c_min)
+      R_length = -0.5 * (l - b) / (c_max - b + 1e-9) if correct and l > b, else 0
+
+  A prompt the policy always solves (r = 1) is budgeted at its shortest correct answer; a prompt it
+  rarely solves keeps room up to its longest correct one. Never a bonus, never a charge below the
+  budget, and wrong responses get 0.
+
+score = alpha * R_length. Correctness comes from the `math` verifier or `exact_answer` (arg
+`correctness`) against the `answer` column.
 
 alpha, in this order of precedence (the same in training and in evaluation):
 
@@ -28,6 +47,7 @@ alpha, in this order of precedence (the same in training and in evaluation):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ling_rl.curriculum.buckets import DEFAULT_ALPHA, bucket_index
@@ -43,22 +63,72 @@ CORRECTNESS = ("math", "exact_answer")
 
 
 def length_scores(lengths: list[int], correct: list[bool]) -> list[float]:
-    """R_length of one group (before alpha).
+    """R_length of one group (before alpha), design `group`.
 
     >>> length_scores([10, 20, 30], [True, True, False])
     [0.5, 0.0, -0.5]
     >>> length_scores([10, 30], [False, False])
     [0.0, -0.5]
     """
-    low, high = min(lengths), max(lengths)
-    p = [0.5 - (n - low) / (high - low + 1e-9) for n in lengths]
+    p = _position(lengths, min(lengths), max(lengths))
     return [round(v, 6) if ok else round(min(v, 0.0), 6) for v, ok in zip(p, correct)]
+
+
+def correct_length_scores(lengths: list[int], correct: list[bool]) -> list[float]:
+    """R_length of one group, design `correct`: ranked among the correct responses only.
+
+    >>> correct_length_scores([10, 20, 30, 5], [True, True, True, False])
+    [0.5, 0.0, -0.5, 0.0]
+    >>> correct_length_scores([50, 5], [True, False])
+    [0.5, 0.0]
+    """
+    right = [n for n, ok in zip(lengths, correct) if ok]
+    if not right:
+        return [0.0] * len(lengths)
+    p = _position(lengths, min(right), max(right))
+    return [round(v, 6) if ok else 0.0 for v, ok in zip(p, correct)]
+
+
+def budget_length_scores(lengths: list[int], correct: list[bool]) -> list[float]:
+    """R_length of one group, design `budget`: a charge for the tokens of a correct response beyond
+    the prompt's budget b = c_min + (1 - r) * (c_max - c_min), r the group's fraction correct.
+
+    >>> budget_length_scores([10, 20, 30, 40], [True, True, True, False])  # r = 0.75: b = 15
+    [0.0, -0.166667, -0.5, 0.0]
+    >>> budget_length_scores([10, 20, 30, 40], [True, True, False, False])  # r = 0.5: b = 15
+    [0.0, -0.5, 0.0, 0.0]
+    >>> budget_length_scores([10, 20, 30], [True, True, True])  # r = 1: b = c_min
+    [0.0, -0.25, -0.5]
+    """
+    right = [n for n, ok in zip(lengths, correct) if ok]
+    if not right:
+        return [0.0] * len(lengths)
+    rate = len(right) / len(lengths)
+    low, high = min(right), max(right)
+    budget = low + (1.0 - rate) * (high - low)
+    return [round(-0.5 * (n - budget) / (high - budget + 1e-9), 6) if ok and n > budget else 0.0
+            for n, ok in zip(lengths, correct)]
+
+
+def _position(lengths: list[int], low: int, high: int) -> list[float]:
+    """p(l) = 0.5 - (l - low) / (high - low + 1e-9) for each length."""
+    return [0.5 - (n - low) / (high - low + 1e-9) for n in lengths]
+
+
+DESIGNS: dict[str, Callable[[list[int], list[bool]], list[float]]] = {
+    "group": length_scores,
+    "correct": correct_length_scores,
+    "budget": budget_length_scores,
+}
+"""R_length of one group by design (module docstring): (lengths, correctness) -> one score per
+response, before alpha."""
 
 
 @reward("length", group_level=True)
 class Length:
-    """alpha * R_length per response of one group (see the module docstring for alpha's
-    precedence); args `alpha`, `alpha_buckets`, `correctness` (`math` or `exact_answer`).
+    """alpha * R_length per response of one group (see the module docstring for the designs and
+    alpha's precedence); args `design` (`group`, `correct`, `budget`), `alpha`, `alpha_buckets`,
+    `correctness` (`math` or `exact_answer`).
 
     Rows without `answer` are skipped (None). Metrics: `alpha` (mean), `correct` (fraction),
     `length_mean` (tokens).
@@ -74,7 +144,9 @@ class Length:
     """
 
     def __init__(self, alpha: float | None = None, alpha_buckets: list[list[float]] | None = None,
-                 correctness: str = "math") -> None:
+                 correctness: str = "math", design: str = "group") -> None:
+        if design not in DESIGNS:
+            raise ValueError(f"length reward: design must be one of {', '.join(DESIGNS)}, got {design!r}")
         if correctness not in CORRECTNESS:
             raise ValueError(f"length reward: correctness must be one of {', '.join(CORRECTNESS)}, got {correctness!r}")
         if alpha is not None and alpha_buckets is not None:
@@ -91,6 +163,7 @@ class Length:
         self.thresholds = thresholds
         self.bucket_alphas = [float(a) for _, a in buckets]
         self.correctness = correctness
+        self.design = DESIGNS[design]
 
     def __call__(
         self,
@@ -110,7 +183,7 @@ class Length:
         rates = pass_rate if pass_rate is not None else [None] * len(completions)
         stage_alpha = length_alpha if length_alpha is not None else [None] * len(completions)
         alphas = [self._alpha(stage_alpha[i], rates[i]) for i in scored]
-        for i, alpha, r in zip(scored, alphas, length_scores(lengths, correct)):
+        for i, alpha, r in zip(scored, alphas, self.design(lengths, correct)):
             scores[i] = alpha * r
         n = len(scored)
         metrics = {"alpha": sum(alphas) / n, "correct": sum(correct) / n, "length_mean": sum(lengths) / n}

@@ -14,7 +14,10 @@ from ling_rl.commands.cli import app
 from ling_rl.commands.sweep import (
     DFT_ONLY,
     Combo,
+    Setting,
     aggregate,
+    collapsed,
+    dft_overrides,
     from_dft,
     collect,
     grad_norm_spikes,
@@ -31,7 +34,8 @@ from ling_rl.tracking.report import load_run
 
 def test_grid_is_every_combination_and_seeds_interleave() -> None:
     grid = parse_grid(["algorithm.loss.type=lpo,gspo", "learner.lr=1e-4,2e-4"])
-    assert len(grid) == 4 and grid[0] == (("algorithm.loss.type", "lpo"), ("learner.lr", "1e-4"))
+    assert len(grid) == 4 and grid[0] == (Setting("type=lpo", ("algorithm.loss.type=lpo",)),
+                                          Setting("lr=1e-4", ("learner.lr=1e-4",)))
     combos = plan([0, 1], grid[:2])
     assert [(c.point_name, c.seed) for c in combos] == [("type=lpo,lr=1e-4", 0), ("type=lpo,lr=2e-4", 0),
                                                         ("type=lpo,lr=1e-4", 1), ("type=lpo,lr=2e-4", 1)]
@@ -41,6 +45,19 @@ def test_grid_is_every_combination_and_seeds_interleave() -> None:
     for bad in (["x"], ["x="], ["a=1", "a=2"]):
         with pytest.raises(ValueError, match="--grid"):
             parse_grid(bad)
+
+
+def test_arms_are_named_override_sets_crossed_with_the_grid() -> None:
+    grid = parse_grid(["algorithm.loss.type=lpo,gspo"], ["off: rewards.2.weight=0", "budget: rewards.2.args.design=budget "
+                                                         "learner.lr=2e-4", "recipe:"])
+    assert [Combo(p, 0).point_name for p in grid] == ["off,type=lpo", "off,type=gspo", "budget,type=lpo",
+                                                       "budget,type=gspo", "recipe,type=lpo", "recipe,type=gspo"]
+    assert Combo(grid[2], 1).overrides() == ["rewards.2.args.design=budget", "learner.lr=2e-4",
+                                             "algorithm.loss.type=lpo", "run.seed=1", "rollout.seed=1", "data.seed=1"]
+    assert Combo(grid[4], 0).overrides() == ["algorithm.loss.type=lpo", "run.seed=0", "rollout.seed=0", "data.seed=0"]
+    for bad in (["no colon"], [": x=1"], ["a/b: x=1"], ["a: x"], ["a: x=1", "a: y=2"]):
+        with pytest.raises(ValueError, match="--arm"):
+            parse_grid([], bad)
     assert parse_seeds("0, 1,2") == [0, 1, 2]
     for bad in ("a", "", "1,1"):
         with pytest.raises(ValueError, match="--seeds"):
@@ -52,6 +69,8 @@ def test_stability_measures() -> None:
     assert largest_rolling_drop(np.array([0.0, 1.0, 2.0, 3.0]), window=2) == 0.0
     assert largest_rolling_drop(np.array([4.0, 0.0, 0.0, 4.0]), window=2) == 2.0  # rolling 2, 0, 2
     assert grad_norm_spikes(np.array([1.0, 1.0, 1.0, 3.5, 10.0])) == 2
+    assert collapsed(np.array([0.2, 0.6, 0.5, 0.29])) and not collapsed(np.array([0.2, 0.6, 0.3]))
+    assert not collapsed(np.array([0.6, 0.1])[::-1]) and not collapsed(np.array([]))  # rising: never
     assert mean_std([0.5, 0.7]) == "0.6 +- 0.14" and mean_std([0.5]) == "0.5 +- 0" and mean_std([]) == "-"
 
 
@@ -91,9 +110,11 @@ def test_aggregate_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert table["steps to eval/accuracy_greedy >= 0.7"] == ["15 +- 7.1", "- (0 of 1)"]
     assert table["largest drop of the 5-step rolling reward"] == ["0 +- 0", "1 +- 0"]
     assert table["grad-norm spikes (> 3x median)"] == ["0 +- 0", "1 +- 0"]
+    assert table["collapsed (ID greedy < 0.5 x its best, later)"] == ["0 +- 0", "0 +- 0"]
     md = write_report(tmp_path, runs, 0.7, missing).read_text()
     assert "| final eval/accuracy_greedy | 0.7 +- 0.14 | 0.5 +- 0 |" in md and "gspo/seed-1" not in md.split("|")[0]
     assert (tmp_path / "sweep_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "sweep_frontier.png").read_bytes()[:4] == b"\x89PNG" and "sweep_frontier.png" in md
 
 
 def test_done_runs_are_not_run_again(tmp_path: Path) -> None:
@@ -122,6 +143,8 @@ def test_shared_dft_overrides_are_valid_recipe_keys(tmp_path: Path) -> None:
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     dft_run = load_recipe(recipe, DFT_ONLY)
     assert dft_run.run.steps == 1 and dft_run.learner.lr == 1e-12 and dft_run.dft.enabled
+    seeded = load_recipe(recipe, dft_overrides(3))
+    assert seeded.dft.seed == 3 and seeded.model.seed == 3 and seeded.run.seed == 3 and seeded.data.seed == 3 and seeded.run.steps == 1
     (tmp_path / "dft" / "hf_final").mkdir(parents=True)
     started = load_recipe(recipe, [*from_dft(tmp_path / "dft"), *Combo((), 1).overrides()])
     assert started.model.path == str(tmp_path / "dft" / "hf_final") and started.model.tiny is None

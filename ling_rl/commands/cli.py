@@ -184,11 +184,13 @@ def plan(
 
     try:
         parsed = load_recipe(recipe, overrides or [])
-        roles = plan_memory(parsed, read_model_config(parsed, recipe, model_config), gpu_memory_gib, host_memory_gib)
+        model = read_model_config(parsed, recipe, model_config)
+        roles = plan_memory(parsed, model, gpu_memory_gib, host_memory_gib)
     except (RecipeError, PlanError) as e:
         _fail(str(e))
-    from ling_rl.commands.plan import plan_table
+    from ling_rl.commands.plan import model_summary, plan_table
 
+    console.print(model_summary(model), highlight=False, soft_wrap=True)
     console.print(plan_table(roles))
     problems = [r.problem() for r in roles if not r.fits]
     if problems:
@@ -297,17 +299,20 @@ def sweep_cmd(
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides for every run.")] = None,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (run.seed, rollout.seed, data.seed).")] = "0,1,2",
     grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2,... (repeatable): every combination is run.")] = None,
+    arm: Annotated[list[str] | None, typer.Option(
+        help='"NAME: KEY=V KEY=V" (repeatable): a named set of overrides; each arm is crossed with the grid.')] = None,
     out: Annotated[Path | None, typer.Option(help="Sweep folder (default: runs/sweep-<recipe file name>).")] = None,
     target: Annotated[float, typer.Option(help="Greedy accuracy whose first step is reported.")] = 0.7,
     report_only: Annotated[bool, typer.Option("--report-only", help="Only aggregate the runs already there.")] = False,
 ) -> None:
-    """Multi-seed A/B: one `ling-rl train` per seed and grid point, then one report with mean +- std over
-    seeds (final/best ID and OOD accuracy, steps to a target, stability) and seed-band plots."""
+    """Multi-seed A/B: one `ling-rl train` per seed and grid point (one shared DFT start per seed), then
+    one report with mean +- std over seeds (final/best ID and OOD accuracy, length, steps to a target,
+    collapse and stability) with seed-band and accuracy-vs-length plots."""
     from ling_rl.config import RecipeError
     from ling_rl.commands.sweep import parse_grid, parse_seeds, sweep
 
     try:
-        path = sweep(recipe, overrides or [], parse_seeds(seeds), parse_grid(grid or []),
+        path = sweep(recipe, overrides or [], parse_seeds(seeds), parse_grid(grid or [], arm),
                      out or Path("runs") / f"sweep-{recipe.stem}", target, report_only,
                      echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     except (RecipeError, OSError, ValueError) as e:

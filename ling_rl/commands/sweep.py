@@ -1,23 +1,31 @@
-"""`ling-rl sweep RECIPE --seeds 0,1,2 --grid KEY=A,B,C`: a multi-seed A/B of one recipe.
+"""`ling-rl sweep RECIPE --seeds 0,1,2 --grid KEY=A,B,C --arm "NAME: KEY=V KEY=V"`: a multi-seed A/B.
 
-Every combination of a grid point (one value per `--grid` key) and a seed is one `ling-rl train`
-run in its own folder, `OUT/<point>/seed-<s>`; then one comparison report, `OUT/sweep.md` and
-`OUT/sweep_accuracy.png`, gives per grid point the mean +- std over seeds of:
+The grid points are every combination of one value per `--grid` key and, when `--arm` is given,
+one arm: an arm is a named set of overrides (`--arm "off: rewards.2.weight=0" --arm "budget:
+rewards.2.args.design=budget"`), for comparisons that are not one key's values. Every combination
+of a grid point and a seed is one `ling-rl train` run in its own folder, `OUT/<point>/seed-<s>`;
+then one comparison report, `OUT/sweep.md`, `OUT/sweep_accuracy.png` (held-out accuracy, seed
+bands) and `OUT/sweep_frontier.png` (final accuracy against final greedy length, per point and
+seed) gives per grid point the mean +- std over seeds of:
 
 - final and best held-out greedy accuracy (`eval/accuracy_greedy` and each `eval.extra_data` set's);
 - final greedy response length in tokens and in linguistic units (`eval/response_len_greedy`,
   `eval/units_greedy`);
 - steps to reach `--target` greedy accuracy (the first eval at or above it; runs that never reach
   it are counted apart);
-- stability: the largest drop of the rolling mean reward (window `ROLLING` steps: its largest fall
-  below an earlier peak), grad-norm spikes (steps above `SPIKE` x the run's median
-  `train/grad_norm`), mean clip fraction, mean entropy.
+- stability: collapse (the held-out greedy accuracy falls below half its best at a later
+  evaluation: 1 or 0 per run, so its mean is the collapse rate), the largest drop of the rolling
+  mean reward (window `ROLLING` steps: its largest fall below an earlier peak), grad-norm spikes
+  (steps above `SPIKE` x the run's median `train/grad_norm`), mean clip fraction, mean entropy.
 
 A seed sets `run.seed`, `rollout.seed` and `data.seed` (the RL's randomness: sampling and prompt
-order). With `dft.enabled`, the DFT runs once, in `OUT/dft` (the recipe with one RL step at
-learning rate 1e-12, whose exported `hf_final` is the DFT weights: the trick of bench/ab_losses.py),
-and every run starts from that folder with `dft.enabled=false`. A run folder that already holds
-its last step (and a DFT folder with its export) is not run again, so an interrupted sweep resumes.
+order). With `dft.enabled`, the DFT runs once per seed (with `dft.seed`, `model.seed`: a tiny
+model's initial weights, and the seeds above), in
+`OUT/dft/seed-<s>` (the recipe with one RL step at learning rate 1e-12, whose exported `hf_final`
+is the DFT weights: the trick of bench/ab_losses.py), and every run of that seed starts from that
+folder with `dft.enabled=false`: the grid points of one seed share their start, and the spread over
+seeds includes the warm start's. A run folder that already holds its last step (and a DFT folder
+with its export) is not run again, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -42,24 +50,42 @@ ROLLING = 5
 SPIKE = 3.0
 """A grad-norm spike: a step's `train/grad_norm` above this many times the run's median."""
 SEED_KEYS = ("run.seed", "rollout.seed", "data.seed")
+DFT_SEED_KEYS = ("dft.seed", "model.seed")
+"""Seeds of a seed's shared DFT run beside `SEED_KEYS`: its batches, and a tiny model's initial weights."""
+COLLAPSE = 0.5
+"""A run collapsed when a held-out greedy accuracy after its best is below this fraction of the best."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One coordinate of a grid point: a label for folder names and tables, and its overrides
+    (`type=lpo` for `--grid algorithm.loss.type=lpo,...`; an arm's name for `--arm`)."""
+
+    label: str
+    overrides: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Combo:
-    """One run of the sweep: a grid point (key -> value) and a seed."""
+    """One run of the sweep: a grid point (its settings) and a seed."""
 
-    point: tuple[tuple[str, str], ...]
+    point: tuple[Setting, ...]
     seed: int
 
     @property
     def point_name(self) -> str:
-        return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.point) or "recipe"
+        return ",".join(setting.label for setting in self.point) or "recipe"
 
     def overrides(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.point] + [f"{k}={self.seed}" for k in SEED_KEYS]
+        return [o for setting in self.point for o in setting.overrides] + seed_overrides(self.seed)
 
     def run_dir(self, out: Path) -> Path:
         return out / self.point_name / f"seed-{self.seed}"
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """The RL's seeds (`SEED_KEYS`) set to `seed`."""
+    return [f"{k}={seed}" for k in SEED_KEYS]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -73,21 +99,41 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_grid(items: list[str]) -> list[tuple[tuple[str, str], ...]]:
-    """`["algorithm.loss.type=lpo,gspo", "learner.lr=1e-4,2e-4"]` -> every combination of values."""
-    axes: list[list[tuple[str, str]]] = []
+def parse_grid(items: list[str], arms: list[str] | None = None) -> list[tuple[Setting, ...]]:
+    """`["algorithm.loss.type=lpo,gspo", "learner.lr=1e-4,2e-4"]` -> every combination of values;
+    with `arms` (`["off: rewards.2.weight=0", ...]`), every combination of an arm and those."""
+    axes: list[list[Setting]] = [parse_arms(arms)] if arms else []
+    keys: set[str] = set()
     for item in items:
         key, sep, values = item.partition("=")
+        key = key.strip()
         options = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not options:
+        if not sep or not key or not options:
             raise ValueError(f"--grid: expected KEY=VALUE1,VALUE2,...; got {item!r}")
-        if any(key.strip() == k for axis in axes for k, _ in axis):
-            raise ValueError(f"--grid: key {key.strip()!r} is given twice")
-        axes.append([(key.strip(), v) for v in options])
+        if key in keys:
+            raise ValueError(f"--grid: key {key!r} is given twice")
+        keys.add(key)
+        axes.append([Setting(f"{key.rsplit('.', 1)[-1]}={v}", (f"{key}={v}",)) for v in options])
     return [tuple(point) for point in itertools.product(*axes)]
 
 
-def plan(seeds: list[int], grid: list[tuple[tuple[str, str], ...]]) -> list[Combo]:
+def parse_arms(items: list[str]) -> list[Setting]:
+    """`["off: rewards.2.weight=0", "budget: rewards.2.args.design=budget learner.lr=2e-4"]` -> arms
+    (a name, then overrides separated by spaces; an arm may have none: the recipe as it is)."""
+    arms: list[Setting] = []
+    for item in items:
+        name, sep, rest = item.partition(":")
+        name, overrides = name.strip(), tuple(rest.split())
+        if not sep or not name or any(c in name for c in "/,= ") or any("=" not in o for o in overrides):
+            raise ValueError(f"--arm: expected \"NAME: KEY=VALUE KEY=VALUE ...\" (a name without / , = or spaces); "
+                             f"got {item!r}")
+        if any(arm.label == name for arm in arms):
+            raise ValueError(f"--arm: name {name!r} is given twice")
+        arms.append(Setting(name, overrides))
+    return arms
+
+
+def plan(seeds: list[int], grid: list[tuple[Setting, ...]]) -> list[Combo]:
     """Seeds interleaved across grid points (seed 0 of every point first), so a sweep cut short
     still compares every point."""
     return [Combo(point, seed) for seed in seeds for point in grid]
@@ -140,6 +186,18 @@ def largest_rolling_drop(values: np.ndarray, window: int = ROLLING) -> float:
     return float(np.max(np.maximum.accumulate(rolling) - rolling))
 
 
+def collapsed(accuracy: np.ndarray, fraction: float = COLLAPSE) -> bool:
+    """Whether an evaluation after the best one is below `fraction` x the best.
+
+    >>> collapsed(np.array([0.2, 0.6, 0.5, 0.25])), collapsed(np.array([0.2, 0.6, 0.4]))
+    (True, False)
+    """
+    if not len(accuracy):
+        return False
+    best = int(np.argmax(accuracy))
+    return bool(np.any(accuracy[best + 1:] < fraction * accuracy[best]))
+
+
 def grad_norm_spikes(values: np.ndarray, factor: float = SPIKE) -> int:
     """Steps whose grad norm is above `factor` x the median."""
     if not len(values):
@@ -160,6 +218,9 @@ def run_measures(run: RunData, target: float) -> dict[str, float | None]:
     for key in ("eval/response_len_greedy", "eval/units_greedy"):
         _, values = run.series(key)
         out[f"final {key}"] = float(values[-1]) if len(values) else None
+    _, accuracy = run.series("eval/accuracy_greedy")
+    out[f"collapsed (ID greedy < {COLLAPSE:g} x its best, later)"] = (float(collapsed(accuracy))
+                                                                     if len(accuracy) else None)
     reached = steps_to(run, "eval/accuracy_greedy", target)
     out[f"steps to eval/accuracy_greedy >= {target:g}"] = None if reached is None else float(reached)
     _, reward = run.series("reward/mean")
@@ -216,19 +277,51 @@ def _draw_bands(runs: dict[str, list[RunData]], fig: Figure) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
 
 
-def write_report(out: Path, runs: dict[str, list[RunData]], target: float, missing: list[str]) -> Path:
-    """sweep.md (the table) and sweep_accuracy.png (seed bands) in `out`; returns sweep.md."""
-    table = aggregate(runs, target)
+def _draw_frontier(runs: dict[str, list[RunData]], fig: Figure) -> bool:
+    """Final held-out greedy accuracy against final greedy length: one dot per run, the mean over
+    seeds with +- 1 std bars per grid point. False when no run logged both."""
+    ax = fig.add_subplot()
+    drawn = False
+    for i, (point, point_runs) in enumerate(runs.items()):
+        ends = [(r.series("eval/response_len_greedy")[1], r.series("eval/accuracy_greedy")[1]) for r in point_runs]
+        xy = np.array([(length[-1], accuracy[-1]) for length, accuracy in ends if len(length) and len(accuracy)])
+        if not len(xy):
+            continue
+        color = f"C{i % 10}"
+        ax.scatter(xy[:, 0], xy[:, 1], color=color, alpha=0.4, s=18)
+        ax.errorbar(xy[:, 0].mean(), xy[:, 1].mean(), xerr=xy[:, 0].std(), yerr=xy[:, 1].std(), color=color,
+                    marker="o", capsize=3, label=f"{point} ({len(xy)} seeds)")
+        drawn = True
+    ax.set(xlabel="final greedy response length (tokens)", ylabel="final held-out greedy accuracy",
+           title="Accuracy vs length at the end: dots are seeds, bars mean +- 1 std")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return drawn
+
+
+def _figure(draw, runs: dict[str, list[RunData]], path: Path) -> bool:
+    """One figure drawn by `draw(runs, fig)` saved to `path` (unless `draw` returns False)."""
     fig = Figure(figsize=(10, 4.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    _draw_bands(runs, fig)
-    fig.savefig(out / "sweep_accuracy.png")
+    if draw(runs, fig) is False:
+        return False
+    fig.savefig(path)
+    return True
+
+
+def write_report(out: Path, runs: dict[str, list[RunData]], target: float, missing: list[str]) -> Path:
+    """sweep.md (the table), sweep_accuracy.png (seed bands) and sweep_frontier.png (accuracy vs
+    length, when the runs logged greedy lengths) in `out`; returns sweep.md."""
+    table = aggregate(runs, target)
+    _figure(_draw_bands, runs, out / "sweep_accuracy.png")
+    frontier = _figure(_draw_frontier, runs, out / "sweep_frontier.png")
     lines = ["# Sweep", "", "Mean +- sample std over seeds; each seed a separate run from the same DFT start.", "",
              "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
     lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
     if missing:
         lines += ["", "Runs without metrics (failed or not run): " + ", ".join(missing)]
     lines += ["", "![accuracy with seed bands](sweep_accuracy.png)", ""]
+    if frontier:
+        lines += ["![accuracy vs length per grid point](sweep_frontier.png)", ""]
     path = out / "sweep.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -248,7 +341,12 @@ def collect(out: Path, combos: list[Combo]) -> tuple[dict[str, list[RunData]], l
     return runs, missing
 
 
-def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple[tuple[str, str], ...]], out: Path,
+def dft_overrides(seed: int) -> list[str]:
+    """The overrides of seed `seed`'s shared DFT run (`DFT_ONLY` with the seed's RL and DFT seeds)."""
+    return [*DFT_ONLY, *seed_overrides(seed), *(f"{k}={seed}" for k in DFT_SEED_KEYS)]
+
+
+def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple[Setting, ...]], out: Path,
           target: float, report_only: bool = False, echo=print) -> Path:
     """Run every combination not done yet (unless `report_only`), then write the report; returns sweep.md.
 
@@ -258,20 +356,14 @@ def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple
     combos = plan(seeds, grid)
     steps = {combo: load_recipe(recipe, [*overrides, *combo.overrides()]).run.steps for combo in combos}
     out.mkdir(parents=True, exist_ok=True)
-    shared: list[str] = []
-    if load_recipe(recipe, overrides).dft.enabled:
-        dft_dir = out / "dft"
-        shared = from_dft(dft_dir)
-        if not report_only and not (dft_dir / "hf_final" / "config.json").is_file():
-            echo(f"shared DFT: ling-rl train {recipe} {' '.join([*overrides, *DFT_ONLY])} --run-dir {dft_dir}")
-            if train(recipe, [*overrides, *DFT_ONLY], dft_dir) != 0:
-                raise ValueError(f"the shared DFT run failed; see {dft_dir}")
+    with_dft = load_recipe(recipe, overrides).dft.enabled
     if not report_only:
         for i, combo in enumerate(combos, 1):
             where = combo.run_dir(out)
             if is_done(where, steps[combo]):
                 echo(f"[{i}/{len(combos)}] {where}: done already")
                 continue
+            shared = from_dft(dft_start(recipe, overrides, combo.seed, out, echo)) if with_dft else []
             args = [*overrides, *shared, *combo.overrides()]
             echo(f"[{i}/{len(combos)}] {where}: ling-rl train {recipe} {' '.join(args)}")
             code = train(recipe, args, where)
@@ -281,3 +373,14 @@ def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple
     if not runs:
         raise ValueError(f"{out}: no run of the sweep has metrics yet")
     return write_report(out, runs, target, missing)
+
+
+def dft_start(recipe: Path, overrides: list[str], seed: int, out: Path, echo=print) -> Path:
+    """Seed `seed`'s shared DFT folder, `OUT/dft/seed-<s>`, run first if it holds no export yet."""
+    dft_dir = out / "dft" / f"seed-{seed}"
+    if not (dft_dir / "hf_final" / "config.json").is_file():
+        args = [*overrides, *dft_overrides(seed)]
+        echo(f"shared DFT of seed {seed}: ling-rl train {recipe} {' '.join(args)} --run-dir {dft_dir}")
+        if train(recipe, args, dft_dir) != 0:
+            raise ValueError(f"the shared DFT run of seed {seed} failed; see {dft_dir}")
+    return dft_dir

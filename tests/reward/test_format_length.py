@@ -14,7 +14,7 @@ from ling_rl.reward.loading import RewardResolutionError, resolve_rewards
 from ling_rl.reward.pool import RewardPool, RewardWorkerError
 from ling_rl.types import Rollout, Sample
 from rewards.format import Format
-from rewards.length import Length, length_scores
+from rewards.length import DESIGNS, Length, budget_length_scores, correct_length_scores, length_scores
 
 # mode, require, completion, expected violations
 FORMAT_CASES: list[tuple[str, str, str, list[str]]] = [
@@ -66,6 +66,34 @@ def test_length_formula() -> None:
     assert length_scores([40, 10], [False, True]) == [-0.5, 0.5]
     # A group of one (or all of one length): l_max == l_min, p = 0.5.
     assert length_scores([7, 7], [True, False]) == [0.5, 0.0]
+
+
+def test_length_designs_correct_and_budget() -> None:
+    lengths, correct = [10, 20, 30, 5, 60], [True, True, True, False, False]
+    # `correct`: ranked among the correct answers (10..30); wrong answers get 0 whatever their length.
+    assert correct_length_scores(lengths, correct) == [0.5, 0.0, -0.5, 0.0, 0.0]
+    # `budget`: r = 3/5, b = 10 + 0.4 * 20 = 18; beyond it, -0.5 * (l - 18) / (30 - 18).
+    assert budget_length_scores(lengths, correct) == pytest.approx([0.0, -0.5 * 2 / 12, -0.5, 0.0, 0.0], abs=1e-6)
+    # An all-wrong group: `group` charges the longer one, the others leave both at 0.
+    assert {name: design([7, 9], [False, False]) for name, design in DESIGNS.items()} == {
+        "group": [0.0, -0.5], "correct": [0.0, 0.0], "budget": [0.0, 0.0]}
+    # No design makes a wrong answer's length matter except `group` (charged when long).
+    for name in ("correct", "budget"):
+        short, long = DESIGNS[name]([10, 20, 3], [True, True, False]), DESIGNS[name]([10, 20, 300], [True, True, False])
+        assert short == long and short[2] == 0.0
+    # No bonus under `budget`, and a correct answer always beats a wrong one once alpha <= 1.
+    assert max(budget_length_scores([4, 8, 16, 32], [True] * 4)) == 0.0 and min(budget_length_scores([4, 8], [True] * 2)) >= -0.5
+
+
+@pytest.mark.parametrize("design", ["correct", "budget"])
+def test_length_plugin_takes_the_design_arg(design: str) -> None:
+    call = {"completions": ["12", "so it is 12", "13 and more words"], "completion_ids": [[1] * 2, [1] * 6, [1] * 9],
+            "answer": ["12"] * 3, "length_alpha": [1.0] * 3}
+    out = Length(correctness="exact_answer", design=design)(**call)
+    assert out.scores == DESIGNS[design]([2, 6, 9], [True, True, False])
+    assert Length(correctness="exact_answer")(**call).scores == length_scores([2, 6, 9], [True, True, False])
+    with pytest.raises(ValueError, match="design must be one of group, correct, budget, got 'short'"):
+        Length(design="short")
 
 
 def test_length_uses_the_verifier_and_token_lengths() -> None:
