@@ -18,14 +18,22 @@ in bf16 (bench/gpu_check.sh); fp8 did not finish a step there within the time li
 
 `--layouts padded packed` measures the learner's own step instead (`LearnerWorker.train_step`,
 `--ranks` gloo/NCCL ranks, the policy loss, the micro-batch plan): `padded` is the strided plan of
-right-padded micro-batches, `packed` the padding-free packed micro-batches balanced across ranks
-by tokens (`learner.packing` + `learner.balance_ranks`; `packed-strided` and `padded-balanced`
-separate the two; `compiled` is `padded` with `learner.compile`). The batches have a reasoning-like length spread (`spread_lengths`: a quarter
-of the responses at the budget, the rest long-tailed and short); tokens/s counts real tokens
-(prompt + response), the same for every layout. Runs alternate between the layouts, `--repeats`
-times, and each prints the load average before and after it (`os.getloadavg`).
+right-padded micro-batches (the learner's layout before packing became the default), `packed` the
+padding-free packed micro-batches balanced across ranks by tokens (`learner.packing` +
+`learner.balance_ranks`, the defaults; `packed-strided` and `padded-balanced` separate the two;
+`compiled` is `padded` with `learner.compile`). The batches' (prompt, response) lengths are, with
+`--lengths FILE`, those of a real run's responses: a generations file of `ling-rl eval`
+(`prompt_tokens`, `response_tokens` of its sampled responses, taken `--rows` at a time in file
+order, so a batch holds whole groups as the RL batch does); else a synthetic reasoning-like spread
+(`spread_lengths`: a quarter of the responses at the budget, the rest long-tailed and short).
+tokens/s counts real tokens (prompt + response), the same for every layout. Runs alternate between
+the layouts, `--repeats` times, and each prints the load average before and after it
+(`os.getloadavg`).
 
     .venv/bin/python bench/learner.py --layouts padded packed --shapes small --ranks 2 --repeats 3
+    .venv/bin/ling-rl eval DFT_EXPORT --recipe recipes/quickstart.yaml --data data/reasoning/train.jsonl \
+        --samples 8 --max-prompts 64 --out gens.jsonl      # the quickstart's first RL batches' lengths
+    .venv/bin/python bench/learner.py --layouts padded packed --shapes small --ranks 2 --rows 64 --lengths gens.jsonl
 
 On CPU, fp8 is *emulated* by torchao (real casts and scales, GEMMs in high precision): its numbers
 show the wiring and the overhead of the casts, never an fp8 speed-up; and bf16 is slower than
@@ -120,6 +128,26 @@ def spread_lengths(rows: int, prompt: int, response: int, seed: int) -> list[tup
     return out
 
 
+def file_lengths(path: str | Path, rows: int, batches: int) -> list[list[tuple[int, int]]]:
+    """`batches` batches of `rows` (prompt, response) lengths from a `ling-rl eval` generations
+    file's sampled responses to `eval.data`'s prompts (not an `eval.extra_data` set's), in file
+    order (wrapping around when the file has fewer)."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    pairs = [(r["prompt_tokens"], r["response_tokens"]) for r in records
+             if r.get("mode") == "sampled" and r.get("eval_set") is None]
+    if len(pairs) < rows:
+        raise SystemExit(f"--lengths {path}: {len(pairs)} sampled responses with prompt_tokens/response_tokens, "
+                         f"fewer than --rows {rows} (write it with `ling-rl eval ... --samples N`)")
+    return [[pairs[(b * rows + k) % len(pairs)] for k in range(rows)] for b in range(batches)]
+
+
+def step_lengths(spec: dict, step: int) -> list[tuple[int, int]]:
+    """The (prompt, response) lengths of step `step` (warm-up steps included) of a layout run."""
+    if spec.get("lengths"):
+        return [tuple(pair) for pair in spec["lengths"][step]]
+    return spread_lengths(spec["rows"], spec["prompt"], spec["response"], seed=step)
+
+
 def spread_batch(lengths: list[tuple[int, int]], vocab: int, seed: int):
     """A right-padded TrainBatch with these (prompt, response) lengths, random tokens and advantages."""
     import torch
@@ -157,7 +185,7 @@ def _layout_rank(rank: int, world: int, init: str, model_dir: str, out: str, spe
     worker.setup(init)
     times = []
     for i in range(spec["steps"] + 2):
-        batch = spread_batch(spread_lengths(spec["rows"], spec["prompt"], spec["response"], seed=i), spec["vocab"], i)
+        batch = spread_batch(step_lengths(spec, i), spec["vocab"], i)
         if spec["device"] == "cuda":
             torch.cuda.synchronize()
         dist.barrier()
@@ -191,7 +219,8 @@ def save_bench_model(shapes: str, layers: int, folder: Path) -> Path:
 
 
 def run_layout(layout: str, shapes: str, layers: int, ranks: int, rows: int, prompt: int, response: int, steps: int,
-               device: str, precision: str, micro_batch_tokens: int, model_dir: str) -> dict:
+               device: str, precision: str, micro_batch_tokens: int, model_dir: str,
+               lengths: list[list[list[int]]] | None = None) -> dict:
     """Learner steps of one micro-batch layout on `ranks` ranks (spawned processes, one GPU each on CUDA)."""
     import torch
     import torch.multiprocessing as mp
@@ -202,13 +231,13 @@ def run_layout(layout: str, shapes: str, layers: int, ranks: int, rows: int, pro
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         spec = dict(layout=layout, precision=precision, micro_batch_tokens=micro_batch_tokens, device=device,
-                    steps=steps, rows=rows, prompt=prompt, response=response, vocab=cfg.vocab_size,
+                    steps=steps, rows=rows, prompt=prompt, response=response, vocab=cfg.vocab_size, lengths=lengths,
                     threads=max(1, int(os.environ.get("OMP_NUM_THREADS", "2")) // ranks))
         out = Path(tmp) / "out.json"
         mp.spawn(_layout_rank, args=(ranks, f"file://{tmp}/pg", model_dir, str(out), spec), nprocs=ranks)
         result = json.loads(out.read_text())
     step = statistics.median(result["times"])
-    batches = [spread_lengths(rows, prompt, response, seed=i) for i in range(2, steps + 2)]
+    batches = [step_lengths(spec, i) for i in range(2, steps + 2)]
     tokens = statistics.mean(sum(p + r for p, r in b) for b in batches)
     settings = LAYOUTS[layout]
     computed = statistics.mean(  # positions the forwards compute, padding included, over all ranks
@@ -313,6 +342,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64, help="longest prompt (--layouts)")
     parser.add_argument("--response", type=int, default=256, help="response budget (--layouts)")
     parser.add_argument("--micro-batch-tokens", type=int, default=2048, help="learner.micro_batch_tokens (--layouts)")
+    parser.add_argument("--lengths", default=None,
+                        help="a `ling-rl eval` generations file whose sampled responses give the batches' lengths (--layouts)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-layout", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -378,9 +409,12 @@ def compare_layouts(args: argparse.Namespace) -> None:
     shapes = (args.shapes or (["ling-mini"] if gpu else ["small"]))[0]
     precision = (args.precisions or ["bf16" if gpu else "fp32"])[0]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    print(f"layouts {args.layouts}: {shapes} ({precision}), {args.ranks} ranks, {args.rows} rows, prompts <= "
-          f"{args.prompt}, responses <= {args.response}, micro_batch_tokens {args.micro_batch_tokens}, "
-          f"{args.steps} steps, {args.repeats} repeats; load average before: {os.getloadavg()}", flush=True)
+    lengths = file_lengths(args.lengths, args.rows, args.steps + 2) if args.lengths else None
+    where = (f"lengths of {args.lengths}" if lengths else
+             f"synthetic spread, prompts <= {args.prompt}, responses <= {args.response}")
+    print(f"layouts {args.layouts}: {shapes} ({precision}), {args.ranks} ranks, {args.rows} rows, {where}, "
+          f"micro_batch_tokens {args.micro_batch_tokens}, {args.steps} steps, {args.repeats} repeats; "
+          f"load average before: {os.getloadavg()}", flush=True)
     runs = []
     tmp = tempfile.TemporaryDirectory()
     model_dir = str(save_bench_model(shapes, args.layers, Path(tmp.name) / "model"))
@@ -388,7 +422,8 @@ def compare_layouts(args: argparse.Namespace) -> None:
         for layout in args.layouts:
             child = dict(layout=layout, shapes=shapes, layers=args.layers, ranks=args.ranks, rows=args.rows,
                          prompt=args.prompt, response=args.response, steps=args.steps, device=args.device,
-                         precision=precision, micro_batch_tokens=args.micro_batch_tokens, model_dir=model_dir)
+                         precision=precision, micro_batch_tokens=args.micro_batch_tokens, model_dir=model_dir,
+                         lengths=lengths)
             try:
                 proc = subprocess.run([sys.executable, __file__, "--child-layout", json.dumps(child)], env=env,
                                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],

@@ -96,6 +96,7 @@ def test_chat_template_run_with_trl_rewards_then_eval_of_export_and_checkpoint(t
     accuracy = sum(bool(r["correct"]) for r in greedy) / len(greedy)
     assert (length, accuracy) == (in_run["eval/response_len_greedy"], in_run["eval/accuracy_greedy"])
     assert max(r["response_tokens"] for r in records) > 4  # the evaluation's budget (8), not the stage's (4)
+    assert all(isinstance(r["prompt_tokens"], int) and r["prompt_tokens"] > 0 for r in records)  # the rendered prompt
     table = {line.split("  ")[0].strip(): line.split()[-2:] for line in proc.stdout.splitlines() if "  " in line}
     assert table["mean length (tokens)"][0] == f"{in_run['eval/response_len_greedy']:.1f}", proc.stdout
     assert "reward think_format_reward" in table and "accuracy (exact_answer >= 1)" in table, proc.stdout

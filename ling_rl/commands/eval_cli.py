@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any, environ
     import transformers
 
     from ling_rl.cluster.ray_init import init_ray
-    from ling_rl.driver.evaluation import eval_max_tokens, eval_prompts, run_evaluation
+    from ling_rl.driver.evaluation import EVAL_SET, eval_max_tokens, eval_prompts, run_evaluation
     from ling_rl.driver.session import reward_specs
     from ling_rl.reward.pool import RewardPool
     from ling_rl.rollout.group import RolloutGroup
@@ -154,7 +155,10 @@ def _evaluate(recipe: Recipe, model_dir: Path, out: Path, progress: Any, environ
     episodes = _episode_runner(recipe, environment, tokenizer, out)  # the template's tool support: checked now
     cfg, max_tokens = recipe.rollout, eval_max_tokens(recipe)
     what = f"episodes of up to {recipe.environment.max_turns} turns" if recipe.environment is not None else "responses"
-    progress(f"{len(prompts.samples)} prompts from {recipe.eval.data}; 1 greedy + {recipe.eval.samples} sampled "
+    sets = Counter(sample.columns.get(EVAL_SET) for sample in prompts.samples)  # None: eval.data's rows
+    where = "".join([f"{sets[None]} prompts from {recipe.eval.data}",
+                     *(f", {n} from {name} ({recipe.eval.extra_data[name]})" for name, n in sets.items() if name)])
+    progress(f"{where}; 1 greedy + {recipe.eval.samples} sampled "
              f"{what} each, up to {max_tokens} tokens; starting {cfg.num_engines} engine(s) and "
              f"{recipe.cluster.reward_workers} reward worker(s)")
     engines = rewards = None

@@ -69,7 +69,8 @@ class EvalOutcome:
     and units metrics per `eval.extra_data` set as `eval/<name>/...`."""
     generations: list[dict[str, Any]]
     """One record per response (greedy first, then sampled): `mode`, `id` (dataset row), `sample`
-    (index among the prompt's responses), `prompt`, `completion`, `response_tokens`,
+    (index among the prompt's responses), `eval_set` (the `eval.extra_data` set's name; None for
+    `eval.data`'s rows), `prompt`, `completion`, `prompt_tokens`, `response_tokens`,
     `finish_reason`, `reward`, `rewards` (per plugin; None: skipped), `correct` (None: the
     correctness plugin skipped it), `answer` (the dataset's, when there is one)."""
 
@@ -137,8 +138,9 @@ def _summary(prefix: str, mode: str, scored: list[Any], verdicts: list[float | N
 def _record(mode: str, scored: Any, index: int, verdict: float | None, threshold: float) -> dict[str, Any]:
     r = scored.rollout
     return {
-        "mode": mode, "id": r.sample.id, "sample": index, "prompt": r.sample.prompt, "completion": r.response_text,
-        "response_tokens": len(r.response_ids), "finish_reason": r.finish_reason, "reward": scored.reward,
+        "mode": mode, "id": r.sample.id, "sample": index, "eval_set": r.sample.columns.get(EVAL_SET),
+        "prompt": r.sample.prompt, "completion": r.response_text,
+        "prompt_tokens": len(r.sample.prompt_ids), "response_tokens": len(r.response_ids), "finish_reason": r.finish_reason, "reward": scored.reward,
         "skipped": scored.skipped, "rewards": dict(scored.breakdown),
         "correct": None if verdict is None else verdict >= threshold, "answer": r.sample.columns.get("answer"),
     }
