@@ -1,12 +1,15 @@
 """Memory planner: what a recipe needs, per role, before anything starts.
 
-    config = model_config(recipe, recipe_path)             # LingConfig from config.json (no weights)
-    plan = plan_memory(recipe, config, gpu_memory_gib=79.2)  # list[RolePlan]
+    model = model_config(recipe, recipe_path)              # PlanModel from config.json (no weights)
+    plan = plan_memory(recipe, model, gpu_memory_gib=79.2)   # list[RolePlan]
     [role.problem() for role in plan if not role.fits]     # "learner: ... set learner.X"
 
-`ling-rl plan` prints it; `ling-rl train` runs it as a preflight. Pure arithmetic on the model's
-config.json and the recipe: no torch, no weights, no GPU (it plans for the cluster the recipe
-describes, not for this machine). Which device a role plans for: the learner is on CUDA when
+`ling-rl plan` prints it; `ling-rl train` runs it as a preflight. Arithmetic on the model's
+config.json and the recipe: no weights, no GPU (it plans for the cluster the recipe describes, not
+for this machine). The model is a `PlanModel` (`ling_rl.commands.plan_models`: one entry per
+architecture family, the Ling BailingMoeV2 and the `hf` backend's Qwen3, Llama and Qwen3-MoE); a
+recipe setting the model's backend lacks is refused as the recipe check refuses it (which asks the
+backend, and so imports torch). Which device a role plans for: the learner is on CUDA when
 `learner.device` is `cuda`, or `auto` with `cluster.learner.num_gpus` > 0; the engines are on GPU
 when `cluster.rollout.num_gpus` > 0. Roles on CPU count against host memory.
 
@@ -27,7 +30,8 @@ Learner, per rank (FSDP2 over `learner.num_ranks`; fp32 master parameters, as
               as the previous unit's buffer may still be held (its reduce-scatter in flight, on its
               own stream) while the next unit's is filled
   activations tokens x bytes saved for backward per token (see `activation_bytes_per_token`),
-              one row with and one without `learner.activation_checkpointing`
+              one row with and one without `learner.activation_checkpointing`; for an `hf` model
+              also the attention mask of the packed micro-batch (`attention_mask_bytes`)
   logits      chunk x vocab x (3 x 4 B + c) + 4 B x vocab x hidden (+ c x vocab x hidden when
               c < 4): `chunked_token_logprobs` keeps one chunk of `learner.logprob_chunk_tokens`
               positions at a time (compute-dtype logits, their fp32 copy, gradient and softmax
@@ -68,6 +72,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ling_rl.commands.plan_models import PlanModel, describe, ling_model
 from ling_rl.config import Recipe
 from ling_rl.models.ling_config import LingConfig, ModelFolderError
 
@@ -104,24 +109,29 @@ class PlanError(ValueError):
     """The model's config cannot be found or read; the message names the key or flag to set."""
 
 
+Model = PlanModel | LingConfig
+"""What the functions below plan for: a `PlanModel`, or a `LingConfig` built in code (the tiny
+presets, bench/plan_validate.py), described by the Ling entry (`plan_models.ling_model`)."""
+
+
+def as_plan_model(model: Model) -> PlanModel:
+    return model if isinstance(model, PlanModel) else ling_model(model)
+
+
 # --- the model's config ------------------------------------------------------------------------------
 
 
-def model_config(recipe: Recipe, recipe_path: Path | None = None, override: Path | None = None) -> LingConfig:
+def model_config(recipe: Recipe, recipe_path: Path | None = None, override: Path | None = None) -> PlanModel:
     """The architecture of the recipe's model, from a config.json only (never the weights).
 
-    `override` (`--model-config`) wins; then `model.tiny`'s preset; a local folder; a hub name in
+    `override` (`--model-config`) wins; then `model.tiny`'s config; a local folder; a hub name in
     the local Hugging Face cache (config.json only, no download); and last a config shipped next
-    to the recipe, `configs/<hub name lower-cased>.json` (recipes/configs/ling-mini-2.0.json)."""
+    to the recipe, `configs/<hub name lower-cased>.json` (recipes/configs/ling-mini-2.0.json,
+    recipes/configs/qwen3-0.6b.json)."""
     if override is not None:
         return _read_config(override, "--model-config")
     if recipe.model.tiny is not None:
-        from ling_rl.models.tiny import PRESETS  # torch is imported by that module; tiny recipes are small
-
-        if recipe.model.tiny not in PRESETS:
-            raise PlanError(f"model.tiny: {recipe.model.tiny} is a Hugging Face architecture; ling-rl plan knows "
-                            "the Ling (BailingMoeV2) architecture only so far")
-        return PRESETS[recipe.model.tiny]
+        return _tiny_config(recipe.model.tiny)
     path = str(recipe.model.path)
     if Path(path).is_dir():
         return _read_config(Path(path) / "config.json", "model.path")
@@ -137,6 +147,19 @@ def model_config(recipe: Recipe, recipe_path: Path | None = None, override: Path
                     "pass --model-config PATH/config.json")
 
 
+def _tiny_config(name: str) -> PlanModel:
+    """The config of tiny model `name`: a Ling preset or a transformers config (`tiny_hf`), as the
+    config.json `init-tiny` writes would read (torch is imported by those modules; tiny recipes are small)."""
+    from ling_rl.models.tiny import PRESETS
+    from ling_rl.models.tiny_hf import HF_TINY
+
+    data = PRESETS[name].to_hf_dict() if name in PRESETS else HF_TINY[name]().to_dict()
+    try:
+        return describe(data, source=f"model.tiny={name}")
+    except ModelFolderError as e:
+        raise PlanError(str(e)) from None
+
+
 def _cached_hub_config(repo: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
@@ -144,15 +167,31 @@ def _cached_hub_config(repo: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def _read_config(path: Path, key: str) -> LingConfig:
+def _read_config(path: Path, key: str) -> PlanModel:
     if not path.is_file():
         raise PlanError(f"{key}: {path} not found")
     try:
-        return LingConfig.from_hf_dict(json.loads(path.read_text()), source=str(path))
+        return describe(json.loads(path.read_text()), source=str(path))
     except json.JSONDecodeError as e:
         raise PlanError(f"{key}: {path}: invalid JSON ({e})") from None
     except ModelFolderError as e:
         raise PlanError(f"{key}: {e}") from None
+
+
+def check_recipe(recipe: Recipe, model: Model) -> None:
+    """Refuse what the recipe check refuses for this model's backend (`learner.precision: fp8`,
+    `model.mtp.enabled`, ... on `hf`), with the same lines (`RecipeError`): a plan of a run that
+    cannot start would mislead."""
+    from ling_rl.config import RecipeError
+    from ling_rl.models.backend import backend_named, recipe_problems
+
+    m = as_plan_model(model)
+    if recipe.model.backend not in ("auto", m.backend):
+        raise RecipeError(f"model.backend: {recipe.model.backend} cannot train {m.architecture} ({m.source}); "
+                          f"set it to auto or {m.backend}")
+    problems = recipe_problems(recipe, backend_named(m.backend), m.model_type)
+    if problems:
+        raise RecipeError("\n".join(problems))
 
 
 # --- parameters --------------------------------------------------------------------------------------
@@ -160,10 +199,10 @@ def _read_config(path: Path, key: str) -> LingConfig:
 
 @dataclass(frozen=True)
 class ParamCounts:
-    """Parameter counts of `LingForCausalLM(cfg)` (buffers such as the expert bias excluded)."""
+    """Parameter counts of the model (buffers such as the Ling expert bias excluded)."""
 
     total: int
-    """Every parameter: trunk, MTP layers, embeddings, final norm, lm_head."""
+    """Every parameter: trunk, MTP layers, embeddings, final norm, lm_head (once when tied)."""
     trainable: int
     """Those with gradients and optimizer state (MTP layers only when trained)."""
     inference: int
@@ -172,142 +211,168 @@ class ParamCounts:
     """The biggest decoder (or MTP) layer: one FSDP2 unit."""
     root: int
     """Embeddings + final norm + lm_head: the root FSDP2 unit."""
+    active: int
+    """Per token in the forward pass: `inference` less the routed experts a token does not use
+    (num_experts - num_experts_per_tok of them per MoE layer); `inference` for a dense model."""
 
 
 def _norm(d: int) -> int:
     return d
 
 
-def _swiglu(cfg: LingConfig, inner: int) -> int:
-    h = cfg.hidden_size
-    return 3 * h * inner + ((2 * inner + h) if cfg.use_bias else 0)
+def _swiglu(m: PlanModel, inner: int, bias: bool) -> int:
+    h = m.hidden_size
+    return 3 * h * inner + ((2 * inner + h) if bias else 0)
 
 
-def layer_parameters(cfg: LingConfig, layer_idx: int) -> int:
+def layer_parameters(model: Model, layer_idx: int) -> int:
     """Parameters of decoder layer `layer_idx` (layers >= num_hidden_layers are MTP layers)."""
-    h, hd = cfg.hidden_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    attn = h * (q + 2 * kv) + ((q + 2 * kv) if (cfg.use_bias or cfg.use_qkv_bias) else 0)
-    attn += q * h + (h if cfg.use_bias else 0)
-    attn += 2 * _norm(hd) if cfg.use_qk_norm else 0
-    if cfg.is_moe_layer(layer_idx):
-        mlp = cfg.num_experts * h  # router
-        mlp += 3 * cfg.num_experts * cfg.moe_intermediate_size * h
-        mlp += _swiglu(cfg, cfg.shared_intermediate_size) if cfg.num_shared_experts else 0
+    m = as_plan_model(model)
+    h, hd = m.hidden_size, m.head_dim
+    q, kv = m.num_attention_heads * hd, m.num_key_value_heads * hd
+    attn = h * (q + 2 * kv) + ((q + 2 * kv) if m.qkv_bias else 0)
+    attn += q * h + (h if m.out_bias else 0)
+    attn += 2 * _norm(hd) if m.qk_norm else 0
+    if m.is_moe_layer(layer_idx):
+        mlp = m.num_experts * h  # router
+        mlp += 3 * m.num_experts * m.moe_intermediate_size * h
+        mlp += _swiglu(m, m.shared_intermediate_size, m.mlp_bias) if m.shared_intermediate_size else 0
     else:
-        mlp = _swiglu(cfg, cfg.intermediate_size)
+        mlp = _swiglu(m, m.intermediate_size, m.mlp_bias)
     total = 2 * _norm(h) + attn + mlp
-    if layer_idx >= cfg.num_hidden_layers:  # MTP: enorm, hnorm, eh_proj, final_layernorm
+    if layer_idx >= m.num_hidden_layers:  # MTP: enorm, hnorm, eh_proj, final_layernorm
         total += 3 * _norm(h) + 2 * h * h
     return total
 
 
-def count_parameters(cfg: LingConfig, train_mtp: bool) -> ParamCounts:
-    trunk = [layer_parameters(cfg, i) for i in range(cfg.num_hidden_layers)]
-    mtp = [layer_parameters(cfg, cfg.num_hidden_layers + d) for d in range(cfg.num_nextn_predict_layers)]
-    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
-    root = cfg.vocab_size * cfg.hidden_size + _norm(cfg.hidden_size) + head
+def count_parameters(model: Model, train_mtp: bool) -> ParamCounts:
+    m = as_plan_model(model)
+    trunk = [layer_parameters(m, i) for i in range(m.num_hidden_layers)]
+    mtp = [layer_parameters(m, m.num_hidden_layers + d) for d in range(m.num_nextn_predict_layers)]
+    head = 0 if m.tie_word_embeddings else m.vocab_size * m.hidden_size
+    root = m.vocab_size * m.hidden_size + _norm(m.hidden_size) + head
     total = root + sum(trunk) + sum(mtp)
+    unused = moe_layer_count(m) * (m.num_experts - m.num_experts_per_tok) * 3 * m.moe_intermediate_size * m.hidden_size
     return ParamCounts(total=total, trainable=total - (0 if train_mtp else sum(mtp)), inference=root + sum(trunk),
-                       largest_layer=max(trunk + mtp), root=root)
+                       largest_layer=max(trunk + mtp), root=root, active=root + sum(trunk) - unused)
 
 
 # --- activations -------------------------------------------------------------------------------------
 
 
-def activation_bytes_per_token(cfg: LingConfig, layer_idx: int, c: int, padded: bool = False) -> int:
-    """Bytes autograd keeps per token for the backward of one layer (`ling_rl.models.ling_moe`),
-    with compute dtype of `c` bytes (2: bf16, 4: fp32). Counted op by op:
+def activation_bytes_per_token(model: Model, layer_idx: int, c: int, padded: bool = False) -> int:
+    """Bytes autograd keeps per token for the backward of one layer (`ling_rl.models.ling_moe`, or
+    transformers' layer for an `hf` model), with compute dtype of `c` bytes (2: bf16, 4: fp32).
+    Counted op by op:
 
     RMSNorm(d): its fp32 input (4d), the normalised input (c d), its output kept by the next linear (c d).
     Attention: input norm; QK-norms on q and k (4 + c per channel); q and k after RoPE and v, kept
-      by SDPA (c (q + 2 kv)); SDPA's output and its log-sum-exp (c q + 4 heads); the re-laid-out
-      output kept by the dense projection (c q).
+      by SDPA (c (q + 2 kv); with `masked_attention` k and v repeated to the query heads, c 3q);
+      SDPA's output and its log-sum-exp (c q + 4 heads); the re-laid-out output kept by the dense
+      projection (c q).
     Dense SwiGLU(I): gate and up outputs, silu(gate), their product (4 c I).
-    MoE: fp32 router input (4 H when c < 4: in fp32 it is the norm output itself) and sigmoid scores
-      (4 E); per routed copy (top-k): the expert-sorted input (c H), gate/up/silu/product
-      (4 c I_moe) and the output before weighting (c H); with `padded` (the bmm kernel: CPU, or
-      fp32 on CUDA) also the padded copy of the input (c H); the shared expert's SwiGLU. Routing
-      imbalance (the padded kernel pads every expert to the busiest one) is not counted.
+    MoE: with `fp32_router` the fp32 router input (4 H when c < 4: in fp32 it is the norm output
+      itself); the router's scores (4 E: Ling's sigmoid, transformers' fp32 softmax); per routed
+      copy (top-k): the expert-sorted input (c H), gate/up/silu/product (4 c I_moe) and the output
+      before weighting (c H); with `padded` (Ling's bmm kernel: CPU, or fp32 on CUDA) also the
+      padded copy of the input (c H); the shared expert's SwiGLU. Routing imbalance (the padded
+      kernel pads every expert to the busiest one) is not counted.
     MTP layer: a MoE layer plus three norms and the concatenated input of eh_proj (2 c H).
+    The attention mask of an `hf` model is per micro-batch, not per token: `attention_mask_bytes`.
     """
-    h, hd = cfg.hidden_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    m = as_plan_model(model)
+    h, hd = m.hidden_size, m.head_dim
+    q, kv = m.num_attention_heads * hd, m.num_key_value_heads * hd
 
     def norm(d: int) -> int:
         return 4 * d + 2 * c * d
 
-    attn = norm(h) + c * (q + 2 * kv) + c * q + 4 * cfg.num_attention_heads + c * q
-    if cfg.use_qk_norm:
+    attn = norm(h) + c * (q + 2 * (q if m.masked_attention else kv)) + c * q + 4 * m.num_attention_heads + c * q
+    if m.qk_norm:
         attn += (4 + c) * (q + kv)
-    if cfg.is_moe_layer(layer_idx):
-        k = cfg.num_experts_per_tok
-        mlp = norm(h) + (4 * h if c < 4 else 0) + 4 * cfg.num_experts
-        mlp += k * ((3 if padded else 2) * c * h + 4 * c * cfg.moe_intermediate_size)
-        mlp += 4 * c * cfg.shared_intermediate_size if cfg.num_shared_experts else 0
+    if m.is_moe_layer(layer_idx):
+        k = m.num_experts_per_tok
+        mlp = norm(h) + (4 * h if c < 4 and m.fp32_router else 0) + 4 * m.num_experts
+        mlp += k * ((3 if padded and m.expert_padding else 2) * c * h + 4 * c * m.moe_intermediate_size)
+        mlp += 4 * c * m.shared_intermediate_size
     else:
-        mlp = norm(h) + 4 * c * cfg.intermediate_size
+        mlp = norm(h) + 4 * c * m.intermediate_size
     total = attn + mlp
-    if layer_idx >= cfg.num_hidden_layers:
+    if layer_idx >= m.num_hidden_layers:
         total += 3 * norm(h) + 2 * c * h
     return total
 
 
-def activation_bytes(cfg: LingConfig, tokens: int, c: int, checkpointing: bool, train_mtp: bool,
+def attention_mask_bytes(model: Model, tokens: int, c: int, layers: int) -> int:
+    """With `masked_attention` (transformers' SDPA path): a packed micro-batch of `tokens` attends
+    through one boolean [T, T] block-causal mask (1 B per entry, held through the step), which SDPA
+    converts to a compute-dtype copy that each layer keeps for its backward (c B per entry, for
+    `layers` layers). 0 for a model that attends per sequence (Ling)."""
+    return tokens * tokens * (1 + c * layers) if as_plan_model(model).masked_attention else 0
+
+
+def activation_bytes(model: Model, tokens: int, c: int, checkpointing: bool, train_mtp: bool,
                      padded: bool = False) -> int:
     """Activations of one micro-batch of `tokens` at the start of backward (logits excluded).
 
     Without checkpointing: every layer's saved tensors, the final norm, and one layer's worth of
     gradient buffers in backward. With per-layer checkpointing: each layer's input (c H), plus one
-    layer recomputed in backward and its gradients (2 x the largest layer)."""
-    layers = list(range(cfg.num_hidden_layers)) + (
-        [cfg.num_hidden_layers + d for d in range(cfg.num_nextn_predict_layers)] if train_mtp else [])
-    per_layer = [activation_bytes_per_token(cfg, i, c, padded) for i in layers]
-    final_norm = 4 * cfg.hidden_size + 2 * c * cfg.hidden_size
+    layer recomputed in backward and its gradients (2 x the largest layer). An `hf` model's
+    attention mask: kept by every layer without checkpointing, by the recomputed one with it."""
+    m = as_plan_model(model)
+    layers = list(range(m.num_hidden_layers)) + (
+        [m.num_hidden_layers + d for d in range(m.num_nextn_predict_layers)] if train_mtp else [])
+    per_layer = [activation_bytes_per_token(m, i, c, padded) for i in layers]
+    final_norm = 4 * m.hidden_size + 2 * c * m.hidden_size
     if checkpointing:
-        return tokens * (len(layers) * c * cfg.hidden_size + 2 * max(per_layer) + final_norm)
-    return tokens * (sum(per_layer) + max(per_layer) + final_norm)
+        return tokens * (len(layers) * c * m.hidden_size + 2 * max(per_layer) + final_norm) \
+            + attention_mask_bytes(m, tokens, c, 1)
+    return tokens * (sum(per_layer) + max(per_layer) + final_norm) + attention_mask_bytes(m, tokens, c, len(layers))
 
 
-def logits_bytes(cfg: LingConfig, chunk_tokens: int, c: int) -> int:
+def logits_bytes(model: Model, chunk_tokens: int, c: int) -> int:
     """One log-prob chunk's [chunk, vocab] tensors at their peak and the fp32 lm_head weight gradient
     (see the module docstring)."""
-    return chunk_tokens * cfg.vocab_size * (3 * 4 + c) + 4 * cfg.vocab_size * cfg.hidden_size
+    m = as_plan_model(model)
+    return chunk_tokens * m.vocab_size * (3 * 4 + c) + 4 * m.vocab_size * m.hidden_size
 
 
-def head_temporary_bytes(cfg: LingConfig, c: int) -> int:
+def head_temporary_bytes(model: Model, c: int) -> int:
     """The [V, H] compute-dtype temporary of `chunked_token_logprobs`'s backward: with c < 4 each
     chunk's `grad_logits.T @ h` before it is added to the fp32 sum, then the sum's cast back to the
     weight's dtype (one at a time); in fp32 the product is accumulated in place (`addmm_`)."""
-    return c * cfg.vocab_size * cfg.hidden_size if c < 4 else 0
+    m = as_plan_model(model)
+    return c * m.vocab_size * m.hidden_size if c < 4 else 0
 
 
-def moe_layer_count(cfg: LingConfig) -> int:
-    return sum(1 for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i))
+def moe_layer_count(model: Model) -> int:
+    return as_plan_model(model).moe_layer_count
 
 
-def batch_route_bytes(recipe: Recipe, cfg: LingConfig) -> int:
+def batch_route_bytes(recipe: Recipe, model: Model) -> int:
     """One copy of a whole batch's routes (`TrainBatch.routed_experts`): int64 expert ids, top_k per
     token per MoE layer, prompts_per_step x group_size rows of max_prompt + max_response tokens."""
+    m = as_plan_model(model)
     rc = recipe.rollout
     tokens = rc.prompts_per_step * rc.group_size * (rc.max_prompt_tokens + rc.max_response_tokens)
-    return tokens * moe_layer_count(cfg) * cfg.num_experts_per_tok * 8
+    return tokens * m.moe_layer_count * m.num_experts_per_tok * 8
 
 
-def route_bytes(recipe: Recipe, cfg: LingConfig) -> int:
+def route_bytes(recipe: Recipe, model: Model) -> int:
     """Routing replay's routes on each learner rank (every rank receives the whole batch): once for
     the engine's routes (r3) and once for the routing the old-policy pass records (r2 or r3 with
     `learner.updates_per_batch` > 1: `LearnerWorker.old_logprobs`); 0 without routing replay."""
     mode = recipe.rollout.routing_replay
     copies = (mode == "r3") + (mode != "none" and recipe.learner.updates_per_batch > 1)
-    return copies * batch_route_bytes(recipe, cfg)
+    return copies * batch_route_bytes(recipe, model)
 
 
-def kv_bytes_per_token(cfg: LingConfig, dtype_bytes: int, tp: int) -> int:
+def kv_bytes_per_token(model: Model, dtype_bytes: int, tp: int) -> int:
     """KV cache bytes per token on one GPU of a tensor-parallel engine: vLLM gives each GPU
     kv_heads / tp heads, and one (replicated) head when tp exceeds the KV head count."""
-    heads = max(1, cfg.num_key_value_heads // tp)
-    return 2 * cfg.num_hidden_layers * heads * cfg.head_dim * dtype_bytes
+    m = as_plan_model(model)
+    heads = max(1, m.num_key_value_heads // tp)
+    return 2 * m.num_hidden_layers * heads * m.head_dim * dtype_bytes
 
 
 # --- the plan ----------------------------------------------------------------------------------------
@@ -375,9 +440,12 @@ def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def plan_memory(recipe: Recipe, cfg: LingConfig, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+def plan_memory(recipe: Recipe, model: Model, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
                 host_memory_gib: float | None = None) -> list[RolePlan]:
-    """Per role, the estimated memory of `recipe` with model `cfg` (see the module docstring)."""
+    """Per role, the estimated memory of `recipe` with `model` (see the module docstring). A
+    setting the model's backend lacks raises `RecipeError` (`check_recipe`)."""
+    cfg = as_plan_model(model)
+    check_recipe(recipe, cfg)
     gpu = int(gpu_memory_gib * GIB)
     host = int(host_memory_gib * GIB) if host_memory_gib is not None else host_memory_bytes()
     learner = _learner(recipe, cfg, gpu, host)
@@ -387,7 +455,7 @@ def plan_memory(recipe: Recipe, cfg: LingConfig, gpu_memory_gib: float = DEFAULT
     return roles
 
 
-def _learner(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
+def _learner(recipe: Recipe, cfg: PlanModel, gpu: int, host: int) -> RolePlan:
     lc = recipe.learner
     ranks, c = lc.num_ranks, compute_bytes(lc.precision)
     train_mtp = recipe.model.mtp.enabled and cfg.num_nextn_predict_layers > 0
@@ -428,7 +496,7 @@ def _learner(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
     return RolePlan("learner", "host", host, rows, scale=ranks)
 
 
-def _rollout(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
+def _rollout(recipe: Recipe, cfg: PlanModel, gpu: int, host: int) -> RolePlan:
     rc = recipe.rollout
     dtype = rc.engine_dtype(recipe.model.dtype)
     b = _DTYPE_BYTES[dtype]
@@ -449,7 +517,7 @@ def _rollout(recipe: Recipe, cfg: LingConfig, gpu: int, host: int) -> RolePlan:
     return RolePlan("rollout", "host", host, rows, scale=rc.num_engines)
 
 
-def _host(recipe: Recipe, cfg: LingConfig, host: int, on_host: list[RolePlan]) -> RolePlan:
+def _host(recipe: Recipe, cfg: PlanModel, host: int, on_host: list[RolePlan]) -> RolePlan:
     """Everything on one node's host memory: the CPU roles whole, and for GPU roles their processes
     and what rank 0 reads while loading (one checkpoint part, fp32)."""
     rows = [Row(f"{r.role} on CPU (x {r.scale})", r.total, _host_key(r)) for r in on_host]
@@ -471,7 +539,7 @@ def _host(recipe: Recipe, cfg: LingConfig, host: int, on_host: list[RolePlan]) -
     return RolePlan("host", "host", host, rows)
 
 
-def _model_copies(recipe: Recipe, cfg: LingConfig) -> list[Row]:
+def _model_copies(recipe: Recipe, cfg: PlanModel) -> list[Row]:
     """The final export's fp32 state on learner rank 0 and the weight sync's staging files: whole
     copies of the model in host memory that never exist at once (the sync's files are deleted once
     the engines loaded them; the export runs after the last step), so only the larger is counted."""
@@ -497,6 +565,23 @@ def _model_copies(recipe: Recipe, cfg: LingConfig) -> list[Row]:
 def _host_key(role: RolePlan) -> str | None:
     keyed = [r for r in role.rows if r.counted and r.key]
     return max(keyed, key=lambda r: r.bytes).key if keyed else None
+
+
+def count_text(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def model_summary(model: Model) -> str:
+    """One line above the table: the architecture, its backend, where its config came from, and its
+    parameters (total, in MTP layers, active per token)."""
+    m = as_plan_model(model)
+    p = count_parameters(m, train_mtp=True)
+    mtp = f" ({count_text(p.total - p.inference)} in MTP layers)" if p.total > p.inference else ""
+    tied = ", tied embeddings" if m.tie_word_embeddings else ""
+    moe = (f", {m.moe_layer_count} MoE layers of {m.num_experts} experts, top-{m.num_experts_per_tok}"
+           if m.moe_layer_count else "")
+    return (f"model: {m.architecture} ({m.backend} backend; {m.source}): {count_text(p.total)} parameters{mtp}, "
+            f"{count_text(p.active)} active per token; {m.num_hidden_layers} layers{moe}{tied}")
 
 
 def plan_table(roles: list[RolePlan]):
