@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -160,6 +161,34 @@ def test_ctrl_c_saves_the_last_step_resumes_and_sigkill_leaves_no_process(tmp_pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert _wait_gone(procs[1:], session_dirs) == []
+
+
+def test_ctrl_c_during_dft_stops_after_the_dft_step_in_flight(tmp_path: Path) -> None:
+    """Not after all of `dft.steps` (the DFT loop checks the stop request as the RL loop does)."""
+    args = [sys.executable, "-m", "ling_rl.commands.cli", "train", str(ROOT / "recipes" / "quickstart.yaml"),
+            f"run.output_dir={tmp_path}", "run.name=run", "dft.steps=100000", "dft.batch_size=4", "eval.every=0",
+            "checkpoint.every=0", "checkpoint.export_hf=false", "tracking.progress_bar=false", "learner.num_ranks=1",
+            "cluster.num_cpus=3", "tracking.wandb.enabled=false"]
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    assert proc.stdout is not None
+    watchdog = threading.Timer(600, proc.kill)  # the read below ends at EOF; a hung start-up is killed
+    watchdog.start()
+    for line in proc.stdout:  # the DFT's first line comes after start-up
+        seen.append(line)
+        if line.startswith("dft 1/100000"):
+            break
+    assert seen and seen[-1].startswith("dft 1/100000"), "".join(seen)[-4000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)  # 100000 DFT steps would take hours
+    watchdog.cancel()
+    out = "".join(seen) + out
+    assert proc.returncode == 130, out[-4000:]
+    assert "interrupted in DFT step " in out and "/100000, before RL step 0; no step completed, nothing saved" in out, \
+        out[-4000:]
+    assert _rows(tmp_path / "run") == []
 
 
 def _assert_no_dashboard(procs: list[psutil.Process], session_dir: Path) -> None:

@@ -27,10 +27,10 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(Exception):
     """The run stopped on a signal after saving its last completed step."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, where: str = "") -> None:
         self.exit_code = 128 + signum
         saved = f"saved checkpoint {checkpoint}" if checkpoint is not None else "no step completed, nothing saved"
-        super().__init__(f"interrupted at step {step}; {saved}; rerun the same command to resume")
+        super().__init__(f"interrupted {where or f'at step {step}'}; {saved}; rerun the same command to resume")
 
 
 class StopRequest:
@@ -44,9 +44,10 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def interrupted(self, step: int, checkpoint: Path | None) -> Interrupted:
+    def interrupted(self, step: int, checkpoint: Path | None, where: str = "") -> Interrupted:
+        """The exception that ends the run; `where` replaces "at step N" (e.g. a DFT step)."""
         assert self.signum is not None
-        return Interrupted(self.signum, step, checkpoint)
+        return Interrupted(self.signum, step, checkpoint, where)
 
     @classmethod
     def install(cls) -> StopRequest:

@@ -48,7 +48,7 @@ def train(recipe: Recipe, run_dir: Path) -> Path:
     try:
         strategy = generation_strategy(s)
         if recipe.dft.enabled and s.start_step == 0:
-            warm_start(s)
+            warm_start(s, stop)
         # The starting point (after DFT, before any RL update) is logged with step 0.
         pending_eval = evaluate(s, -1) if recipe.eval.every and s.start_step == 0 else {}
         for step in range(s.start_step, recipe.run.steps):
@@ -112,11 +112,15 @@ def _save_done(s: sessions.Session, strategy: GenerationStrategy, step: int) -> 
     return save(s, strategy, step - 1) if step > s.start_step else (done[-1] if done else None)
 
 
-def warm_start(s: sessions.Session) -> None:
-    """DFT: SFT steps on the learner, logged to dft_metrics.jsonl, then the engines get the weights."""
+def warm_start(s: sessions.Session, stop: StopRequest) -> None:
+    """DFT: SFT steps on the learner, logged to dft_metrics.jsonl, then the engines get the weights.
+    A stop request ends it after the DFT step in flight (DFT is not checkpointed: a rerun starts it
+    again), not after all of `dft.steps`."""
     cfg, data = s.recipe.dft, s.dft_data
     with open(s.run_dir / "dft_metrics.jsonl", "w") as log:
         for i in range(cfg.steps):
+            if stop.requested:
+                raise stop.interrupted(0, None, f"in DFT step {i + 1}/{cfg.steps}, before RL step 0")
             metrics = s.learner.sft_step(data.batch(s.pad_id), cfg.lr)
             log.write(json.dumps({"step": i, **metrics}) + "\n")
             log.flush()
