@@ -3,6 +3,7 @@ the activation formula against the tensors autograd really saves, and the exit c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,6 +70,19 @@ def test_activation_formula_against_saved_tensors(dtype: torch.dtype) -> None:
     is within 20% of the formula (the rest: RoPE tables, routing imbalance of the padded kernel)."""
     cfg = replace(PRESETS["tiny"], num_nextn_predict_layers=0)
     model = build_tiny_model(cfg).to(dtype)
+    tokens = 4 * 256
+    ids = torch.randint(0, cfg.vocab_size, (4, 256), generator=torch.Generator().manual_seed(0))
+    saved = saved_activation_bytes(model, lambda: model.model.norm(_trunk(model, ids)))
+    c = 4 if dtype == torch.float32 else 2
+    formula = sum(activation_bytes_per_token(cfg, i, c, padded=True) for i in range(cfg.num_hidden_layers))
+    formula += 4 * cfg.hidden_size + 2 * c * cfg.hidden_size  # final norm
+    measured = saved / tokens
+    assert 0.9 < measured / formula < 1.2, (measured, formula)
+
+
+def saved_activation_bytes(model: torch.nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes of the unique storages autograd saves for backward while `forward()` runs, the
+    model's parameters excluded: what the plan's activation formula estimates."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -77,14 +91,9 @@ def test_activation_formula_against_saved_tensors(dtype: torch.dtype) -> None:
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    tokens = 4 * 256
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model.model.norm(_trunk(model, torch.randint(0, cfg.vocab_size, (4, 256), generator=torch.Generator().manual_seed(0))))
-    c = 4 if dtype == torch.float32 else 2
-    formula = sum(activation_bytes_per_token(cfg, i, c, padded=True) for i in range(cfg.num_hidden_layers))
-    formula += 4 * cfg.hidden_size + 2 * c * cfg.hidden_size  # final norm
-    measured = sum(saved.values()) / tokens
-    assert 0.9 < measured / formula < 1.2, (measured, formula)
+        forward()
+    return sum(saved.values())
 
 
 def _trunk(model: LingForCausalLM, ids: torch.Tensor) -> torch.Tensor:

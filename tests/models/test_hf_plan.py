@@ -22,6 +22,7 @@ from ling_rl.commands.plan_models import describe
 from ling_rl.config import RecipeError, load_recipe
 from ling_rl.learner.packing import Pack
 from ling_rl.models.tiny_hf import HF_TINY, build_tiny_hf
+from tests.test_plan import saved_activation_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,25 +104,16 @@ def test_activation_formula_against_saved_tensors(arch: str, dtype: torch.dtype)
     parameters excluded, is within 20% of the formula with the mask term."""
     model = build_tiny_hf(arch).to(dtype)
     plan = describe(_tiny(arch), arch)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in params:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     lengths = [512] * 4  # at 2048 tokens the per-layer masks are a third of the total (1.4-1.6x without them)
     packed = Pack.of(torch.tensor(lengths), 512)
     ids = torch.randint(0, plan.vocab_size, (1, sum(lengths)), generator=torch.Generator().manual_seed(0))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(ids, positions=packed.positions)  # HFCausalLM: transformers' decoder, then the lm_head
+    # HFCausalLM: transformers' decoder, then the lm_head
+    measured = saved_activation_bytes(model, lambda: model(ids, positions=packed.positions))
     c = 4 if dtype == torch.float32 else 2
     tokens = sum(lengths)
     formula = tokens * sum(activation_bytes_per_token(plan, i, c) for i in range(plan.num_hidden_layers))
     formula += tokens * (4 * plan.hidden_size + 2 * c * plan.hidden_size)  # final norm
     formula += attention_mask_bytes(plan, tokens, c, plan.num_hidden_layers)
-    measured = sum(saved.values())
     assert 0.9 < measured / formula < 1.2, (measured, formula)
 
 
