@@ -24,6 +24,7 @@ from ling_rl.commands.sweep import (
     is_done,
     largest_rolling_drop,
     mean_std,
+    paired_table,
     parse_grid,
     parse_seeds,
     plan,
@@ -115,6 +116,37 @@ def test_aggregate_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert "| final eval/accuracy_greedy | 0.7 +- 0.14 | 0.5 +- 0 |" in md and "gspo/seed-1" not in md.split("|")[0]
     assert (tmp_path / "sweep_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "sweep_frontier.png").read_bytes()[:4] == b"\x89PNG" and "sweep_frontier.png" in md
+
+
+def test_paired_against_a_baseline_by_seed(tmp_path: Path) -> None:
+    """Each point's run minus the baseline's run of the same seed; a seed the baseline lacks is left out."""
+    combos = plan([0, 1, 2], parse_grid([], ["off: rewards.2.weight=0", "short: rewards.2.args.design=budget"]))
+    dirs = {(c.point_name, c.seed): c.run_dir(tmp_path) for c in combos}
+    flat = [1.0] * 11
+    # length = 60 - 10 x accuracy: off ends at 0.5 (55 tokens) / 0.2 (58); short at 0.4 (56) / 0.3 (57) / 0.9.
+    _write_run(dirs["off", 0], [0.3, 0.5], [0.1] * 11, flat)
+    _write_run(dirs["off", 1], [0.3, 0.2], [0.1] * 11, flat)
+    _write_run(dirs["short", 0], [0.3, 0.4], [0.1] * 11, flat)
+    _write_run(dirs["short", 1], [0.3, 0.3], [0.1] * 11, flat)
+    _write_run(dirs["short", 2], [0.3, 0.9], [0.1] * 11, flat)  # no baseline run of seed 2: not paired
+    runs, _ = collect(tmp_path, combos)
+    table = {row[0]: row[1:] for row in paired_table(runs, "off", target=0.7)}
+    assert table["measure"] == ["short (2 seeds)"]
+    shorter = [100 * (1 - 56 / 55), 100 * (1 - 57 / 58)]
+    assert table["final greedy length: % shorter than off"] == [
+        f"{mean_std(shorter)} (seed 0: {shorter[0]:.1f}, seed 1: {shorter[1]:.1f})"]
+    assert table["final eval/accuracy_greedy: points above off"] == ["0 +- 14 (seed 0: -10.0, seed 1: 10.0)"]
+    assert table["final eval/ood/accuracy_greedy: points above off"] == ["0 +- 3.5 (seed 0: -2.5, seed 1: 2.5)"]
+    md = write_report(tmp_path, runs, 0.7, [], baseline="off").read_text()
+    assert "## Against off, paired by seed" in md and "(seed 0: -10.0, seed 1: 10.0)" in md
+    assert (tmp_path / "sweep_paired.png").read_bytes()[:4] == b"\x89PNG"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    args = ["sweep", str(recipe), "--seeds", "0,1,2", "--arm", "off: rewards.2.weight=0",
+            "--arm", "short: rewards.2.args.design=budget", "--out", str(tmp_path), "--report-only"]
+    result = CliRunner().invoke(app, [*args, "--baseline", "off"])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(app, [*args, "--baseline", "of"])
+    assert bad.exit_code == 2 and "--baseline: 'of' is not a grid point" in bad.output and "off, short" in bad.output
 
 
 def test_done_runs_are_not_run_again(tmp_path: Path) -> None:

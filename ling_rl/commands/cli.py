@@ -304,6 +304,9 @@ def sweep_cmd(
     out: Annotated[Path | None, typer.Option(help="Sweep folder (default: runs/sweep-<recipe file name>).")] = None,
     target: Annotated[float, typer.Option(help="Greedy accuracy whose first step is reported.")] = 0.7,
     report_only: Annotated[bool, typer.Option("--report-only", help="Only aggregate the runs already there.")] = False,
+    baseline: Annotated[str | None, typer.Option(
+        help="A grid point's name (an arm, or e.g. type=lpo): also report every other point's change "
+             "against its run of the same seed (% shorter, accuracy points).")] = None,
 ) -> None:
     """Multi-seed A/B: one `ling-rl train` per seed and grid point (one shared DFT start per seed), then
     one report with mean +- std over seeds (final/best ID and OOD accuracy, length, steps to a target,
@@ -314,7 +317,8 @@ def sweep_cmd(
     try:
         path = sweep(recipe, overrides or [], parse_seeds(seeds), parse_grid(grid or [], arm),
                      out or Path("runs") / f"sweep-{recipe.stem}", target, report_only,
-                     echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+                     echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+                     baseline=baseline)
     except (RecipeError, OSError, ValueError) as e:
         _fail(str(e))
     console.print(f"wrote [bold]{path}[/]", highlight=False, soft_wrap=True)

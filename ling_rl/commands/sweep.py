@@ -18,6 +18,13 @@ seed) gives per grid point the mean +- std over seeds of:
   mean reward (window `ROLLING` steps: its largest fall below an earlier peak), grad-norm spikes
   (steps above `SPIKE` x the run's median `train/grad_norm`), mean clip fraction, mean entropy.
 
+With `--baseline NAME` (a grid point), a second table pairs every other point's run with the
+baseline's run of the same seed: how much shorter its final greedy answers are (%) and how its
+final held-out accuracies differ (points), mean +- std over seeds and each seed's value, with
+`OUT/sweep_paired.png` (that change in accuracy against that shortening, a dot per seed). The seeds
+differ far more than the arms do when each has its own DFT start; the paired difference removes
+that shared part, and is what a goal such as "20% shorter within 2 points" is judged on.
+
 A seed sets `run.seed`, `rollout.seed` and `data.seed` (the RL's randomness: sampling and prompt
 order). With `dft.enabled`, the DFT runs once per seed (with `dft.seed`, `model.seed`: a tiny
 model's initial weights, and the seeds above), in
@@ -133,6 +140,10 @@ def parse_arms(items: list[str]) -> list[Setting]:
     return arms
 
 
+Runs = dict[str, dict[int, RunData]]
+"""The runs of a sweep: per grid point name, per seed, that run's metrics."""
+
+
 def plan(seeds: list[int], grid: list[tuple[Setting, ...]]) -> list[Combo]:
     """Seeds interleaved across grid points (seed 0 of every point first), so a sweep cut short
     still compares every point."""
@@ -233,6 +244,11 @@ def run_measures(run: RunData, target: float) -> dict[str, float | None]:
     return out
 
 
+def _std(values: np.ndarray) -> float:
+    """Sample std (the tables' spread), 0 for one value."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
 def mean_std(values: list[float]) -> str:
     """`mean +- std` (sample std; 0 for one value), 4 significant digits."""
     if not values:
@@ -241,10 +257,10 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} +- {std:.2g}"
 
 
-def aggregate(runs: dict[str, list[RunData]], target: float) -> list[list[str]]:
+def aggregate(runs: Runs, target: float) -> list[list[str]]:
     """Rows of the comparison table: header, then one row per measure with a cell per grid point;
     a measure some seeds lack says how many seeds it has."""
-    measures = {point: [run_measures(r, target) for r in point_runs] for point, point_runs in runs.items()}
+    measures = {point: [run_measures(r, target) for r in point_runs.values()] for point, point_runs in runs.items()}
     names = list(dict.fromkeys(name for rows in measures.values() for row in rows for name in row))
     table = [["measure", *(f"{point} ({len(runs[point])} seeds)" for point in runs)]]
     for name in names:
@@ -259,16 +275,84 @@ def aggregate(runs: dict[str, list[RunData]], target: float) -> list[list[str]]:
     return table
 
 
-def _draw_bands(runs: dict[str, list[RunData]], fig: Figure) -> None:
+def paired_changes(runs: Runs, baseline: str, target: float) -> dict[str, dict[str, dict[int, float]]]:
+    """Per grid point other than `baseline`, per measure, per seed both ran: the change against the
+    baseline's run of that seed. Measures: the final greedy length, as % shorter than the baseline's,
+    and each final held-out greedy accuracy minus the baseline's, in points."""
+    base = {seed: run_measures(run, target) for seed, run in runs[baseline].items()}
+    length = "final eval/response_len_greedy"
+    changes: dict[str, dict[str, dict[int, float]]] = {}
+    for point, point_runs in runs.items():
+        if point == baseline:
+            continue
+        per_measure: dict[str, dict[int, float]] = {}
+        for seed, run in point_runs.items():
+            if seed not in base:
+                continue
+            own, ref = run_measures(run, target), base[seed]
+            if own.get(length) is not None and ref.get(length):
+                per_measure.setdefault(f"final greedy length: % shorter than {baseline}", {})[seed] = (
+                    100.0 * (1.0 - own[length] / ref[length]))
+            for key, value in own.items():
+                if key.startswith("final ") and key.endswith("accuracy_greedy") and value is not None \
+                        and ref.get(key) is not None:
+                    per_measure.setdefault(f"{key}: points above {baseline}", {})[seed] = 100.0 * (value - ref[key])
+        changes[point] = per_measure
+    return changes
+
+
+def paired_table(runs: Runs, baseline: str, target: float) -> list[list[str]]:
+    """Rows of the paired table: header, then one row per measure of `paired_changes`, a cell per
+    grid point: mean +- std over seeds, then each seed's value."""
+    changes = paired_changes(runs, baseline, target)
+    names = list(dict.fromkeys(name for measures in changes.values() for name in measures))
+    table = [["measure", *(f"{point} ({len(next(iter(changes[point].values()), {}))} seeds)" for point in changes)]]
+    for name in names:
+        cells = [name]
+        for measures in changes.values():
+            by_seed = measures.get(name, {})
+            each = ", ".join(f"seed {seed}: {value:.1f}" for seed, value in sorted(by_seed.items()))
+            cells.append(mean_std(list(by_seed.values())) + (f" ({each})" if each else ""))
+        table.append(cells)
+    return table
+
+
+def _draw_paired(runs: Runs, fig: Figure, baseline: str, target: float) -> bool:
+    """Change in final held-out ID greedy accuracy against % shorter final greedy answers, both
+    against the baseline's run of the same seed: a dot per seed, mean +- 1 std per grid point."""
+    ax = fig.add_subplot()
+    shorter, gain = f"final greedy length: % shorter than {baseline}", f"final eval/accuracy_greedy: points above {baseline}"
+    drawn = False
+    for point, measures in paired_changes(runs, baseline, target).items():
+        seeds = sorted(set(measures.get(shorter, {})) & set(measures.get(gain, {})))
+        if not seeds:
+            continue
+        xy = np.array([(measures[shorter][s], measures[gain][s]) for s in seeds])
+        color = f"C{list(runs).index(point) % 10}"  # each point's colour in the other figures
+        ax.scatter(xy[:, 0], xy[:, 1], color=color, alpha=0.4, s=18)
+        ax.errorbar(xy[:, 0].mean(), xy[:, 1].mean(), xerr=_std(xy[:, 0]), yerr=_std(xy[:, 1]), color=color,
+                    marker="o", capsize=3, label=f"{point} ({len(seeds)} seeds)")
+        drawn = True
+    ax.axhline(0.0, color="gray", linewidth=0.8)
+    ax.axvline(0.0, color="gray", linewidth=0.8)
+    ax.set(xlabel=f"final greedy answers shorter than {baseline}'s, same seed (%)",
+           ylabel=f"final ID greedy accuracy minus {baseline}'s (points)",
+           title=f"Against {baseline}, paired by seed: dots are seeds, bars mean +- 1 std")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return drawn
+
+
+def _draw_bands(runs: Runs, fig: Figure) -> None:
     ax = fig.add_subplot()
     for i, (point, point_runs) in enumerate(runs.items()):
-        for j, key in enumerate(k for k in eval_accuracy_keys(point_runs[0]) if k.endswith("_greedy")):
-            series = [dict(zip(*(a.tolist() for a in r.series(key)))) for r in point_runs]
+        first = next(iter(point_runs.values()))
+        for j, key in enumerate(k for k in eval_accuracy_keys(first) if k.endswith("_greedy")):
+            series = [dict(zip(*(a.tolist() for a in r.series(key)))) for r in point_runs.values()]
             steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
             if not steps:
                 continue
             values = np.array([[s[step] for step in steps] for s in series])
-            mean, std = values.mean(axis=0), values.std(axis=0)
+            mean, std = values.mean(axis=0), (values.std(axis=0, ddof=1) if len(values) > 1 else 0.0 * values[0])
             color = f"C{i % 10}"
             ax.plot(steps, mean, color=color, linestyle="-" if j == 0 else "--", marker="o", markersize=3,
                     label=f"{point}: {key}")
@@ -277,19 +361,20 @@ def _draw_bands(runs: dict[str, list[RunData]], fig: Figure) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
 
 
-def _draw_frontier(runs: dict[str, list[RunData]], fig: Figure) -> bool:
+def _draw_frontier(runs: Runs, fig: Figure) -> bool:
     """Final held-out greedy accuracy against final greedy length: one dot per run, the mean over
     seeds with +- 1 std bars per grid point. False when no run logged both."""
     ax = fig.add_subplot()
     drawn = False
     for i, (point, point_runs) in enumerate(runs.items()):
-        ends = [(r.series("eval/response_len_greedy")[1], r.series("eval/accuracy_greedy")[1]) for r in point_runs]
+        ends = [(r.series("eval/response_len_greedy")[1], r.series("eval/accuracy_greedy")[1])
+                for r in point_runs.values()]
         xy = np.array([(length[-1], accuracy[-1]) for length, accuracy in ends if len(length) and len(accuracy)])
         if not len(xy):
             continue
         color = f"C{i % 10}"
         ax.scatter(xy[:, 0], xy[:, 1], color=color, alpha=0.4, s=18)
-        ax.errorbar(xy[:, 0].mean(), xy[:, 1].mean(), xerr=xy[:, 0].std(), yerr=xy[:, 1].std(), color=color,
+        ax.errorbar(xy[:, 0].mean(), xy[:, 1].mean(), xerr=_std(xy[:, 0]), yerr=_std(xy[:, 1]), color=color,
                     marker="o", capsize=3, label=f"{point} ({len(xy)} seeds)")
         drawn = True
     ax.set(xlabel="final greedy response length (tokens)", ylabel="final held-out greedy accuracy",
@@ -298,7 +383,7 @@ def _draw_frontier(runs: dict[str, list[RunData]], fig: Figure) -> bool:
     return drawn
 
 
-def _figure(draw, runs: dict[str, list[RunData]], path: Path) -> bool:
+def _figure(draw, runs: Runs, path: Path) -> bool:
     """One figure drawn by `draw(runs, fig)` saved to `path` (unless `draw` returns False)."""
     fig = Figure(figsize=(10, 4.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -308,28 +393,40 @@ def _figure(draw, runs: dict[str, list[RunData]], path: Path) -> bool:
     return True
 
 
-def write_report(out: Path, runs: dict[str, list[RunData]], target: float, missing: list[str]) -> Path:
+def _markdown(table: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0]),
+            *("| " + " | ".join(row) + " |" for row in table[1:])]
+
+
+def write_report(out: Path, runs: Runs, target: float, missing: list[str], baseline: str | None = None) -> Path:
     """sweep.md (the table), sweep_accuracy.png (seed bands) and sweep_frontier.png (accuracy vs
-    length, when the runs logged greedy lengths) in `out`; returns sweep.md."""
+    length, when the runs logged greedy lengths) in `out`, with `baseline` also the paired table and
+    sweep_paired.png; returns sweep.md."""
     table = aggregate(runs, target)
     _figure(_draw_bands, runs, out / "sweep_accuracy.png")
     frontier = _figure(_draw_frontier, runs, out / "sweep_frontier.png")
     lines = ["# Sweep", "", "Mean +- sample std over seeds; each seed a separate run from the same DFT start.", "",
-             "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+             *_markdown(table)]
     if missing:
         lines += ["", "Runs without metrics (failed or not run): " + ", ".join(missing)]
     lines += ["", "![accuracy with seed bands](sweep_accuracy.png)", ""]
     if frontier:
         lines += ["![accuracy vs length per grid point](sweep_frontier.png)", ""]
+    if baseline is not None and baseline in runs and len(runs) > 1:
+        drawn = _figure(lambda r, fig: _draw_paired(r, fig, baseline, target), runs, out / "sweep_paired.png")
+        lines += [f"## Against {baseline}, paired by seed", "",
+                  f"Each run minus {baseline}'s run of the same seed (same DFT start): mean +- sample std over "
+                  "seeds, then each seed's value.", "", *_markdown(paired_table(runs, baseline, target)), ""]
+        if drawn:
+            lines += [f"![change against {baseline} per seed](sweep_paired.png)", ""]
     path = out / "sweep.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
-def collect(out: Path, combos: list[Combo]) -> tuple[dict[str, list[RunData]], list[str]]:
-    """Each grid point's finished runs (any RL step logged) and the run folders without metrics."""
-    runs: dict[str, list[RunData]] = {}
+def collect(out: Path, combos: list[Combo]) -> tuple[Runs, list[str]]:
+    """Each grid point's finished runs by seed (any RL step logged) and the run folders without metrics."""
+    runs: Runs = {}
     missing: list[str] = []
     for combo in combos:
         folder = combo.run_dir(out)
@@ -337,7 +434,7 @@ def collect(out: Path, combos: list[Combo]) -> tuple[dict[str, list[RunData]], l
         if run is None or not run.records:
             missing.append(str(folder))
             continue
-        runs.setdefault(combo.point_name, []).append(run)
+        runs.setdefault(combo.point_name, {})[combo.seed] = run
     return runs, missing
 
 
@@ -347,13 +444,17 @@ def dft_overrides(seed: int) -> list[str]:
 
 
 def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple[Setting, ...]], out: Path,
-          target: float, report_only: bool = False, echo=print) -> Path:
-    """Run every combination not done yet (unless `report_only`), then write the report; returns sweep.md.
+          target: float, report_only: bool = False, echo=print, baseline: str | None = None) -> Path:
+    """Run every combination not done yet (unless `report_only`), then write the report (paired
+    with the grid point `baseline` when given); returns sweep.md.
 
     Every combination's recipe is loaded first, so a bad key or value fails before any run starts."""
     from ling_rl.config import load_recipe
 
     combos = plan(seeds, grid)
+    names = list(dict.fromkeys(combo.point_name for combo in combos))
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"--baseline: {baseline!r} is not a grid point of this sweep; its points: {', '.join(names)}")
     steps = {combo: load_recipe(recipe, [*overrides, *combo.overrides()]).run.steps for combo in combos}
     out.mkdir(parents=True, exist_ok=True)
     with_dft = load_recipe(recipe, overrides).dft.enabled
@@ -372,7 +473,7 @@ def sweep(recipe: Path, overrides: list[str], seeds: list[int], grid: list[tuple
     runs, missing = collect(out, combos)
     if not runs:
         raise ValueError(f"{out}: no run of the sweep has metrics yet")
-    return write_report(out, runs, target, missing)
+    return write_report(out, runs, target, missing, baseline)
 
 
 def dft_start(recipe: Path, overrides: list[str], seed: int, out: Path, echo=print) -> Path:
