@@ -24,6 +24,7 @@ from ling_rl.commands.sweep import (
     is_done,
     largest_rolling_drop,
     mean_std,
+    paired_changes,
     paired_table,
     parse_grid,
     parse_seeds,
@@ -130,7 +131,7 @@ def test_paired_against_a_baseline_by_seed(tmp_path: Path) -> None:
     _write_run(dirs["short", 1], [0.3, 0.3], [0.1] * 11, flat)
     _write_run(dirs["short", 2], [0.3, 0.9], [0.1] * 11, flat)  # no baseline run of seed 2: not paired
     runs, _ = collect(tmp_path, combos)
-    table = {row[0]: row[1:] for row in paired_table(runs, "off", target=0.7)}
+    table = {row[0]: row[1:] for row in paired_table(paired_changes(runs, "off", target=0.7))}
     assert table["measure"] == ["short (2 seeds)"]
     shorter = [100 * (1 - 56 / 55), 100 * (1 - 57 / 58)]
     assert table["final greedy length: % shorter than off"] == [

@@ -275,13 +275,17 @@ def aggregate(runs: Runs, target: float) -> list[list[str]]:
     return table
 
 
-def paired_changes(runs: Runs, baseline: str, target: float) -> dict[str, dict[str, dict[int, float]]]:
+Changes = dict[str, dict[str, dict[int, float]]]
+"""Per grid point, per measure, per seed: a change against the baseline's run of that seed."""
+
+
+def paired_changes(runs: Runs, baseline: str, target: float) -> Changes:
     """Per grid point other than `baseline`, per measure, per seed both ran: the change against the
     baseline's run of that seed. Measures: the final greedy length, as % shorter than the baseline's,
     and each final held-out greedy accuracy minus the baseline's, in points."""
     base = {seed: run_measures(run, target) for seed, run in runs[baseline].items()}
     length = "final eval/response_len_greedy"
-    changes: dict[str, dict[str, dict[int, float]]] = {}
+    changes: Changes = {}
     for point, point_runs in runs.items():
         if point == baseline:
             continue
@@ -301,10 +305,9 @@ def paired_changes(runs: Runs, baseline: str, target: float) -> dict[str, dict[s
     return changes
 
 
-def paired_table(runs: Runs, baseline: str, target: float) -> list[list[str]]:
+def paired_table(changes: Changes) -> list[list[str]]:
     """Rows of the paired table: header, then one row per measure of `paired_changes`, a cell per
     grid point: mean +- std over seeds, then each seed's value."""
-    changes = paired_changes(runs, baseline, target)
     names = list(dict.fromkeys(name for measures in changes.values() for name in measures))
     table = [["measure", *(f"{point} ({len(next(iter(changes[point].values()), {}))} seeds)" for point in changes)]]
     for name in names:
@@ -317,13 +320,14 @@ def paired_table(runs: Runs, baseline: str, target: float) -> list[list[str]]:
     return table
 
 
-def _draw_paired(runs: Runs, fig: Figure, baseline: str, target: float) -> bool:
+def _draw_paired(runs: Runs, fig: Figure, changes: Changes, baseline: str) -> bool:
     """Change in final held-out ID greedy accuracy against % shorter final greedy answers, both
-    against the baseline's run of the same seed: a dot per seed, mean +- 1 std per grid point."""
+    against the baseline's run of the same seed (`changes`): a dot per seed, mean +- 1 std per
+    grid point."""
     ax = fig.add_subplot()
     shorter, gain = f"final greedy length: % shorter than {baseline}", f"final eval/accuracy_greedy: points above {baseline}"
     drawn = False
-    for point, measures in paired_changes(runs, baseline, target).items():
+    for point, measures in changes.items():
         seeds = sorted(set(measures.get(shorter, {})) & set(measures.get(gain, {})))
         if not seeds:
             continue
@@ -352,7 +356,8 @@ def _draw_bands(runs: Runs, fig: Figure) -> None:
             if not steps:
                 continue
             values = np.array([[s[step] for step in steps] for s in series])
-            mean, std = values.mean(axis=0), (values.std(axis=0, ddof=1) if len(values) > 1 else 0.0 * values[0])
+            mean = values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
             color = f"C{i % 10}"
             ax.plot(steps, mean, color=color, linestyle="-" if j == 0 else "--", marker="o", markersize=3,
                     label=f"{point}: {key}")
@@ -413,10 +418,11 @@ def write_report(out: Path, runs: Runs, target: float, missing: list[str], basel
     if frontier:
         lines += ["![accuracy vs length per grid point](sweep_frontier.png)", ""]
     if baseline is not None and baseline in runs and len(runs) > 1:
-        drawn = _figure(lambda r, fig: _draw_paired(r, fig, baseline, target), runs, out / "sweep_paired.png")
+        changes = paired_changes(runs, baseline, target)
+        drawn = _figure(lambda r, fig: _draw_paired(r, fig, changes, baseline), runs, out / "sweep_paired.png")
         lines += [f"## Against {baseline}, paired by seed", "",
                   f"Each run minus {baseline}'s run of the same seed (same DFT start): mean +- sample std over "
-                  "seeds, then each seed's value.", "", *_markdown(paired_table(runs, baseline, target)), ""]
+                  "seeds, then each seed's value.", "", *_markdown(paired_table(changes)), ""]
         if drawn:
             lines += [f"![change against {baseline} per seed](sweep_paired.png)", ""]
     path = out / "sweep.md"
